@@ -1,0 +1,104 @@
+"""The backend protocol every method talks to.
+
+A backend turns :class:`~lmmiqa.types.Prompt` objects into (a) log-probabilities of single-token candidates
+at the answer position (one batched forward pass), (b) generated text, and (c) where it can, the last-layer
+hidden state at the answer position. Each backend converts messages into its own wire format itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lmmiqa.errors import UnsupportedError
+from lmmiqa.types import Prompt
+
+
+class Backend(ABC):
+    """Abstract backend.
+
+    Attributes:
+        name: registered backend name.
+        model_id: the model id/path/URL as given by the user (reported in ``ScoreResult.model``).
+        supports_multi_image: whether one prompt may hold several images.
+        supports_hidden_states: whether :meth:`hidden_states` works.
+        prefix_mode: ``"continue"`` when the answer prefix is continued exactly, ``"folded"`` when it had to
+            be folded into the instruction (servers that cannot continue a message).
+    """
+
+    name: ClassVar[str] = "base"
+    supports_multi_image: bool = True
+    supports_hidden_states: bool = False
+    prefix_mode: str = "continue"
+
+    def __init__(self) -> None:
+        self.model_id: str = ""
+
+    @abstractmethod
+    def level_logprobs(self, prompts: Sequence[Prompt], candidates: Sequence[str]) -> np.ndarray:
+        """Log-probabilities (under the full vocabulary) of each candidate as the next token.
+
+        Args:
+            prompts: B prompts; each answer starts right after ``prompt.answer_prefix``.
+            candidates: C candidate strings exactly as they would be produced in context (e.g. ``" good"``
+                after a prefix without a trailing space). Each must be one token.
+
+        Returns:
+            float64 array [B, C]. ``-inf`` marks a candidate the backend could not see (e.g. outside an
+            API's top-k); a row of all ``-inf`` means the item failed.
+        """
+
+    @abstractmethod
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int = 256, temperature: float = 0.0
+    ) -> list[str]:
+        """Greedy (temperature 0) or sampled continuations of each prompt after its answer prefix."""
+
+    def hidden_states(self, prompts: Sequence[Prompt]) -> np.ndarray:
+        """Last-layer hidden state at the answer position, [B, H] (transformers backend only)."""
+        raise UnsupportedError(f"the {self.name} backend cannot return hidden states")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-safe description for run configs and ``ScoreResult.details``."""
+        return {"backend": self.name, "model": self.model_id}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (servers, GPU memory)."""
+
+
+_BACKEND_CACHE: dict[tuple[Any, ...], Backend] = {}
+_LOCK = threading.Lock()
+
+
+def create_backend(name: str = "transformers", model: str | None = None, *, cache: bool = True, **options: Any) -> Backend:
+    """Create (or reuse) a backend by registered name.
+
+    Backends are cached per (name, model, options) so that several scorers in one process (e.g. an ensemble
+    and a teacher, or the service's methods) share one copy of the weights. Pass ``cache=False`` to opt out.
+    """
+    from lmmiqa import registry
+
+    cls = registry.resolve("backend", name)
+    key = (registry.canonical("backend", name), model, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    if cache:
+        with _LOCK:
+            if key in _BACKEND_CACHE:
+                return _BACKEND_CACHE[key]
+    backend = cls.from_options(model=model, **options)
+    if cache:
+        with _LOCK:
+            _BACKEND_CACHE.setdefault(key, backend)
+            return _BACKEND_CACHE[key]
+    return backend
+
+
+def clear_backend_cache() -> None:
+    """Forget cached backends (tests; freeing memory)."""
+    with _LOCK:
+        for b in _BACKEND_CACHE.values():
+            b.close()
+        _BACKEND_CACHE.clear()

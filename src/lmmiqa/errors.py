@@ -1,0 +1,83 @@
+"""Exceptions raised by lmmiqa.
+
+Every error a user can trigger is a subclass of :class:`LmmiqaError`, so callers can catch one type.
+Errors about names list the valid choices and, when one is close, suggest it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LmmiqaError(Exception):
+    """Base class of every lmmiqa error."""
+
+
+class ConfigError(LmmiqaError, ValueError):
+    """An option has an invalid value (wrong range, wrong type, inconsistent with another option)."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name (method, backend, tool, dataset, ...) is not registered."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]):
+        self.kind = kind
+        self.name = name
+        self.known = sorted(known)
+        close = difflib.get_close_matches(name, self.known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        super().__init__(f"unknown {kind} {name!r}{hint} known: {', '.join(self.known)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message otherwise
+        return str(self.args[0])
+
+
+class MissingDependencyError(LmmiqaError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str, purpose: str = ""):
+        what = f" for {purpose}" if purpose else ""
+        super().__init__(
+            f"{package} is required{what} but is not installed; install it with: pip install 'lmmiqa[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class ImageLoadError(LmmiqaError):
+    """An image could not be opened or failed validation (missing, truncated, not an image, too large)."""
+
+
+class TokenizationError(LmmiqaError):
+    """A candidate level is not exactly one token of the model's vocabulary in its context."""
+
+
+class BackendError(LmmiqaError):
+    """A backend failed: a model could not be loaded, a server returned an error, a capability is missing."""
+
+
+class ModelLoadError(BackendError):
+    """Model weights or processor could not be loaded (not found locally and not reachable online)."""
+
+
+class UnsupportedError(BackendError):
+    """The backend or model does not support what was asked (e.g. several images, hidden states)."""
+
+
+class ParseError(LmmiqaError):
+    """Free text from a model could not be parsed into the expected structure."""
+
+
+class DataError(LmmiqaError):
+    """A dataset, label file or saved artifact is missing, malformed or inconsistent."""
+
+
+def require(module: str, extra: str, purpose: str = ""):
+    """Import an optional dependency or raise :class:`MissingDependencyError` naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependencyError(module.split(".")[0], extra, purpose) from err

@@ -1,0 +1,1 @@
+"""Scoring methods. Each is one file registered in :mod:`lmmiqa.registry`."""

@@ -1,0 +1,210 @@
+"""The scorer contract shared by every method.
+
+``scorer.score(images) -> list[ScoreResult]``: inputs are expanded (folders, ``@lists``), loaded in batches,
+scored in batches by the method's :meth:`Scorer.score_items`, and returned in input order. A bad image, or an
+exception while scoring one item, becomes a result with ``error`` set; the rest of the batch is unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from lmmiqa.config import build_config, config_to_dict
+from lmmiqa.errors import ConfigError, LmmiqaError
+from lmmiqa.images import ImageItem, ImageLimits, expand_inputs, iter_batches, load_many
+from lmmiqa.types import ScoreResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScorerConfig:
+    """Options every scorer accepts.
+
+    Attributes:
+        batch_size: images per backend batch.
+        max_pixels: decompression-bomb guard for inputs.
+        max_bytes: largest input file accepted.
+        decode_workers: threads used to decode images of a batch (0 = in the calling thread).
+    """
+
+    batch_size: int = 8
+    max_pixels: int = 64_000_000
+    max_bytes: int = 100 * 1024 * 1024
+    decode_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.batch_size = int(self.batch_size)
+
+
+class Scorer(ABC):
+    """Base class of all methods.
+
+    Subclasses set ``name``, ``config_cls`` and implement :meth:`score_items`.
+    """
+
+    name: ClassVar[str] = "base"
+    config_cls: ClassVar[type] = ScorerConfig
+    higher_is_better: ClassVar[bool] = True
+    summary: ClassVar[str] = ""
+
+    def __init__(self, config: Any | None = None) -> None:
+        self.config = config if config is not None else self.config_cls()
+
+    # -- construction -----------------------------------------------------------------------------------
+    @classmethod
+    def from_options(cls, **options: Any) -> Scorer:
+        """Build the scorer from keyword options (names of ``config_cls`` fields)."""
+        cfg = build_config(cls.config_cls, {k: v for k, v in options.items() if v is not None}, what=f"method {cls.name!r}")
+        return cls(cfg)
+
+    # -- what subclasses provide ------------------------------------------------------------------------
+    @property
+    def scale(self) -> tuple[float, float] | None:
+        """(low, high) of the score, or None when unbounded."""
+        return None
+
+    @property
+    def model_name(self) -> str | list[str] | None:
+        """The model id(s) reported in results."""
+        return None
+
+    @abstractmethod
+    def score_items(self, items: list[ImageItem]) -> list[ScoreResult]:
+        """Score successfully loaded items (all ``item.ok``); return one result per item, in order."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-safe description (method, model, config) for run configs."""
+        return {"method": self.name, "model": self.model_name, "config": config_to_dict(self.config)}
+
+    # -- the public API ---------------------------------------------------------------------------------
+    def failure(self, key: str, error: str, timings: dict[str, float] | None = None) -> ScoreResult:
+        return ScoreResult.failure(
+            key,
+            self.name,
+            error,
+            higher_is_better=self.higher_is_better,
+            scale=self.scale,
+            model=self.model_name,
+            timings=timings,
+        )
+
+    def _limits(self) -> ImageLimits:
+        cfg = self.config
+        return ImageLimits(
+            max_pixels=getattr(cfg, "max_pixels", ImageLimits.max_pixels),
+            max_bytes=getattr(cfg, "max_bytes", ImageLimits.max_bytes),
+        )
+
+    def _score_batch(self, items: list[ImageItem], load_s: float) -> list[ScoreResult]:
+        out: list[ScoreResult | None] = [None] * len(items)
+        good = [i for i, it in enumerate(items) if it.ok]
+        for i, it in enumerate(items):
+            if not it.ok:
+                out[i] = self.failure(it.key, it.error or "cannot open image")
+        if good:
+            try:
+                scored = self.score_items([items[i] for i in good])
+                if len(scored) != len(good):
+                    raise RuntimeError(f"{self.name}: score_items returned {len(scored)} results for {len(good)} items")
+                for i, r in zip(good, scored):
+                    out[i] = r
+            except Exception as err:  # noqa: BLE001
+                if len(good) == 1:
+                    it = items[good[0]]
+                    out[good[0]] = self.failure(it.key, _describe_exception(err))
+                else:
+                    # isolate the item that broke the batch: score one at a time
+                    log.warning("%s: batch failed (%s); retrying items one by one", self.name, err)
+                    for i in good:
+                        out[i] = self._score_batch([items[i]], 0.0)[0]
+        per_item_load = load_s / max(len(items), 1)
+        return [
+            r if "load" in r.timings else _with_timing(r, "load", per_item_load)  # type: ignore[union-attr]
+            for r in out
+        ]
+
+    def iter_score(
+        self,
+        images: Any,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+        skip: set[str] | None = None,
+    ) -> Iterator[list[ScoreResult]]:
+        """Yield results batch by batch, in input order (for streaming to a file as they arrive).
+
+        Args:
+            images: path, folder, ``@list``, PIL image, numpy array, or a list of those.
+            batch_size: overrides ``config.batch_size``.
+            progress: show a progress bar on stderr (default: when more than 8 inputs and stderr is a tty).
+            skip: input keys to skip (resume); they produce no result.
+        """
+        inputs = expand_inputs(images)
+        if skip:
+            inputs = [x for i, x in enumerate(inputs) if not (isinstance(x, str) and x in skip)]
+        bs = int(batch_size or getattr(self.config, "batch_size", 8))
+        limits = self._limits()
+        workers = int(getattr(self.config, "decode_workers", 0) or 0)
+        bar = _progress(len(inputs), progress, desc=self.name)
+        try:
+            for start, chunk in iter_batches(inputs, bs):
+                t0 = time.perf_counter()
+                items = load_many(chunk, limits, start=start, workers=workers)
+                load_s = time.perf_counter() - t0
+                results = self._score_batch(items, load_s)
+                if bar is not None:
+                    bar.update(len(results))
+                yield results
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def score(
+        self, images: Any, batch_size: int | None = None, progress: bool | None = None
+    ) -> list[ScoreResult]:
+        """Score images; one :class:`ScoreResult` per input, in input order."""
+        out: list[ScoreResult] = []
+        for batch in self.iter_score(images, batch_size=batch_size, progress=progress):
+            out.extend(batch)
+        return out
+
+    def __call__(self, images: Any, **kwargs: Any) -> list[ScoreResult]:
+        return self.score(images, **kwargs)
+
+
+def _with_timing(r: ScoreResult, key: str, value: float) -> ScoreResult:
+    from dataclasses import replace
+
+    return replace(r, timings={key: value, **r.timings})
+
+
+def _describe_exception(err: BaseException) -> str:
+    if isinstance(err, LmmiqaError):
+        return str(err)
+    tb = traceback.extract_tb(err.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return f"{type(err).__name__}: {err}{where}"
+
+
+def _progress(total: int, enabled: bool | None, desc: str) -> Any:
+    if enabled is None:
+        enabled = total > 8 and sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+
+def score_sequence(scorer: Scorer, images: Sequence[Any], **kw: Any) -> list[ScoreResult]:
+    """Convenience: ``scorer.score`` for a sequence."""
+    return scorer.score(list(images), **kw)

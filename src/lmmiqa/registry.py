@@ -1,0 +1,76 @@
+"""Name -> ``"module:Class"`` tables, resolved lazily on first use.
+
+Adding a method, backend, tool, dataset, segmenter, encoder or student is one file plus one line here.
+Nothing is imported until a name is resolved, so ``import lmmiqa`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from lmmiqa.errors import UnknownNameError
+
+METHODS: dict[str, str] = {
+    "q-align": "lmmiqa.methods.q_align:QAlign",
+    "standard-guided": "lmmiqa.methods.standard_guided:StandardGuided",
+}
+
+BACKENDS: dict[str, str] = {
+    "transformers": "lmmiqa.backends.transformers_local:TransformersBackend",
+    "openai": "lmmiqa.backends.openai_http:OpenAIBackend",
+}
+
+TOOLS: dict[str, str] = {}
+
+DATASETS: dict[str, str] = {}
+
+SEGMENTERS: dict[str, str] = {}
+
+ENCODERS: dict[str, str] = {}
+
+STUDENTS: dict[str, str] = {}
+
+#: alternative names -> canonical name, per kind
+ALIASES: dict[str, dict[str, str]] = {
+    "method": {"qalign": "q-align", "sg": "standard-guided"},
+    "backend": {"hf": "transformers"},
+}
+
+TABLES: dict[str, dict[str, str]] = {
+    "method": METHODS,
+    "backend": BACKENDS,
+    "tool": TOOLS,
+    "dataset": DATASETS,
+    "segmenter": SEGMENTERS,
+    "encoder": ENCODERS,
+    "student": STUDENTS,
+}
+
+_cache: dict[str, Any] = {}
+
+
+def canonical(kind: str, name: str) -> str:
+    """The canonical registered name for ``name`` (resolving aliases); raises UnknownNameError."""
+    table = TABLES[kind]
+    key = name.strip().lower()
+    key = ALIASES.get(kind, {}).get(key, key)
+    if key not in table:
+        raise UnknownNameError(kind, name, list(table) + list(ALIASES.get(kind, {})))
+    return key
+
+
+def names(kind: str) -> list[str]:
+    """Registered names of one kind, sorted (aliases excluded)."""
+    return sorted(TABLES[kind])
+
+
+def resolve(kind: str, name: str) -> Any:
+    """Import and return the object registered as ``name`` for ``kind``."""
+    key = canonical(kind, name)
+    target = TABLES[kind][key]
+    if target not in _cache:
+        module_name, _, attr = target.partition(":")
+        module = importlib.import_module(module_name)
+        _cache[target] = getattr(module, attr)
+    return _cache[target]
