@@ -1,0 +1,70 @@
+"""The ``lmmiqa`` command.
+
+Each subcommand lives in its own module under :mod:`lmmiqa.cli` and exposes ``register(subparsers)``; adding
+one is one file plus one line in :data:`SUBCOMMANDS`. Subcommand modules must import nothing heavy at module
+level (torch, transformers, ...), so ``lmmiqa --help`` stays fast.
+
+Exit status: 0 success, 1 when the work failed (e.g. no image could be scored), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from lmmiqa import __version__
+from lmmiqa.errors import ConfigError, LmmiqaError
+
+#: modules that each register one or more subcommands, in the order shown by --help
+SUBCOMMANDS: list[str] = [
+    "lmmiqa.cli.score",
+    "lmmiqa.cli.methods",
+    "lmmiqa.cli.demo",
+]
+
+
+class UsageError(LmmiqaError):
+    """Bad command-line usage (exit status 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmmiqa",
+        description="Image quality assessment with multimodal large language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"lmmiqa {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in SUBCOMMANDS:
+        importlib.import_module(mod).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ConfigError) as err:
+        print(f"lmmiqa {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except LmmiqaError as err:
+        print(f"lmmiqa {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from lmmiqa.cli import main
+
+sys.exit(main())
