@@ -118,7 +118,7 @@ class Scorer(ABC):
                     raise RuntimeError(f"{self.name}: score_items returned {len(scored)} results for {len(good)} items")
                 for i, r in zip(good, scored):
                     out[i] = r
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 if len(good) == 1:
                     it = items[good[0]]
                     out[good[0]] = self.failure(it.key, _describe_exception(err))

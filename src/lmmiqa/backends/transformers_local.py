@@ -1,0 +1,301 @@
+"""In-process backend on Hugging Face transformers (the embedded default).
+
+Any chat VLM that transformers supports through ``AutoModelForImageTextToText`` + ``AutoProcessor`` works
+without per-model code (Qwen2.5-VL, Qwen3-VL, InternVL, LLaVA-OneVision, Idefics3/SmolVLM, ...): prompts are
+rendered with the model's own chat template, batched with left padding, and scored with one forward pass that
+keeps only the last position's logits (``logits_to_keep=1``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lmmiqa.backends.base import Backend
+from lmmiqa.config import build_config
+from lmmiqa.errors import ConfigError, ModelLoadError, UnsupportedError, require
+from lmmiqa.levels import resolve_token_ids
+from lmmiqa.types import Prompt
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class TransformersConfig:
+    """Options of the transformers backend.
+
+    Attributes:
+        model: hub id or local folder.
+        device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+        dtype: ``auto`` (bf16 on CUDA; on CPU fp32, or bf16 when fp32 weights would not fit in half the RAM),
+            ``float32``, ``bfloat16``, ``float16``.
+        attn_implementation: ``sdpa``, ``flash_attention_2``, ``eager`` or None (transformers' default).
+        max_batch: largest number of prompts per forward; larger calls are split.
+        local_files_only: never contact the hub (default: from ``HF_HUB_OFFLINE``).
+        trust_remote_code: allow hub remote code (off by default).
+        revision: hub revision.
+    """
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    attn_implementation: str | None = None
+    max_batch: int = 32
+    local_files_only: bool | None = None
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
+        if int(self.max_batch) < 1:
+            raise ConfigError("max_batch must be >= 1")
+        if not self.model:
+            raise ConfigError("model must be a hub id or a local folder")
+
+
+def _ram_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _weights_bytes(model: str) -> int:
+    """Size of the weight files of a local folder (0 when unknown, e.g. a hub id not yet downloaded)."""
+    if not os.path.isdir(model):
+        return 0
+    total = 0
+    for name in os.listdir(model):
+        if name.endswith((".safetensors", ".bin")):
+            total += os.path.getsize(os.path.join(model, name))
+    return total
+
+
+class TransformersBackend(Backend):
+    """Runs a chat VLM in this process.
+
+    Attributes:
+        model: the loaded ``transformers`` model (hookable, e.g. ``model.get_output_embeddings()``).
+        processor: the model's processor (image-only variant where torchvision is missing).
+        tokenizer: the processor's tokenizer.
+    """
+
+    name: ClassVar[str] = "transformers"
+    supports_hidden_states = True
+
+    def __init__(self, config: TransformersConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model_id = config.model
+        self._lock = threading.RLock()
+        self._token_cache: dict[tuple[tuple[str, ...], str], list[int]] = {}
+        self._load()
+
+    @classmethod
+    def from_options(cls, **options: Any) -> TransformersBackend:
+        if options.get("model") is None:
+            options["model"] = DEFAULT_MODEL
+        return cls(build_config(TransformersConfig, options, what="the transformers backend"))
+
+    # ------------------------------------------------------------------ loading
+    def _load(self) -> None:
+        require("torch", "hf", "the transformers backend")
+        transformers = require("transformers", "hf", "the transformers backend")
+        import torch
+
+        from lmmiqa.backends.hf_processor import load_processor
+
+        cfg = self.config
+        local_only = cfg.local_files_only
+        if local_only is None:
+            local_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        self.device = self._pick_device(torch, cfg.device)
+        self.dtype = self._pick_dtype(torch, cfg.dtype, self.device, cfg.model)
+        common = {"local_files_only": local_only, "trust_remote_code": cfg.trust_remote_code}
+        if cfg.revision:
+            common["revision"] = cfg.revision
+        try:
+            self.processor = load_processor(cfg.model, **common)
+        except ModelLoadError:
+            raise
+        except Exception as err:
+            raise ModelLoadError(self._load_hint(cfg.model, err)) from err
+        kwargs: dict[str, Any] = {"dtype": self.dtype, **common}
+        if cfg.attn_implementation:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        try:
+            self.model = transformers.AutoModelForImageTextToText.from_pretrained(cfg.model, **kwargs)
+        except Exception as err:
+            raise ModelLoadError(self._load_hint(cfg.model, err)) from err
+        self.model.to(self.device)
+        self.model.eval()
+        tok = getattr(self.processor, "tokenizer", None)
+        if tok is None:
+            raise ModelLoadError(f"{cfg.model}: the processor has no tokenizer")
+        self.tokenizer = tok
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        log.info("loaded %s on %s (%s)", cfg.model, self.device, self.dtype)
+
+    @staticmethod
+    def _load_hint(model: str, err: BaseException) -> str:
+        if os.path.isdir(model):
+            return f"cannot load the model from the local folder {model!r}: {type(err).__name__}: {err}"
+        return (
+            f"cannot load model {model!r} ({type(err).__name__}: {err}). If this machine is offline, download the "
+            "model elsewhere (e.g. `huggingface-cli download ID --local-dir DIR`) and pass the folder: "
+            "--model /path/to/folder (Python: model='/path/to/folder')."
+        )
+
+    @staticmethod
+    def _pick_device(torch: Any, device: str) -> Any:
+        if device == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda")
+            return torch.device("cpu")
+        try:
+            dev = torch.device(device)
+        except RuntimeError as err:
+            raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from err
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' requested but CUDA is not available on this machine")
+        return dev
+
+    @staticmethod
+    def _pick_dtype(torch: Any, dtype: str, device: Any, model: str) -> Any:
+        if dtype != "auto":
+            return getattr(torch, dtype)
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # CPU: fp32 unless fp32 weights would not fit in half the RAM (weights are usually stored in bf16)
+        stored = _weights_bytes(model)
+        ram = _ram_bytes()
+        if stored and ram and stored * 2 > ram / 2:
+            return torch.bfloat16
+        return torch.float32
+
+    # ------------------------------------------------------------------ prompt rendering
+    def _render(self, prompts: Sequence[Prompt]) -> tuple[list[str], list[Any]]:
+        texts: list[str] = []
+        images: list[Any] = []
+        for prompt in prompts:
+            conv = []
+            for msg in prompt.messages:
+                content = []
+                for part in msg.content:
+                    if isinstance(part, str):
+                        content.append({"type": "text", "text": part})
+                    else:
+                        content.append({"type": "image"})
+                        images.append(part)
+                conv.append({"role": msg.role, "content": content})
+            text = self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+            texts.append(text + prompt.answer_prefix)
+        return texts, images
+
+    def encode(self, prompts: Sequence[Prompt]) -> Any:
+        """Processor outputs (tensors on the model's device) for a batch of prompts, left-padded."""
+        texts, images = self._render(prompts)
+        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+        if images:
+            kwargs["images"] = images
+        inputs = self.processor(**kwargs)
+        inputs = inputs.to(self.device)
+        float_dtype = self.dtype
+        for k, v in list(inputs.items()):
+            if hasattr(v, "is_floating_point") and v.is_floating_point():
+                inputs[k] = v.to(float_dtype)
+        return inputs
+
+    def _chunks(self, prompts: Sequence[Prompt]) -> list[Sequence[Prompt]]:
+        n = self.config.max_batch
+        return [prompts[i : i + n] for i in range(0, len(prompts), n)]
+
+    # ------------------------------------------------------------------ protocol
+    def token_ids(self, candidates: Sequence[str], context: str) -> list[int]:
+        """Resolve (and cache) candidate token ids in the context of an answer prefix."""
+        key = (tuple(candidates), context)
+        if key not in self._token_cache:
+            # with no answer prefix, the level follows the generation prompt (which ends in a newline in ChatML)
+            self._token_cache[key] = resolve_token_ids(self.tokenizer, candidates, context)
+        return self._token_cache[key]
+
+    def last_logits(self, prompts: Sequence[Prompt]) -> Any:
+        """float32 log-softmax over the vocabulary at the answer position, [B, V] (torch tensor on CPU)."""
+        import torch
+
+        outs = []
+        with self._lock, torch.inference_mode():
+            for chunk in self._chunks(prompts):
+                inputs = self.encode(chunk)
+                logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
+                outs.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+        return torch.cat(outs, dim=0)
+
+    def level_logprobs(self, prompts: Sequence[Prompt], candidates: Sequence[str]) -> np.ndarray:
+        if not prompts:
+            return np.zeros((0, len(candidates)))
+        prefixes = {p.answer_prefix for p in prompts}
+        ids_per_prefix = {pre: self.token_ids(candidates, pre) for pre in prefixes}
+        logp = self.last_logits(prompts)
+        rows = [logp[i, ids_per_prefix[p.answer_prefix]].numpy() for i, p in enumerate(prompts)]
+        return np.asarray(rows, dtype=np.float64)
+
+    def top_logprobs(self, prompts: Sequence[Prompt], k: int = 20) -> list[list[tuple[str, float]]]:
+        """The k most probable next tokens (decoded text, log-probability) per prompt."""
+        import torch
+
+        logp = self.last_logits(prompts)
+        vals, idx = torch.topk(logp, k=min(k, logp.shape[-1]), dim=-1)
+        out = []
+        for v_row, i_row in zip(vals.tolist(), idx.tolist()):
+            out.append([(self.tokenizer.decode([i]), float(v)) for v, i in zip(v_row, i_row)])
+        return out
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        import torch
+
+        texts: list[str] = []
+        with self._lock, torch.inference_mode():
+            for chunk in self._chunks(prompts):
+                inputs = self.encode(chunk)
+                gen_kwargs: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "pad_token_id": self.tokenizer.pad_token_id}
+                if temperature and temperature > 0:
+                    gen_kwargs.update(do_sample=True, temperature=float(temperature))
+                else:
+                    gen_kwargs.update(do_sample=False)
+                out = self.model.generate(**inputs, **gen_kwargs)
+                new = out[:, inputs["input_ids"].shape[1] :]
+                texts.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
+        return texts
+
+    def hidden_states(self, prompts: Sequence[Prompt]) -> np.ndarray:
+        import torch
+
+        outs = []
+        with self._lock, torch.inference_mode():
+            for chunk in self._chunks(prompts):
+                inputs = self.encode(chunk)
+                out = self.model(**inputs, output_hidden_states=True, logits_to_keep=1)
+                hs = getattr(out, "hidden_states", None)
+                if hs is None:
+                    raise UnsupportedError(f"{self.model_id} does not return hidden states")
+                outs.append(hs[-1][:, -1, :].float().cpu().numpy())
+        return np.concatenate(outs, axis=0).astype(np.float64)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model_id, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]

@@ -1,0 +1,73 @@
+"""Shared command-line options that pick a method and its model/backend (used by score, eval, serve, ...).
+
+Method-specific flags are declared with ``dest="opt_<name>"``: every such flag that the user set is passed to
+the method as option ``<name>``. ``--option KEY=VALUE`` passes anything else (VALUE parsed as JSON when it
+parses, else kept as a string). An option the method does not accept is a usage error listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+OPT_PREFIX = "opt_"
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip().replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip().replace("-", "_"), value
+
+
+def add_method_args(parser: argparse.ArgumentParser, default_method: str = "q-align") -> None:
+    """Add --method, --model (repeatable), --backend, --device, --dtype, --levels, --readout, --batch-size, --option."""
+    g = parser.add_argument_group("method and model")
+    g.add_argument("--method", default=default_method, help=f"scoring method (default: {default_method}; see `lmmiqa methods`)")
+    g.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="hub id, local folder, or for --backend openai 'http://host:port/v1#name'; repeat for an ensemble "
+        "(methods that support it). Default: Qwen/Qwen3-VL-8B-Instruct",
+    )
+    g.add_argument("--backend", default=None, help="transformers (in-process, default) or openai (OpenAI-compatible server)")
+    g.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
+    g.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
+    g.add_argument("--levels", type=int, default=None, dest="opt_levels", help="number of levels K for standard-guided/llm-iqa (3, 5, 7, 9)")
+    g.add_argument("--readout", default=None, dest="opt_readout", choices=["expected", "argmax"], help="expected (default) or argmax")
+    g.add_argument("--pad-to-square", action="store_const", const=True, default=None, dest="opt_pad_to_square", help="q-align: pad to a square like Q-Align's preprocessing")
+    g.add_argument("--batch-size", type=int, default=None, help="images per batch (default 8)")
+    g.add_argument("--option", action="append", type=_key_value, default=[], metavar="KEY=VALUE", help="any other method option (repeatable)")
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Collect the method options the user set on the command line."""
+    opts: dict[str, Any] = {}
+    models = getattr(args, "model", None)
+    if models:
+        if len(models) == 1:
+            opts["model"] = models[0]
+        else:
+            opts["models"] = list(models)
+    for name in ("backend", "device", "dtype", "batch_size"):
+        value = getattr(args, name, None)
+        if value is not None:
+            opts[name] = value
+    for key, value in vars(args).items():
+        if key.startswith(OPT_PREFIX) and value is not None:
+            opts[key[len(OPT_PREFIX) :]] = value
+    for key, value in getattr(args, "option", []) or []:
+        opts[key] = value
+    return opts
+
+
+def scorer_from_args(args: argparse.Namespace) -> Any:
+    """Create the scorer the command line describes."""
+    import lmmiqa
+
+    return lmmiqa.create_scorer(args.method, **method_options(args))

@@ -1,0 +1,148 @@
+"""``lmmiqa score``: score images with any method; stream results to stdout and/or a JSONL file."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from lmmiqa.cli._method_args import add_method_args, scorer_from_args
+
+FORMATS = ("table", "json", "jsonl", "csv")
+
+CSV_FIELDS = ["image", "score", "higher_is_better", "scale_low", "scale_high", "method", "model", "argmax", "std", "error"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score images (paths, folders, @list files)",
+        description="Score images with a method. Inputs: image paths, folders (recursive), @file lists (one path "
+        "per line). Bad images get a per-image error; the rest are scored. Exit status: 0 when at least one "
+        "image was scored, 1 when none was, 2 for usage errors.",
+    )
+    p.add_argument("inputs", nargs="+", help="image files, folders or @list files")
+    add_method_args(p)
+    p.add_argument("--format", choices=FORMATS, default="table", help="stdout format (default: table)")
+    p.add_argument("--out", default=None, help="append results as JSONL to this file as they arrive; images already "
+                   "scored there are skipped (resume); use --no-resume to score them again")
+    p.add_argument("--no-resume", action="store_true", help="with --out: score every input even if present in the file")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when > 8 images and a terminal)")
+    p.set_defaults(func=run)
+
+
+def _done_keys(path: Path) -> set[str]:
+    done: set[str] = set()
+    if not path.exists():
+        return done
+    with path.open("r", encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from an interrupted run
+            if rec.get("error") is None and rec.get("score") is not None:
+                done.add(rec["image"])
+    return done
+
+
+def _fmt_num(x: Any, nd: int = 4) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def _table_row(d: dict[str, Any]) -> str:
+    scale = d.get("scale")
+    scale_s = f"[{scale[0]:g}, {scale[1]:g}]" if scale else ""
+    det = d.get("details") or {}
+    if d.get("error"):
+        return f"{d['image']}\tERROR\t{d['error']}"
+    extra = []
+    if "argmax" in det:
+        extra.append(f"argmax={det['argmax']:g}")
+    if "std" in det:
+        extra.append(f"std={det['std']:.3f}")
+    return f"{d['image']}\t{_fmt_num(d['score'])}\t{scale_s}\t{' '.join(extra)}"
+
+
+def write_results(results: list[dict[str, Any]], fmt: str, stream: TextIO, *, header: bool) -> None:
+    """Write result dicts to ``stream`` in ``fmt`` (json is handled by the caller: one array at the end)."""
+    if fmt == "jsonl":
+        for d in results:
+            stream.write(json.dumps(d) + "\n")
+    elif fmt == "table":
+        if header:
+            stream.write("image\tscore\tscale\tdetails\n")
+        for d in results:
+            stream.write(_table_row(d) + "\n")
+    elif fmt == "csv":
+        w = csv.DictWriter(stream, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if header:
+            w.writeheader()
+        for d in results:
+            det = d.get("details") or {}
+            scale = d.get("scale") or [None, None]
+            w.writerow(
+                {
+                    **d,
+                    "model": json.dumps(d["model"]) if isinstance(d.get("model"), list) else d.get("model"),
+                    "scale_low": scale[0],
+                    "scale_high": scale[1],
+                    "argmax": det.get("argmax"),
+                    "std": det.get("std"),
+                }
+            )
+    stream.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    scorer = scorer_from_args(args)
+    skip: set[str] = set()
+    out_f = None
+    if args.out:
+        out_path = Path(args.out)
+        if not args.no_resume:
+            skip = _done_keys(out_path)
+            if skip:
+                print(f"lmmiqa score: {len(skip)} image(s) already scored in {out_path}; skipping them", file=sys.stderr)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_f = out_path.open("a", encoding="utf-8")
+    n_ok = n_total = 0
+    collected: list[dict[str, Any]] = []
+    first = True
+    try:
+        for batch in scorer.iter_score(args.inputs, batch_size=args.batch_size, progress=args.progress, skip=skip):
+            dicts = [r.to_dict() for r in batch]
+            n_total += len(dicts)
+            n_ok += sum(1 for d in dicts if d["error"] is None)
+            if out_f is not None:
+                out_f.write("".join(json.dumps(d) + "\n" for d in dicts))
+                out_f.flush()
+                os.fsync(out_f.fileno())
+            if args.format == "json":
+                collected.extend(dicts)
+            else:
+                write_results(dicts, args.format, sys.stdout, header=first)
+            first = False
+            for d in dicts:
+                if d["error"]:
+                    print(f"lmmiqa score: {d['image']}: {d['error']}", file=sys.stderr)
+    finally:
+        if out_f is not None:
+            out_f.close()
+    if args.format == "json":
+        json.dump(collected, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    if n_total == 0:
+        if skip:
+            print("lmmiqa score: nothing left to score", file=sys.stderr)
+            return 0
+        print("lmmiqa score: no input images found", file=sys.stderr)
+        return 1
+    return 0 if n_ok > 0 else 1

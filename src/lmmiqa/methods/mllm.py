@@ -1,0 +1,167 @@
+"""Shared machinery of MLLM scorers that read quality from level-token probabilities (METHODS §0)."""
+
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lmmiqa.backends.base import Backend, create_backend
+from lmmiqa.errors import ConfigError
+from lmmiqa.images import ImageItem
+from lmmiqa.levels import READOUTS, LevelScale, closed_set_probs, covered_mass, level_details, readout
+from lmmiqa.methods.base import Scorer, ScorerConfig
+from lmmiqa.types import Prompt, ScoreResult
+
+DEFAULT_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
+
+
+@dataclass
+class MLLMConfig(ScorerConfig):
+    """Options shared by MLLM scorers.
+
+    Attributes:
+        model: hub id, local folder, or for ``backend="openai"`` ``"http://host:port/v1#served-name"``.
+        backend: ``transformers`` (in-process, default) or ``openai`` (OpenAI-compatible server).
+        device: transformers backend device (``auto``, ``cpu``, ``cuda``, ...).
+        dtype: transformers backend dtype (``auto``, ``float32``, ``bfloat16``, ``float16``).
+        readout: ``expected`` (Σ p·v, default) or ``argmax``.
+        backend_options: further backend options (e.g. ``attn_implementation``, ``api_key_env``, ``timeout``).
+    """
+
+    model: str = DEFAULT_MODEL
+    backend: str = "transformers"
+    device: str = "auto"
+    dtype: str = "auto"
+    readout: str = "expected"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.readout not in READOUTS:
+            raise ConfigError(f"unknown readout {self.readout!r}; known: {', '.join(READOUTS)}")
+        from lmmiqa import registry
+
+        self.backend = registry.canonical("backend", self.backend)
+
+    def backend_kwargs(self) -> dict[str, Any]:
+        opts = dict(self.backend_options)
+        if self.backend == "transformers":
+            opts.setdefault("device", self.device)
+            opts.setdefault("dtype", self.dtype)
+        return opts
+
+
+class LevelScorer(Scorer):
+    """A scorer whose items are prompts answered by one level token (Q-Align, standard-guided, IQARAG ...).
+
+    Subclasses provide :attr:`scale` (a :class:`LevelScale`) and :meth:`build_prompt`.
+    """
+
+    config_cls = MLLMConfig
+
+    def __init__(self, config: MLLMConfig | None = None, backend: Backend | None = None) -> None:
+        super().__init__(config)
+        self._backend = backend
+
+    @property
+    def backend(self) -> Backend:
+        """The backend (created on first use and shared with other scorers of the same model)."""
+        if self._backend is None:
+            cfg = self.config
+            self._backend = create_backend(cfg.backend, cfg.model, **cfg.backend_kwargs())
+        return self._backend
+
+    @property
+    def level_scale(self) -> LevelScale:
+        raise NotImplementedError
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        s = self.level_scale
+        return (s.low, s.high)
+
+    @property
+    def model_name(self) -> str | list[str] | None:
+        return self.config.model
+
+    @abstractmethod
+    def build_prompt(self, image: Any) -> Prompt:
+        """The prompt for one (already loaded RGB) image."""
+
+    # --------------------------------------------------------------------------------------------------
+    def level_probs(self, prompts: Sequence[Prompt], scale: LevelScale | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(closed-set probabilities [B, K], covered mass [B]) for prompts answered on ``scale``."""
+        scale = scale or self.level_scale
+        prefixes = {p.answer_prefix for p in prompts}
+        if len(prefixes) > 1:
+            raise ConfigError("prompts of one call must share an answer prefix")
+        cands = scale.candidates(prompts[0].answer_prefix if prompts else "")
+        lp = self.backend.level_logprobs(list(prompts), cands)
+        return closed_set_probs(lp), covered_mass(lp)
+
+    def results_from_probs(
+        self,
+        keys: Sequence[str],
+        probs: np.ndarray,
+        mass: np.ndarray,
+        *,
+        scale: LevelScale | None = None,
+        extra_details: Sequence[dict[str, Any]] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[ScoreResult]:
+        """Build results (score by the configured readout) from closed-set probabilities."""
+        scale = scale or self.level_scale
+        out: list[ScoreResult] = []
+        scores = readout(probs, scale.values, self.config.readout)
+        for i, key in enumerate(keys):
+            if not np.all(np.isfinite(probs[i])):
+                out.append(
+                    self.failure(
+                        key,
+                        "no level candidate was visible in the model's answer distribution "
+                        f"(candidates {scale.tokens}); the server's top log-probabilities did not include any",
+                        timings,
+                    )
+                )
+                continue
+            probabilities, details = level_details(probs[i], scale)
+            details["readout"] = self.config.readout
+            details["covered_mass"] = float(mass[i])
+            if getattr(self.backend, "prefix_mode", "continue") != "continue":
+                details["prefix_mode"] = self.backend.prefix_mode
+            if extra_details is not None:
+                details.update(extra_details[i])
+            out.append(
+                ScoreResult(
+                    image=key,
+                    score=float(scores[i]),
+                    method=self.name,
+                    higher_is_better=True,
+                    scale=self.scale,
+                    model=self.model_name,
+                    probabilities=probabilities,
+                    details=details,
+                    timings=dict(timings or {}),
+                )
+            )
+        return out
+
+    def score_items(self, items: list[ImageItem]) -> list[ScoreResult]:
+        t0 = time.perf_counter()
+        prompts = [self.build_prompt(it.image) for it in items]
+        t1 = time.perf_counter()
+        probs, mass = self.level_probs(prompts)
+        t2 = time.perf_counter()
+        n = max(len(items), 1)
+        timings = {"prompt": (t1 - t0) / n, "forward": (t2 - t1) / n}
+        return self.results_from_probs([it.key for it in items], probs, mass, timings=timings)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["scale"] = self.level_scale.to_dict()
+        return d
