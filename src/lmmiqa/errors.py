@@ -21,12 +21,14 @@ class ConfigError(LmmiqaError, ValueError):
 class UnknownNameError(ConfigError, KeyError):
     """A name (method, backend, tool, dataset, ...) is not registered."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]):
+    def __init__(self, kind: str, name: str, known: Iterable[str], aliases: dict[str, str] | None = None):
         self.kind = kind
         self.name = name
         self.known = sorted(known)
-        close = difflib.get_close_matches(name, self.known, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        aliases = aliases or {}
+        pool = {**{k: k for k in self.known}, **aliases}
+        close = difflib.get_close_matches(name, list(pool), n=1, cutoff=0.6)
+        hint = f"; did you mean {pool[close[0]]!r}?" if close else ""
         super().__init__(f"unknown {kind} {name!r}{hint} known: {', '.join(self.known)}")
 
     def __str__(self) -> str:  # KeyError would quote the message otherwise

@@ -258,7 +258,7 @@ def load_item(obj: Any, position: int, limits: ImageLimits | None = None) -> Ima
         return ImageItem(key=key, image=load_input(obj, limits), source=obj)
     except ImageLoadError as err:
         return ImageItem(key=key, error=str(err), source=obj)
-    except Exception as err:  # noqa: BLE001 - a decoder bug must not sink the batch
+    except Exception as err:
         return ImageItem(key=key, error=f"{key}: cannot open image ({type(err).__name__}: {err})", source=obj)
 
 
@@ -326,7 +326,7 @@ def sample_images() -> list[tuple[str, Any]]:
 
             with cbook.get_sample_data("grace_hopper.jpg") as f:
                 out.append(("grace_hopper", to_rgb(Image.open(f))))
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise ImageLoadError(
                 "no built-in sample images: install scikit-image (pip install 'lmmiqa[tools]')"
             ) from err

@@ -56,7 +56,7 @@ def canonical(kind: str, name: str) -> str:
     key = name.strip().lower()
     key = ALIASES.get(kind, {}).get(key, key)
     if key not in table:
-        raise UnknownNameError(kind, name, list(table) + list(ALIASES.get(kind, {})))
+        raise UnknownNameError(kind, name, list(table), ALIASES.get(kind, {}))
     return key
 
 
