@@ -1,0 +1,269 @@
+"""Loading transformers processors on machines without torchvision.
+
+In transformers 5.x every VLM processor that declares a video processor (Qwen2.5-VL, Qwen3-VL,
+LLaVA-OneVision, InternVL, ...) fails to build or load when torchvision is missing, because its video processor
+only has a torchvision backend (upstream: transformers #43986, #48556). lmmiqa never needs videos, so when
+:func:`transformers.AutoProcessor.from_pretrained` fails for that reason, :func:`load_processor` loads an
+*image-only variant* of the same processor class instead: a subclass whose ``__init__`` takes the same
+arguments minus ``video_processor`` (see :func:`image_only_processor_class`).
+
+The variant keeps the base class's name and writes the standard processor files on ``save_pretrained``
+(``processor_config.json``, tokenizer files, ``chat_template.jinja``), so a saved folder reloads through
+:func:`load_processor` here and through plain ``AutoProcessor.from_pretrained`` on a machine with torchvision.
+
+transformers is imported lazily inside the functions: importing this module loads no torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from lmmiqa.errors import MissingDependencyError, ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
+
+__all__ = ["image_only_processor_class", "is_video_processor_error", "load_processor"]
+
+#: Fragments of the error messages transformers raises when a processor's video processor cannot be built
+#: because torchvision is missing (lower-cased).
+_VIDEO_ERROR_MARKERS: tuple[str, ...] = (
+    "video_processor_mapping",
+    "_extra_content",
+    "video processor",
+    "videoprocessor",
+    "video_processor",
+    "torchvision",
+)
+
+#: Keyword arguments of ``from_pretrained`` that locate files (passed to every sub-loader).
+_HUB_KWARGS: tuple[str, ...] = (
+    "cache_dir",
+    "force_download",
+    "local_files_only",
+    "token",
+    "revision",
+    "subfolder",
+    "proxies",
+    "trust_remote_code",
+)
+
+
+def is_video_processor_error(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception it was raised from) says a video processor/torchvision is missing.
+
+    Args:
+        err: the exception raised by ``AutoProcessor.from_pretrained``.
+
+    Returns:
+        True when falling back to an image-only processor can help.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        text = f"{type(cur).__name__}: {cur}".lower()
+        if any(marker in text for marker in _VIDEO_ERROR_MARKERS):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _import_transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as err:
+        raise MissingDependencyError("transformers", "hf", "loading local models") from err
+    return transformers
+
+
+@functools.cache
+def image_only_processor_class(cls: type) -> type:
+    """An image-only variant of a transformers processor class.
+
+    The variant is a subclass whose ``__init__`` has the base signature minus ``video_processor`` (with the
+    same defaults), built as a real function because transformers reads both ``inspect.signature(__init__)``
+    (which sub-processors and settings to save and load) and ``__init__.__code__`` (which saved settings to pass
+    back on reload); a ``**kwargs``-only subclass would silently drop settings such as ``num_image_tokens``.
+    The base ``__init__`` is called with ``video_processor=None``. The variant keeps the base class's
+    ``__name__`` so that saved files name the standard class (``"processor_class": "Qwen2_5_VLProcessor"``).
+
+    Args:
+        cls: a ``ProcessorMixin`` subclass, e.g. ``transformers.Qwen2_5_VLProcessor``.
+
+    Returns:
+        The variant class (cached: the same class object for the same ``cls``). ``cls`` itself when it has no
+        ``video_processor`` argument.
+    """
+    sig = inspect.signature(cls.__init__)
+    if "video_processor" not in sig.parameters:
+        return cls
+
+    params = [p for name, p in sig.parameters.items() if name != "video_processor"]
+    header: list[str] = []
+    call: list[str] = []
+    defaults: list[Any] = []
+    kwdefaults: dict[str, Any] = {}
+    star_done = False
+    for i, p in enumerate(params):
+        if i == 0:  # self
+            header.append(p.name)
+            continue
+        if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.POSITIONAL_ONLY:
+            header.append(p.name)
+            call.append(f"{p.name}={p.name}")
+            if p.default is not p.empty:
+                defaults.append(p.default)
+        elif p.kind is p.VAR_POSITIONAL:
+            header.append(f"*{p.name}")
+            call.append(f"*{p.name}")
+            star_done = True
+        elif p.kind is p.KEYWORD_ONLY:
+            if not star_done:
+                header.append("*")
+                star_done = True
+            header.append(p.name)
+            call.append(f"{p.name}={p.name}")
+            if p.default is not p.empty:
+                kwdefaults[p.name] = p.default
+        elif p.kind is p.VAR_KEYWORD:
+            header.append(f"**{p.name}")
+            call.append(f"**{p.name}")
+    call.append("video_processor=None")
+    src = f"def __init__({', '.join(header)}):\n    __lmmiqa_base_init__({header[0]}, {', '.join(call)})\n"
+    namespace: dict[str, Any] = {"__lmmiqa_base_init__": cls.__init__}
+    exec(compile(src, f"<lmmiqa image-only {cls.__name__}.__init__>", "exec"), namespace)
+    init = namespace["__init__"]
+    init.__defaults__ = tuple(defaults) or None
+    init.__kwdefaults__ = kwdefaults or None
+    init.__doc__ = f"Image-only {cls.__name__}: the base arguments minus ``video_processor``."
+    init.__qualname__ = f"{cls.__name__}.__init__"
+
+    variant = type(
+        cls.__name__,
+        (cls,),
+        {
+            "__init__": init,
+            "__module__": __name__,
+            "__qualname__": f"image_only[{cls.__name__}]",
+            "__doc__": f"Image-only variant of :class:`transformers.{cls.__name__}` (no video processor).",
+            "lmmiqa_image_only": True,
+        },
+    )
+    return variant
+
+
+def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
+
+
+def _read_json(name_or_path: str, filename: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """Read a JSON file of a local folder or hub repo; None when absent or unreadable."""
+    local = os.path.join(name_or_path, kwargs.get("subfolder") or "", filename)
+    if os.path.isdir(name_or_path):
+        if not os.path.isfile(local):
+            return None
+        resolved: str | None = local
+    else:
+        transformers = _import_transformers()
+        try:
+            resolved = transformers.utils.cached_file(
+                name_or_path,
+                filename,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+                **_hub_kwargs(kwargs),
+            )
+        except Exception:
+            return None
+    if resolved is None:
+        return None
+    try:
+        with open(resolved, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _find_processor_class(name_or_path: str, kwargs: dict[str, Any]) -> type:
+    """The processor class AutoProcessor would pick, found without building its video processor."""
+    transformers = _import_transformers()
+    candidates: list[str] = []
+    for filename in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        data = _read_json(name_or_path, filename, kwargs)
+        if data and isinstance(data.get("processor_class"), str):
+            candidates.append(data["processor_class"])
+    config = _read_json(name_or_path, "config.json", kwargs)
+    if config and isinstance(config.get("model_type"), str):
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+        mapped = PROCESSOR_MAPPING_NAMES.get(config["model_type"])
+        if isinstance(mapped, str):
+            candidates.append(mapped)
+    for name in candidates:
+        cls = getattr(transformers, name, None)
+        if isinstance(cls, type):
+            return cls
+    raise ModelLoadError(
+        f"cannot tell which processor class {name_or_path!r} uses (no processor_class in its processor or "
+        "tokenizer config and no known model_type in config.json)"
+    )
+
+
+def load_processor(name_or_path: str | os.PathLike[str], **kwargs: Any) -> ProcessorMixin:
+    """Load a model's processor, falling back to an image-only variant when torchvision is missing.
+
+    Args:
+        name_or_path: a hub model id (``"Qwen/Qwen2.5-VL-7B-Instruct"``) or a local folder.
+        **kwargs: passed to ``from_pretrained`` (``revision=``, ``local_files_only=``, ``trust_remote_code=``,
+            processor settings such as ``min_pixels=``).
+
+    Returns:
+        The processor: the standard one when it loads; otherwise an instance of
+        ``image_only_processor_class(cls)`` built from the same image processor, tokenizer and chat template
+        (it rejects ``videos=``).
+
+    Raises:
+        MissingDependencyError: transformers is not installed.
+        ModelLoadError: the processor cannot be loaded (not found locally and not reachable, or broken); the
+            message says what was tried.
+    """
+    transformers = _import_transformers()
+    name = os.fspath(name_or_path)
+    try:
+        return transformers.AutoProcessor.from_pretrained(name, **kwargs)
+    except Exception as err:
+        first_error = err
+    if not is_video_processor_error(first_error):
+        raise ModelLoadError(_explain(name, first_error)) from first_error
+
+    try:
+        cls = _find_processor_class(name, kwargs)
+        variant = image_only_processor_class(cls)
+        return variant.from_pretrained(name, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as err:
+        raise ModelLoadError(
+            f"could not load the processor of {name!r}: AutoProcessor failed because its video processor "
+            f"needs torchvision ({type(first_error).__name__}: {first_error}), and the image-only fallback "
+            f"failed too ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _explain(name: str, err: BaseException) -> str:
+    hint = ""
+    if not os.path.exists(name):
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+        hint = (
+            "; it is not a local folder, so it must be a hub model id reachable online or already in the HF "
+            "cache" + (" (offline mode is on: HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE=1)" if offline else "")
+        )
+    elif os.path.isdir(name):
+        hint = "; the folder must hold the processor files written by save_pretrained (processor_config.json, tokenizer files)"
+    return f"could not load the processor of {name!r} ({type(err).__name__}: {err}){hint}"

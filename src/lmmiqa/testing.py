@@ -1,0 +1,625 @@
+"""Offline test kit: tiny random-weight VLMs, test images and a logit-forcing hook.
+
+Public so that plugin authors can test their methods and backends offline too. Nothing here downloads:
+:func:`make_tiny_vlm` trains a byte-level BPE tokenizer of a few hundred tokens on a built-in corpus, builds a
+random-weight model of a real architecture from a tiny config and saves model and processor with the
+standard ``save_pretrained`` files, so the folder loads with ``AutoModelForImageTextToText.from_pretrained``
+and :func:`lmmiqa.backends.hf_processor.load_processor` exactly like a real checkpoint.
+
+Example::
+
+    from lmmiqa.testing import make_tiny_vlm, force_token
+
+    path = make_tiny_vlm("qwen2_5_vl", tmp_path / "tiny")
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    with force_token(model, tokenizer.convert_tokens_to_ids("Ġgood")):
+        ...  # every next-token distribution now peaks at " good"
+
+Requires the ``hf`` extra (torch, transformers, tokenizers); imported lazily, so ``import lmmiqa.testing``
+itself loads no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lmmiqa.errors import ConfigError, UnknownNameError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "QUALITY_WORDS",
+    "TINY_ARCHS",
+    "ForceLevelHook",
+    "force_token",
+    "make_image",
+    "make_tiny_vlm",
+    "tiny_vlm_cached",
+]
+
+#: Architectures :func:`make_tiny_vlm` can build (transformers ``model_type`` names).
+TINY_ARCHS: tuple[str, ...] = ("qwen2_5_vl", "qwen3_vl", "llava_onevision", "internvl")
+
+#: Quality words that are single tokens with a leading space (``" good"``) and without (``"Good"``) in every
+#: tiny tokenizer.
+QUALITY_WORDS: tuple[str, ...] = (
+    "excellent",
+    "good",
+    "fair",
+    "poor",
+    "bad",
+    "perfect",
+    "high",
+    "low",
+    "medium",
+)
+
+# Text model size shared by every tiny architecture.
+_HIDDEN = 64
+_LAYERS = 2
+_HEADS = 4
+_KV_HEADS = 2
+_INTERMEDIATE = 128
+_HEAD_DIM = _HIDDEN // _HEADS  # 16 -> Qwen mrope_section sums to 8
+_VISION_HIDDEN = 32
+_VISION_LAYERS = 2
+_VISION_HEADS = 2
+
+_COMMON_SPECIALS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|image_pad|>",
+    "<|vision_end|>",
+    "<|video_pad|>",
+)
+_ARCH_SPECIALS: dict[str, tuple[str, ...]] = {
+    "qwen2_5_vl": (),
+    "qwen3_vl": (),
+    "llava_onevision": ("<image>", "<video>"),
+    "internvl": ("<img>", "</img>", "<IMG_CONTEXT>", "<video>"),
+}
+
+# The image placeholder each model's chat template writes for one {"type": "image"} item (as in the
+# published templates; the processor expands it to the image's tokens).
+_IMAGE_PLACEHOLDER: dict[str, str] = {
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "llava_onevision": "<image>\n",
+    "internvl": "<IMG_CONTEXT>\n",
+}
+_VIDEO_PLACEHOLDER: dict[str, str] = {
+    "qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>",
+    "qwen3_vl": "<|vision_start|><|video_pad|><|vision_end|>",
+    "llava_onevision": "<video>\n",
+    "internvl": "<video>\n",
+}
+# Qwen2/2.5-VL's published template adds this system message when the conversation has none.
+_DEFAULT_SYSTEM: dict[str, str] = {"qwen2_5_vl": "You are a helpful assistant."}
+
+# The Qwen2 pre-tokenizer pattern: letters with one optional leading non-letter (so " good" is one piece),
+# digits one at a time, punctuation runs with an optional leading space.
+_QWEN_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+_CORPUS: tuple[str, ...] = (
+    "The quality of the image is excellent.",
+    "The quality of the image is good.",
+    "The quality of the image is fair.",
+    "The quality of the image is poor.",
+    "The quality of the image is bad.",
+    "How would you rate the quality of this image?",
+    "Rate the quality of the image. The quality of this image is",
+    "Perfect Excellent Good Fair Bad Poor Very Bad High Medium Low",
+    "perfect excellent good fair poor bad very high medium low",
+    "Answer with a score from 1 to 5: 1 2 3 4 5 6 7 8 9 0 10 100",
+    "Choose one option: A B C D E. A. B. C. D. E. (A) (B) (C) (D) (E)",
+    "The answer is A The answer is B The answer is C The answer is D The answer is E",
+    'Reply in JSON: {"score": 3, "level": "good", "reason": "slight blur and noise"}',
+    '{"distortions": ["blur", "noise", "compression", "exposure"], "severity": [1, 2, 3]}',
+    "[ ] { } : , \" ' . ? ! ( ) - _ / \\ * + = < > # %",
+    "You are a helpful assistant. You are an expert in image quality assessment.",
+    "Is there any blur, noise, overexposure, underexposure, low contrast, JPEG compression or color shift?",
+    "Describe the image: sharpness, contrast, brightness, colorfulness, noise, artifacts, details, texture.",
+    "Compare the first image with the second image and the reference image.",
+    "yes no Yes No true false null score level quality image rate rating answer",
+    "user assistant system tool\n\n\n",
+)
+
+
+def _require_hf() -> tuple[Any, Any]:
+    from lmmiqa.errors import require
+
+    torch = require("torch", "hf", "building tiny test models")
+    transformers = require("transformers", "hf", "building tiny test models")
+    return torch, transformers
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in TINY_ARCHS:
+        raise UnknownNameError("tiny architecture", arch, TINY_ARCHS)
+
+
+# ----------------------------------------------------------------------------------------------- tokenizer
+
+
+def _chat_template(arch: str) -> str:
+    """A ChatML template with content lists of {"type": "image"|"video"|"text"} items."""
+    image = _IMAGE_PLACEHOLDER[arch].replace("\n", "\\n")
+    video = _VIDEO_PLACEHOLDER[arch].replace("\n", "\\n")
+    system = _DEFAULT_SYSTEM.get(arch)
+    default_system = (
+        "{%- if messages[0]['role'] != 'system' -%}"
+        "{{- '<|im_start|>system\\n" + system + "<|im_end|>\\n' -}}"
+        "{%- endif -%}"
+        if system
+        else ""
+    )
+    return (
+        default_system + "{%- for message in messages -%}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+        "{%- if message['content'] is string -%}"
+        "{{- message['content'] -}}"
+        "{%- else -%}"
+        "{%- for content in message['content'] -%}"
+        "{%- if content['type'] == 'image' or 'image' in content or 'image_url' in content -%}"
+        "{{- '" + image + "' -}}"
+        "{%- elif content['type'] == 'video' or 'video' in content -%}"
+        "{{- '" + video + "' -}}"
+        "{%- elif 'text' in content -%}"
+        "{{- content['text'] -}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- endif -%}"
+        "{{- '<|im_end|>\\n' -}}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}"
+        "{{- '<|im_start|>assistant\\n' -}}"
+        "{%- endif -%}"
+    )
+
+
+def _corpus() -> list[str]:
+    lines = list(_CORPUS)
+    words = [*QUALITY_WORDS, "very", "score", "quality", "image"]
+    lines += [" ".join(words), " ".join(w.capitalize() for w in words)]
+    lines += [
+        "\n".join(words),
+        "\n".join(w.capitalize() for w in words),
+        "\n".join(w.upper() for w in QUALITY_WORDS),
+    ]
+    lines += [" A B C D E", "A\nB\nC\nD\nE", " ".join(str(d) for d in range(10))]
+    # Repeat so that frequent words win their merges early and every word ends up one token.
+    return lines * 3
+
+
+def _build_tokenizer(arch: str) -> Any:
+    """Train the tiny byte-level BPE tokenizer and wrap it for transformers."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(_COMMON_SPECIALS) + list(_ARCH_SPECIALS[arch])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000,  # an upper bound: training stops when every corpus word is one token
+        min_frequency=1,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+
+    extra: dict[str, Any] = {}
+    if arch == "internvl":
+        extra["extra_special_tokens"] = {
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        }
+    elif arch == "llava_onevision":
+        extra["extra_special_tokens"] = {"image_token": "<image>", "video_token": "<video>"}
+    else:
+        extra["extra_special_tokens"] = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=specials[1:],
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=4096,
+        chat_template=_chat_template(arch),
+        **extra,
+    )
+    return hf_tok
+
+
+# --------------------------------------------------------------------------------------- model + processor
+
+
+def _text_config(
+    vocab: int, tokenizer: Any, *, model_type: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "vocab_size": vocab,
+        "hidden_size": _HIDDEN,
+        "intermediate_size": _INTERMEDIATE,
+        "num_hidden_layers": _LAYERS,
+        "num_attention_heads": _HEADS,
+        "num_key_value_heads": _KV_HEADS,
+        "max_position_embeddings": 4096,
+        "bos_token_id": None,
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": False,
+    }
+    if model_type:
+        cfg["model_type"] = model_type
+    cfg.update(extra)
+    return cfg
+
+
+def _qwen_image_processor(
+    transformers: Any, patch: int, merge: int, mean: Sequence[float], std: Sequence[float]
+) -> Any:
+    factor = patch * merge
+    cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
+    return cls(
+        size={"shortest_edge": factor * factor * 4, "longest_edge": factor * factor * 16},
+        patch_size=patch,
+        merge_size=merge,
+        temporal_patch_size=2,
+        image_mean=list(mean),
+        image_std=list(std),
+    )
+
+
+def _build(arch: str, tokenizer: Any, transformers: Any) -> tuple[Any, Any]:
+    """The (config, processor) of one tiny architecture."""
+    from lmmiqa.backends.hf_processor import image_only_processor_class
+
+    vocab = len(tokenizer)
+    ids = tokenizer.convert_tokens_to_ids
+    chat_template = tokenizer.chat_template
+
+    if arch == "qwen2_5_vl":
+        config = transformers.Qwen2_5_VLConfig(
+            text_config=_text_config(
+                vocab,
+                tokenizer,
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            ),
+            vision_config={
+                "depth": _VISION_LAYERS,
+                "hidden_size": _VISION_HIDDEN,
+                "intermediate_size": 64,
+                "num_heads": _VISION_HEADS,
+                "patch_size": 14,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "window_size": 56,
+                "fullatt_block_indexes": [1],
+                "out_hidden_size": _HIDDEN,
+            },
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
+            tie_word_embeddings=False,
+        )
+        ip = _qwen_image_processor(
+            transformers, 14, 2, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+        )
+        processor = image_only_processor_class(transformers.Qwen2_5_VLProcessor)(
+            image_processor=ip, tokenizer=tokenizer, chat_template=chat_template
+        )
+    elif arch == "qwen3_vl":
+        config = transformers.Qwen3VLConfig(
+            text_config=_text_config(
+                vocab,
+                tokenizer,
+                head_dim=_HEAD_DIM,
+                rope_parameters={
+                    "rope_type": "default",
+                    "rope_theta": 5000000.0,
+                    "mrope_section": [2, 3, 3],
+                    "mrope_interleaved": True,
+                },
+            ),
+            vision_config={
+                "depth": _VISION_LAYERS,
+                "hidden_size": _VISION_HIDDEN,
+                "intermediate_size": 64,
+                "num_heads": _VISION_HEADS,
+                "patch_size": 16,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "out_hidden_size": _HIDDEN,
+                "num_position_embeddings": 64,
+                "deepstack_visual_indexes": [0],
+            },
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
+            tie_word_embeddings=False,
+        )
+        ip = _qwen_image_processor(transformers, 16, 2, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        processor = image_only_processor_class(transformers.Qwen3VLProcessor)(
+            image_processor=ip, tokenizer=tokenizer, chat_template=chat_template
+        )
+    elif arch == "llava_onevision":
+        image_size, patch = 28, 7  # 4x4 = 16 tokens per tile
+        pinpoints = [[image_size * h, image_size * w] for h in (1, 2) for w in (1, 2)]
+        config = transformers.LlavaOnevisionConfig(
+            text_config=_text_config(vocab, tokenizer, model_type="qwen2"),
+            vision_config={
+                "model_type": "siglip_vision_model",
+                "hidden_size": _VISION_HIDDEN,
+                "intermediate_size": 64,
+                "num_hidden_layers": _VISION_LAYERS,
+                "num_attention_heads": _VISION_HEADS,
+                "image_size": image_size,
+                "patch_size": patch,
+                "vision_use_head": False,
+            },
+            image_token_index=ids("<image>"),
+            video_token_index=ids("<video>"),
+            vision_feature_select_strategy="full",
+            vision_feature_layer=-1,
+            image_grid_pinpoints=pinpoints,
+            vision_aspect_ratio="anyres_max_9",
+            tie_word_embeddings=False,
+        )
+        cls = (
+            getattr(transformers, "LlavaOnevisionImageProcessorPil", None)
+            or transformers.LlavaOnevisionImageProcessor
+        )
+        ip = cls(
+            size={"height": image_size, "width": image_size},
+            image_grid_pinpoints=pinpoints,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        )
+        processor = image_only_processor_class(transformers.LlavaOnevisionProcessor)(
+            image_processor=ip,
+            tokenizer=tokenizer,
+            num_image_tokens=(image_size // patch) ** 2,
+            vision_feature_select_strategy="full",
+            chat_template=chat_template,
+            vision_aspect_ratio="anyres_max_9",
+        )
+    elif arch == "internvl":
+        image_size, patch = 32, 8  # 4x4 patches, pixel shuffle 0.5 -> 4 tokens per tile
+        config = transformers.InternVLConfig(
+            text_config=_text_config(vocab, tokenizer, model_type="qwen2"),
+            vision_config={
+                "hidden_size": _VISION_HIDDEN,
+                "intermediate_size": 64,
+                "num_hidden_layers": _VISION_LAYERS,
+                "num_attention_heads": _VISION_HEADS,
+                "image_size": [image_size, image_size],
+                "patch_size": [patch, patch],
+            },
+            image_token_id=ids("<IMG_CONTEXT>"),
+            image_seq_length=(image_size // patch) ** 2 // 4,
+            downsample_ratio=0.5,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+            tie_word_embeddings=False,
+        )
+        cls = getattr(transformers, "GotOcr2ImageProcessorPil", None) or transformers.GotOcr2ImageProcessor
+        ip = cls(
+            size={"height": image_size, "width": image_size},
+            crop_to_patches=True,
+            min_patches=1,
+            max_patches=4,
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+        )
+        processor = image_only_processor_class(transformers.InternVLProcessor)(
+            image_processor=ip,
+            tokenizer=tokenizer,
+            image_seq_length=(image_size // patch) ** 2 // 4,
+            chat_template=chat_template,
+        )
+    else:  # pragma: no cover - guarded by _check_arch
+        raise UnknownNameError("tiny architecture", arch, TINY_ARCHS)
+    return config, processor
+
+
+def make_tiny_vlm(arch: str, path: str | os.PathLike[str], *, seed: int = 0) -> pathlib.Path:
+    """Build a tiny random-weight VLM of a real architecture and save it with its processor.
+
+    The text model has hidden size 64, 2 layers, 4 heads (2 KV heads); the vision tower 2 layers of hidden
+    size 32; images become a handful of tokens (a 64x48 image: 4 tokens for Qwen2.5-VL, a few tiles of 4-16
+    tokens for InternVL/LLaVA-OneVision). The tokenizer is a byte-level BPE in which ``" excellent"``,
+    ``" good"``, ``" fair"``, ``" poor"``, ``" bad"`` (and capitalised forms), the digits ``0``-``9`` and the
+    letters ``A``-``E`` (with and without a leading space) are single tokens.
+
+    Args:
+        arch: one of :data:`TINY_ARCHS`.
+        path: output folder (created; existing files with the same names are overwritten).
+        seed: torch seed for the weights; the same seed gives identical files.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`.
+
+    Raises:
+        UnknownNameError: ``arch`` is not one of :data:`TINY_ARCHS`.
+        MissingDependencyError: torch/transformers are not installed (extra ``hf``).
+    """
+    _check_arch(arch)
+    torch, transformers = _require_hf()
+    out = pathlib.Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = _build_tokenizer(arch)
+    config, processor = _build(arch, tokenizer, transformers)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForImageTextToText.from_config(config)
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.bos_token_id = None
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    return out
+
+
+_CACHE_LOCK = threading.Lock()
+_CACHE: dict[tuple[str, int], pathlib.Path] = {}
+_CACHE_DIR: tempfile.TemporaryDirectory[str] | None = None
+
+
+def tiny_vlm_cached(arch: str, *, seed: int = 0) -> pathlib.Path:
+    """:func:`make_tiny_vlm` once per process and (arch, seed), into a temporary folder removed at exit.
+
+    Args:
+        arch: one of :data:`TINY_ARCHS`.
+        seed: weight seed.
+
+    Returns:
+        The folder of the built model. Treat it as read-only: other callers share it.
+    """
+    global _CACHE_DIR
+    _check_arch(arch)
+    with _CACHE_LOCK:
+        key = (arch, seed)
+        if key not in _CACHE:
+            if _CACHE_DIR is None:
+                _CACHE_DIR = tempfile.TemporaryDirectory(prefix="lmmiqa-tiny-vlm-")
+            _CACHE[key] = make_tiny_vlm(arch, pathlib.Path(_CACHE_DIR.name) / f"{arch}-seed{seed}", seed=seed)
+        return _CACHE[key]
+
+
+# ------------------------------------------------------------------------------------------- force hook
+
+
+class ForceLevelHook:
+    """Context manager adding ``bias`` to one token's logit at every position of a model's output.
+
+    Registers a forward hook on ``model.get_output_embeddings()`` (the LM head), so the model's next-token
+    argmax becomes ``token_id`` whatever the random weights say. Used to test read-outs deterministically.
+    The hook is removed on exit (or by :meth:`remove`).
+
+    Args:
+        model: a transformers model with ``get_output_embeddings()``.
+        token_id: the vocabulary index to favour.
+        bias: logit offset added to that token (20 beats the spread of a random tiny model's logits).
+    """
+
+    def __init__(self, model: Any, token_id: int, bias: float = 20.0) -> None:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is None:
+            raise ConfigError(f"{type(model).__name__} has no output embeddings to hook")
+        vocab = getattr(head, "out_features", None)
+        if not isinstance(token_id, int) or token_id < 0 or (vocab is not None and token_id >= vocab):
+            raise ConfigError(f"token_id must be an int in [0, {vocab}), got {token_id!r}")
+        self.model = model
+        self.token_id = int(token_id)
+        self.bias = float(bias)
+        self._head = head
+        self._handle: Any = None
+
+    def _hook(self, module: Any, inputs: Any, output: Any) -> Any:
+        output = output.clone()
+        output[..., self.token_id] += self.bias
+        return output
+
+    def install(self) -> ForceLevelHook:
+        """Register the hook (idempotent)."""
+        if self._handle is None:
+            self._handle = self._head.register_forward_hook(self._hook)
+        return self
+
+    def remove(self) -> None:
+        """Remove the hook (idempotent)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def __enter__(self) -> ForceLevelHook:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def force_token(model: Any, token_id: int, bias: float = 20.0) -> ForceLevelHook:
+    """Favour one token in ``model``'s output: ``with force_token(model, tid): ...``.
+
+    Args:
+        model: a transformers model with ``get_output_embeddings()``.
+        token_id: the vocabulary index to favour.
+        bias: logit offset added to that token.
+
+    Returns:
+        An installed :class:`ForceLevelHook`; use it as a context manager or call ``remove()``.
+    """
+    return ForceLevelHook(model, token_id, bias).install()
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def make_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    """A deterministic RGB test image: smooth colour gradients, a few shapes and noise (never blank).
+
+    Args:
+        width: width in pixels (>= 1).
+        height: height in pixels (>= 1).
+        seed: noise seed; the same arguments give the same pixels.
+
+    Returns:
+        A PIL image in mode ``"RGB"``.
+
+    Raises:
+        ConfigError: a size is not a positive integer.
+    """
+    from PIL import Image
+
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    xn = x / max(width - 1, 1)
+    yn = y / max(height - 1, 1)
+    phase = rng.uniform(0, 2 * np.pi, size=3)
+    freq = rng.uniform(1.0, 3.0, size=3)
+    img = np.stack(
+        [
+            0.5 + 0.35 * np.sin(2 * np.pi * freq[0] * xn + phase[0]) * (1 - 0.5 * yn),
+            0.3 + 0.6 * yn * (0.5 + 0.5 * np.cos(2 * np.pi * freq[1] * xn * yn + phase[1])),
+            0.5 + 0.4 * np.cos(2 * np.pi * freq[2] * (xn + yn) / 2 + phase[2]),
+        ],
+        axis=-1,
+    )
+    # A bright disc and a dark bar give edges for quality tools to find.
+    cx, cy, r = rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height, 0.2 * min(width, height) + 1
+    img[(x - cx) ** 2 + (y - cy) ** 2 < r**2] = rng.uniform(0.75, 1.0, size=3)
+    x0 = int(rng.integers(0, max(width // 2, 1)))
+    img[: max(height // 5, 1), x0 : x0 + max(width // 8, 1)] = rng.uniform(0.0, 0.2, size=3)
+    img += rng.normal(0.0, 0.04, size=img.shape)
+    arr = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, mode="RGB")
