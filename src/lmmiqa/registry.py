@@ -23,7 +23,18 @@ BACKENDS: dict[str, str] = {
 
 TOOLS: dict[str, str] = {}
 
-DATASETS: dict[str, str] = {}
+DATASETS: dict[str, str] = {
+    "koniq10k": "lmmiqa.data.records:KONIQ10K",
+    "spaq": "lmmiqa.data.records:SPAQ",
+    "livec": "lmmiqa.data.records:LIVEC",
+    "kadid10k": "lmmiqa.data.records:KADID10K",
+    "agiqa3k": "lmmiqa.data.records:AGIQA3K",
+    "agiqa1k": "lmmiqa.data.records:AGIQA1K",
+    "csiq": "lmmiqa.data.records:CSIQ",
+    "tid2013": "lmmiqa.data.records:TID2013",
+    "live": "lmmiqa.data.records:LIVE",
+    "synthetic": "lmmiqa.data.records:SYNTHETIC",
+}
 
 SEGMENTERS: dict[str, str] = {}
 
@@ -35,6 +46,9 @@ STUDENTS: dict[str, str] = {}
 ALIASES: dict[str, dict[str, str]] = {
     "method": {"qalign": "q-align", "sg": "standard-guided"},
     "backend": {"hf": "transformers"},
+    "dataset": {"koniq": "koniq10k", "koniq-10k": "koniq10k", "kadid": "kadid10k", "kadid-10k": "kadid10k",
+                "live-challenge": "livec", "livechallenge": "livec", "live_challenge": "livec",
+                "agiqa-3k": "agiqa3k", "agiqa-1k": "agiqa1k", "tid": "tid2013"},
 }
 
 TABLES: dict[str, dict[str, str]] = {
