@@ -229,6 +229,43 @@ def test_image_only_class_keeps_settings(tiny_model_path):
     assert processor.vision_feature_select_strategy == "full"
 
 
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_saved_processor_config_is_standard_and_resave_is_stable(tiny_model_path, tmp_path, arch):
+    path = tiny_model_path(arch)
+    saved = json.loads((path / "processor_config.json").read_text())
+    # A nested video processor entry lets plain AutoProcessor load the folder where torchvision exists.
+    video = saved["video_processor"]
+    assert video["video_processor_type"].endswith("VideoProcessor")
+    assert video["size"] == saved["image_processor"]["size"]
+    _, processor = _load(path)
+    processor.save_pretrained(tmp_path / "resaved")
+    assert json.loads((tmp_path / "resaved" / "processor_config.json").read_text()) == saved
+    reloaded = load_processor(tmp_path / "resaved")
+    assert type(reloaded) is type(processor)
+    assert reloaded.chat_template == processor.chat_template
+
+
+def test_padding_side_kwarg_is_honoured(tiny_vlm):
+    _, processor = _load(tiny_vlm)
+    text = _prompt(processor)
+    images = [[make_image(64, 48)], [make_image(30, 90, seed=1)]]
+    for side, column in (("left", -1), ("right", 0)):
+        mask = processor(
+            text=[text, text], images=images, padding=True, padding_side=side, return_tensors="pt"
+        )["attention_mask"]
+        assert (mask[:, column] == 1).all() and not (mask == 1).all()
+
+
+def test_tiny_vlm_cached_builds_once():
+    from lmmiqa.testing import tiny_vlm_cached
+
+    first = tiny_vlm_cached("llava_onevision")
+    assert tiny_vlm_cached("llava_onevision") == first
+    assert (first / "model.safetensors").is_file() and (first / "config.json").is_file()
+    with pytest.raises(UnknownNameError):
+        tiny_vlm_cached("llava")
+
+
 def test_internvl_settings_survive_reload(tiny_model_path):
     _, processor = _load(tiny_model_path("internvl"))
     assert processor.image_seq_length == 4

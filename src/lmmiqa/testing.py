@@ -12,7 +12,9 @@ Example::
 
     path = make_tiny_vlm("qwen2_5_vl", tmp_path / "tiny")
     model = AutoModelForImageTextToText.from_pretrained(path)
-    with force_token(model, tokenizer.convert_tokens_to_ids("Ġgood")):
+    processor = load_processor(path)  # lmmiqa.backends.hf_processor
+    good = processor.tokenizer.encode(" good", add_special_tokens=False)[0]
+    with force_token(model, good):
         ...  # every next-token distribution now peaks at " good"
 
 Requires the ``hf`` extra (torch, transformers, tokenizers); imported lazily, so ``import lmmiqa.testing``
@@ -450,8 +452,9 @@ def make_tiny_vlm(arch: str, path: str | os.PathLike[str], *, seed: int = 0) -> 
     """Build a tiny random-weight VLM of a real architecture and save it with its processor.
 
     The text model has hidden size 64, 2 layers, 4 heads (2 KV heads); the vision tower 2 layers of hidden
-    size 32; images become a handful of tokens (a 64x48 image: 4 tokens for Qwen2.5-VL, a few tiles of 4-16
-    tokens for InternVL/LLaVA-OneVision). The tokenizer is a byte-level BPE in which ``" excellent"``,
+    size 32; images become a handful of tokens. A 64x48 image gives 4 image tokens for Qwen2.5-VL/Qwen3-VL
+    (4 to 16 by size), 20 for InternVL (4 per 32x32 tile, up to 4 tiles plus a thumbnail) and 70 for
+    LLaVA-OneVision (16 per 28x28 tile, anyres up to 2x2 tiles, plus newline tokens). The tokenizer is a byte-level BPE in which ``" excellent"``,
     ``" good"``, ``" fair"``, ``" poor"``, ``" bad"`` (and capitalised forms), the digits ``0``-``9`` and the
     letters ``A``-``E`` (with and without a leading space) are single tokens.
 

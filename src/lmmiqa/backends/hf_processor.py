@@ -16,6 +16,7 @@ transformers is imported lazily inside the functions: importing this module load
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
@@ -145,16 +146,79 @@ def image_only_processor_class(cls: type) -> type:
 
     variant = type(
         cls.__name__,
-        (cls,),
+        (_ImageOnlyProcessorMixin, cls),
         {
             "__init__": init,
             "__module__": __name__,
             "__qualname__": f"image_only[{cls.__name__}]",
             "__doc__": f"Image-only variant of :class:`transformers.{cls.__name__}` (no video processor).",
-            "lmmiqa_image_only": True,
         },
     )
     return variant
+
+
+#: Video processor class of each processor whose video processor needs torchvision (the auto mappings name
+#: none of them when torchvision is missing, so they are spelled out here).
+_VIDEO_PROCESSOR_TYPES: dict[str, str] = {
+    "Qwen2VLProcessor": "Qwen2VLVideoProcessor",
+    "Qwen2_5_VLProcessor": "Qwen2VLVideoProcessor",
+    "Qwen3VLProcessor": "Qwen3VLVideoProcessor",
+    "LlavaOnevisionProcessor": "LlavaOnevisionVideoProcessor",
+    "LlavaNextVideoProcessor": "LlavaNextVideoVideoProcessor",
+    "InternVLProcessor": "InternVLVideoProcessor",
+}
+#: Image processor settings that mean the same for the model's video processor.
+_SHARED_VIDEO_SETTINGS: tuple[str, ...] = (
+    "size",
+    "patch_size",
+    "merge_size",
+    "temporal_patch_size",
+    "image_mean",
+    "image_std",
+    "do_resize",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "do_convert_rgb",
+)
+
+
+class _ImageOnlyProcessorMixin:
+    """Save/load behaviour shared by the image-only variants.
+
+    The variant has no video processor, but it writes one into ``processor_config.json`` so that the saved
+    folder still loads with plain ``AutoProcessor.from_pretrained`` where torchvision is installed: the video
+    processor settings it was loaded with (kept in :attr:`video_processor_config`), or else settings derived
+    from the image processor (same size, patch and merge sizes, normalisation).
+    """
+
+    lmmiqa_image_only: bool = True
+    #: The ``video_processor`` entry of the loaded ``processor_config.json`` (or legacy
+    #: ``video_preprocessor_config.json``), written back on save; None when there was none.
+    video_processor_config: dict[str, Any] | None = None
+
+    @classmethod
+    def from_args_and_dict(cls, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+        out = super().from_args_and_dict(args, processor_dict, **kwargs)  # type: ignore[misc]
+        video = processor_dict.get("video_processor") if isinstance(processor_dict, dict) else None
+        if isinstance(video, dict):
+            processor = out[0] if isinstance(out, tuple) else out
+            processor.video_processor_config = copy.deepcopy(video)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = super().to_dict()  # type: ignore[misc]
+        video = copy.deepcopy(self.video_processor_config) if self.video_processor_config else None
+        if video is None:
+            image = out.get("image_processor")
+            if isinstance(image, dict):
+                video = {k: copy.deepcopy(image[k]) for k in _SHARED_VIDEO_SETTINGS if k in image}
+                video_type = _VIDEO_PROCESSOR_TYPES.get(type(self).__name__)
+                if video_type:  # otherwise AutoVideoProcessor picks the class from config.json's model_type
+                    video["video_processor_type"] = video_type
+        if video:
+            out["video_processor"] = video
+        return out
 
 
 def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -245,7 +309,7 @@ def load_processor(name_or_path: str | os.PathLike[str], **kwargs: Any) -> Proce
     try:
         cls = _find_processor_class(name, kwargs)
         variant = image_only_processor_class(cls)
-        return variant.from_pretrained(name, **kwargs)
+        processor = variant.from_pretrained(name, **kwargs)
     except ModelLoadError:
         raise
     except Exception as err:
@@ -254,6 +318,11 @@ def load_processor(name_or_path: str | os.PathLike[str], **kwargs: Any) -> Proce
             f"needs torchvision ({type(first_error).__name__}: {first_error}), and the image-only fallback "
             f"failed too ({type(err).__name__}: {err})"
         ) from err
+    if getattr(processor, "video_processor_config", None) is None:
+        legacy = _read_json(name, "video_preprocessor_config.json", kwargs)
+        if legacy is not None:
+            processor.video_processor_config = legacy
+    return processor
 
 
 def _explain(name: str, err: BaseException) -> str:
