@@ -36,7 +36,10 @@ DATASETS: dict[str, str] = {
     "synthetic": "lmmiqa.data.records:SYNTHETIC",
 }
 
-SEGMENTERS: dict[str, str] = {}
+SEGMENTERS: dict[str, str] = {
+    "sam2": "lmmiqa.segment.sam2:Sam2Segmenter",
+    "felzenszwalb": "lmmiqa.segment.felzenszwalb:FelzenszwalbSegmenter",
+}
 
 ENCODERS: dict[str, str] = {}
 
