@@ -143,3 +143,18 @@ def test_level_logprobs_shape_and_full_vocab_normalisation(tiny_model_path):
     prompts = [scorer.build_prompt(im) for im in _images()[:3]]
     lp = scorer.backend.level_logprobs(prompts, [" bad", " poor", " fair", " good", " excellent"])
     assert lp.shape == (3, 5) and np.all(lp < 0)
+
+
+def test_multi_image_prompts_batch_like_single(arch_model):
+    from lmmiqa.types import Prompt
+
+    _, model = arch_model
+    scorer = lmmiqa.create_scorer("q-align", model=model, device="cpu")
+    a, b, c = make_image(48, 40, 1), make_image(64, 32, 2), make_image(40, 40, 3)
+    two = Prompt.simple([a, "This image's quality is good.", b, "How would you rate the quality of this image?"],
+                        answer_prefix="The quality of this image is")
+    one = Prompt.simple([c, "How would you rate the quality of this image?"], answer_prefix="The quality of this image is")
+    cands = [" bad", " poor", " fair", " good", " excellent"]
+    batched = scorer.backend.level_logprobs([two, one], cands)
+    single = np.vstack([scorer.backend.level_logprobs([p], cands) for p in (two, one)])
+    np.testing.assert_allclose(batched, single, atol=1e-5)

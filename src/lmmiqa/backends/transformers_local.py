@@ -187,9 +187,13 @@ class TransformersBackend(Backend):
 
     # ------------------------------------------------------------------ prompt rendering
     def _render(self, prompts: Sequence[Prompt]) -> tuple[list[str], list[Any]]:
+        """Chat-template texts (with answer prefixes) and the images: one list per prompt when every prompt has
+        images (processors such as LLaVA-OneVision need to know which image belongs to which prompt), else flat."""
         texts: list[str] = []
-        images: list[Any] = []
+        per_prompt: list[list[Any]] = []
         for prompt in prompts:
+            images: list[Any] = []
+            per_prompt.append(images)
             conv = []
             for msg in prompt.messages:
                 content = []
@@ -202,7 +206,9 @@ class TransformersBackend(Backend):
                 conv.append({"role": msg.role, "content": content})
             text = self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
             texts.append(text + prompt.answer_prefix)
-        return texts, images
+        if per_prompt and all(per_prompt):
+            return texts, per_prompt
+        return texts, [im for ims in per_prompt for im in ims]
 
     def encode(self, prompts: Sequence[Prompt]) -> Any:
         """Processor outputs (tensors on the model's device) for a batch of prompts, left-padded."""
