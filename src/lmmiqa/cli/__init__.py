@@ -23,6 +23,10 @@ SUBCOMMANDS: list[str] = [
     "lmmiqa.cli.score",
     "lmmiqa.cli.methods",
     "lmmiqa.cli.demo",
+    "lmmiqa.cli.eval",
+    "lmmiqa.cli.report",
+    "lmmiqa.cli.levels_bound",
+    "lmmiqa.cli.synth",
 ]
 
 
