@@ -10,8 +10,13 @@ Both are evaluated through :func:`scipy.special.expit`, which never overflows. F
 coordinates (x and y shifted to zero mean and unit standard deviation) and the parameters are mapped back, so
 that the optimizer sees well-conditioned problems whatever the units of the predictions are.
 
+**Optimizer.** Levenberg–Marquardt without bounds first (the classic procedure). When it does not converge
+(the best curve often lies at infinity: an ever larger, ever flatter sigmoid), the fit is retried with the
+trust-region reflective method inside ``±BOUND`` (50) in standardized units; ``FitResult.optimizer`` says which
+one produced the parameters. Both count as converged.
+
 **Fallback (documented behaviour).** When a logistic fit cannot be used — fewer than ``p + 1`` finite points
-(``p`` = number of parameters), constant predictions, the optimizer not converging, or non-finite results — the
+(``p`` = number of parameters), constant predictions, both optimizers failing, or non-finite results — the
 fit falls back to an ordinary least-squares *line* ``ŷ = a·x + b`` (or, for constant ``x``, to the constant
 ``ŷ = mean y``). The returned :class:`FitResult` then has ``converged=False`` and ``fallback`` says which map
 was used and why. For the 5-parameter form a line is exactly representable (``β1 = 0``), so its ``params``
@@ -73,6 +78,9 @@ class FitResult:
         fallback: ``None`` on success, else which map was used instead and why.
         n: number of finite (x, y) pairs the fit used.
         sse: sum of squared residuals of the returned map on those pairs.
+        requested: the fit that was asked for (``logistic4`` / ``logistic5``).
+        optimizer: ``lm`` (Levenberg–Marquardt, unbounded) or ``trf-bounded`` (the bounded retry); empty for
+            fallbacks.
     """
 
     kind: str
@@ -82,6 +90,7 @@ class FitResult:
     n: int = 0
     sse: float = float("nan")
     requested: str = field(default="", compare=False)
+    optimizer: str = ""
 
     def predict(self, x: ArrayLike) -> np.ndarray:
         """Apply the fitted map to ``x``."""
@@ -109,6 +118,7 @@ class FitResult:
             "fallback": self.fallback,
             "n": self.n,
             "sse": json_safe(self.sse),
+            "optimizer": self.optimizer,
         }
 
 
@@ -144,24 +154,43 @@ def _linear_fallback(x: np.ndarray, y: np.ndarray, requested: str, why: str) -> 
     return FitResult("linear", (a, b), False, f"least-squares line ({why})", n, sse, requested)
 
 
-def _curve_fit(func: Any, u: np.ndarray, v: np.ndarray, p0: Sequence[float]) -> tuple[np.ndarray | None, str]:
-    """Run Levenberg–Marquardt; return (params, "") on success or (None, reason)."""
+#: bounds of the retry, in standardized coordinates (x and y with zero mean and unit standard deviation)
+BOUND = 50.0
+
+
+def _curve_fit(
+    func: Any, u: np.ndarray, v: np.ndarray, p0: Sequence[float], bounds: tuple[list[float], list[float]]
+) -> tuple[np.ndarray | None, str, str]:
+    """Fit in standardized coordinates; return ``(params, optimizer, "")`` or ``(None, "", reason)``.
+
+    First Levenberg–Marquardt without bounds (the classic procedure). When it does not converge — typically
+    because the best curve lies at infinity, e.g. an ever steeper or ever larger sigmoid — retry with the
+    trust-region reflective method inside ``bounds`` (``optimizer="trf-bounded"``).
+    """
     from scipy.optimize import OptimizeWarning, curve_fit
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OptimizeWarning)
-            warnings.simplefilter("ignore", RuntimeWarning)
-            popt, _pcov, _info, mesg, ier = curve_fit(
-                func, u, v, p0=list(p0), maxfev=MAXFEV, full_output=True
-            )
-    except (RuntimeError, ValueError, FloatingPointError) as err:
-        return None, f"optimizer failed: {err}"
-    if ier not in (1, 2, 3, 4):
-        return None, f"optimizer did not converge: {mesg}"
-    if not np.all(np.isfinite(popt)):
-        return None, "optimizer returned non-finite parameters"
-    return np.asarray(popt, dtype=np.float64), ""
+    reasons = []
+    for method in ("lm", "trf"):
+        kw: dict[str, Any] = {"maxfev": MAXFEV} if method == "lm" else {"max_nfev": MAXFEV, "bounds": bounds}
+        start = list(p0) if method == "lm" else list(np.clip(p0, bounds[0], bounds[1]))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OptimizeWarning)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                popt, _pcov, _info, mesg, ier = curve_fit(
+                    func, u, v, p0=start, method=method, full_output=True, **kw
+                )
+        except (RuntimeError, ValueError, FloatingPointError) as err:
+            reasons.append(f"{method}: {err}")
+            continue
+        if ier not in (1, 2, 3, 4):
+            reasons.append(f"{method}: did not converge ({mesg})")
+            continue
+        if not np.all(np.isfinite(popt)):
+            reasons.append(f"{method}: non-finite parameters")
+            continue
+        return np.asarray(popt, dtype=np.float64), ("lm" if method == "lm" else "trf-bounded"), ""
+    return None, "", "optimizer failed: " + "; ".join(reasons)
 
 
 def fit_logistic4(x: ArrayLike, y: ArrayLike) -> FitResult:
@@ -184,7 +213,8 @@ def fit_logistic4(x: ArrayLike, y: ArrayLike) -> FitResult:
     mx, my = float(np.mean(x)), float(np.mean(y))
     u, v = (x - mx) / sx, (y - my) / sy
     p0 = [float(np.max(v)), float(np.min(v)), 0.0, 0.25]  # = [max y, min y, mean x, std x / 4] standardized
-    popt, why = _curve_fit(logistic4, u, v, p0)
+    b = BOUND
+    popt, optimizer, why = _curve_fit(logistic4, u, v, p0, ([-b, -b, -b, 1e-6], [b, b, b, b]))
     if popt is None:
         return _linear_fallback(x, y, "logistic4", why)
     c1, c2, c3, c4 = popt
@@ -193,7 +223,7 @@ def fit_logistic4(x: ArrayLike, y: ArrayLike) -> FitResult:
     if not np.all(np.isfinite(pred)):
         return _linear_fallback(x, y, "logistic4", "fitted curve is not finite")
     sse = float(np.sum((y - pred) ** 2))
-    return FitResult("logistic4", tuple(float(p) for p in params), True, None, n, sse, "logistic4")
+    return FitResult("logistic4", tuple(float(p) for p in params), True, None, n, sse, "logistic4", optimizer)
 
 
 def fit_logistic5(x: ArrayLike, y: ArrayLike) -> FitResult:
@@ -219,7 +249,8 @@ def fit_logistic5(x: ArrayLike, y: ArrayLike) -> FitResult:
     r = float(np.mean(u * v))
     sign = 1.0 if r >= 0 else -1.0
     p0 = [sign * float(np.ptp(v)), 1.0, 0.0, 0.0, 0.0]
-    popt, why = _curve_fit(logistic5, u, v, p0)
+    b = BOUND
+    popt, optimizer, why = _curve_fit(logistic5, u, v, p0, ([-b, -b, -b, -b, -b], [b, b, b, b, b]))
     if popt is None:
         return _linear_fallback(x, y, "logistic5", why)
     c1, c2, c3, c4, c5 = popt
@@ -233,4 +264,4 @@ def fit_logistic5(x: ArrayLike, y: ArrayLike) -> FitResult:
     if not np.all(np.isfinite(pred)):
         return _linear_fallback(x, y, "logistic5", "fitted curve is not finite")
     sse = float(np.sum((y - pred) ** 2))
-    return FitResult("logistic5", tuple(float(p) for p in params), True, None, n, sse, "logistic5")
+    return FitResult("logistic5", tuple(float(p) for p in params), True, None, n, sse, "logistic5", optimizer)
