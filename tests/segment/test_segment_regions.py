@@ -12,6 +12,7 @@ from lmmiqa.segment.regions import (
     area_weights,
     as_mask_stack,
     crop_regions,
+    expand_box,
     mask_bbox,
     masks_to_boxes,
     mix_scores,
@@ -160,3 +161,16 @@ def test_mix_scores_by_hand_and_edge_cases() -> None:
         mix_scores(4.0, 5.0, -1.0)
     with pytest.raises(ConfigError):
         mix_scores(float("inf"), 5.0, 1.0)
+
+
+def test_expand_box_grows_thin_boxes_around_their_centre_within_the_image() -> None:
+    assert expand_box((4, 2, 12, 8), 4, W, H) == (4, 2, 12, 8)  # large enough: unchanged
+    assert expand_box((9, 4, 11, 5), 6, W, H) == (7, 2, 13, 8)  # 2×1 -> 6×6 centred
+    assert expand_box((0, 0, 2, 1), 6, W, H) == (0, 0, 6, 6)  # pushed inside at the top-left corner
+    assert expand_box((19, 9, 20, 10), 6, W, H) == (14, 4, 20, 10)  # and at the bottom-right corner
+    assert expand_box((5, 5, 6, 6), 50, W, H) == (0, 0, W, H)  # limited by the image
+    assert expand_box((5, 5, 6, 6), 0, W, H) == (5, 5, 6, 6)
+    with pytest.raises(ConfigError):
+        expand_box((5, 5, 5, 6), 4, W, H)
+    with pytest.raises(ConfigError):
+        expand_box((0, 0, 2, 2), -1, W, H)

@@ -157,6 +157,37 @@ def select_regions(
     return regions, region_masks
 
 
+def expand_box(bbox: Sequence[int], min_side: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """Grow a box around its centre so that each side is at least ``min_side`` pixels (clamped to the image).
+
+    A box already large enough is returned unchanged. Sides are limited by the image size, so a
+    ``min_side`` larger than the image gives the full extent along that axis. Vision processors reject very
+    thin crops (e.g. Qwen-VL: aspect ratio > 200, sides below its patch size); growing the box keeps original
+    pixels, only adding context.
+
+    Raises:
+        ConfigError: ``min_side`` is negative or the box is empty or outside the image.
+    """
+    if int(min_side) < 0:
+        raise ConfigError(f"min_side must be >= 0, got {min_side!r}")
+    x0, y0, x1, y1 = (int(v) for v in bbox)
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ConfigError(f"box {[x0, y0, x1, y1]} is empty or outside the {width}×{height} image")
+
+    def grow(lo: int, hi: int, limit: int) -> tuple[int, int]:
+        side = min(max(int(min_side), hi - lo), limit)
+        if hi - lo >= side:
+            return lo, hi
+        extra = side - (hi - lo)
+        lo = lo - extra // 2
+        lo = min(max(lo, 0), limit - side)
+        return lo, lo + side
+
+    nx0, nx1 = grow(x0, x1, int(width))
+    ny0, ny1 = grow(y0, y1, int(height))
+    return nx0, ny0, nx1, ny1
+
+
 def crop_regions(image: Any, regions: Sequence[Region | Any]) -> list[Any]:
     """Crop each region's bounding box from the original image (original pixels, no masking).
 
