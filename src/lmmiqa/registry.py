@@ -14,6 +14,7 @@ from lmmiqa.errors import UnknownNameError
 METHODS: dict[str, str] = {
     "q-align": "lmmiqa.methods.q_align:QAlign",
     "standard-guided": "lmmiqa.methods.standard_guided:StandardGuided",
+    "llm-iqa": "lmmiqa.methods.llm_iqa:LLMIQA",
 }
 
 BACKENDS: dict[str, str] = {
@@ -47,7 +48,7 @@ STUDENTS: dict[str, str] = {}
 
 #: alternative names -> canonical name, per kind
 ALIASES: dict[str, dict[str, str]] = {
-    "method": {"qalign": "q-align", "sg": "standard-guided"},
+    "method": {"qalign": "q-align", "sg": "standard-guided", "dog-iqa": "llm-iqa", "dogiqa": "llm-iqa", "llmiqa": "llm-iqa"},
     "backend": {"hf": "transformers"},
     "dataset": {"koniq": "koniq10k", "koniq-10k": "koniq10k", "kadid": "kadid10k", "kadid-10k": "kadid10k",
                 "live-challenge": "livec", "livechallenge": "livec", "live_challenge": "livec",

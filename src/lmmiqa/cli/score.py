@@ -32,6 +32,9 @@ def register(sub: Any) -> None:
                    "scored there are skipped (resume); use --no-resume to score them again")
     p.add_argument("--no-resume", action="store_true", help="with --out: score every input even if present in the file")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when > 8 images and a terminal)")
+    p.add_argument("--explain-image", default=None, metavar="PATH", help="llm-iqa: draw each scored image's regions "
+                   "with their scores and weights; PATH is a .png/.jpg file for one input, else a folder that "
+                   "receives <name>.regions.png per image")
     p.set_defaults(func=run)
 
 
@@ -101,8 +104,59 @@ def write_results(results: list[dict[str, Any]], fmt: str, stream: TextIO, *, he
     stream.flush()
 
 
+_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _prepare_explain(args: argparse.Namespace) -> None:
+    """Validate --explain-image and ask the method to keep its region masks for the pictures."""
+    import dataclasses
+
+    from lmmiqa import registry
+    from lmmiqa.cli import UsageError
+    from lmmiqa.images import expand_inputs
+
+    cls = registry.resolve("method", args.method)
+    if "keep_masks" not in {f.name for f in dataclasses.fields(cls.config_cls)}:
+        raise UsageError(f"--explain-image needs a method that scores regions (llm-iqa), not {args.method!r}")
+    target = Path(args.explain_image)
+    if target.suffix.lower() in _PICTURE_SUFFIXES and len(expand_inputs(args.inputs)) > 1:
+        raise UsageError("--explain-image FILE takes one input image; pass a folder to draw several")
+    args.option = [*(args.option or []), ("keep_masks", True)]
+
+
+def _explain(scorer: Any, dicts: list[dict[str, Any]], target: Path, used: set[str]) -> int:
+    """Write the region picture of each scored result; returns how many were written."""
+    from lmmiqa.images import load_input
+    from lmmiqa.viz import render_regions
+
+    written = 0
+    for d in dicts:
+        masks = scorer.region_masks.pop(d["image"], None)
+        if d["error"] is not None or "regions" not in (d.get("details") or {}):
+            continue
+        if target.suffix.lower() in _PICTURE_SUFFIXES:
+            path = target
+        else:
+            stem = Path(d["image"]).stem or "image"
+            name, k = f"{stem}.regions.png", 2
+            while name in used:
+                name, k = f"{stem}-{k}.regions.png", k + 1
+            used.add(name)
+            path = target / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = load_input(d["image"])
+        scale = max(1.0, 768 / max(image.size))  # small images are drawn larger so the labels stay readable
+        render_regions(image, d, path, masks=masks, scale=scale, title=Path(d["image"]).name)
+        written += 1
+    return written
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.explain_image:
+        _prepare_explain(args)
     scorer = scorer_from_args(args)
+    pictures = 0
+    used_names: set[str] = set()
     skip: set[str] = set()
     out_f = None
     if args.out:
@@ -133,12 +187,16 @@ def run(args: argparse.Namespace) -> int:
             for d in dicts:
                 if d["error"]:
                     print(f"lmmiqa score: {d['image']}: {d['error']}", file=sys.stderr)
+            if args.explain_image:
+                pictures += _explain(scorer, dicts, Path(args.explain_image), used_names)
     finally:
         if out_f is not None:
             out_f.close()
     if args.format == "json":
         json.dump(collected, sys.stdout, indent=2)
         sys.stdout.write("\n")
+    if args.explain_image:
+        print(f"lmmiqa score: wrote {pictures} region picture(s) to {args.explain_image}", file=sys.stderr)
     if n_total == 0:
         if skip:
             print("lmmiqa score: nothing left to score", file=sys.stderr)

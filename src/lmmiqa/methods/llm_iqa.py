@@ -1,0 +1,339 @@
+"""LLM-IQA, a.k.a. Dog-IQA (Liu et al., "Dog-IQA: Standard-guided Zero-shot MLLM for Mix-grained Image Quality
+Assessment", 2024): standard-guided, mix-grained, training-free — METHODS.md §1.
+
+For each image:
+
+1. **Global score** ``s_global``: the standard-guided prompt (levels ``1..K``, K = 7 by default) on the whole
+   image, read out as ``expected`` (default) or ``argmax`` (the paper's one-token answer).
+2. **Regions** (Algorithm 1, :func:`lmmiqa.segment.regions.select_regions`): an automatic mask generator
+   (SAM 2, Ravi et al. 2024, in the paper; ``segmenter="felzenszwalb"`` is a weight-free fallback) gives masks;
+   masks with area ≥ ``min_area`` (a fraction of the image) are kept and the complement of their union is added
+   when it is large enough too.
+3. **Local score**: each region's bounding box is cropped from the original image and scored with the same
+   prompt; ``s_local`` is the mean of the region scores weighted by their **mask** areas.
+4. **Mix**: ``s = (s_global + λ·s_local) / (1 + λ)`` (lmmiqa's decision, so ``s`` stays in ``[1, K]``).
+5. **Ensemble** (``models=[...]``): ``s`` is the mean of the per-model final scores; each model's scores are in
+   ``details["models"]``.
+
+Batching: all global prompts and all region crops of a batch of images go to each model's backend in one
+``level_logprobs`` call (the backend splits it into forwards of at most its ``max_batch`` prompts), and the
+segmenter sees the whole batch at once (``segment_many``). Cost: ``1 + regions`` prompts per image and model
+(~8 in the paper).
+
+``ScoreResult.probabilities`` is the mix-grained level distribution
+``(p_global + λ·Σ_k w_k p_k) / (1 + λ)`` averaged over models, where ``w_k`` are the area weights; under the
+``expected`` readout its expectation is exactly the score.
+
+Decision beyond the paper: a region whose box is thinner than ``min_crop_side`` pixels is scored on a box grown
+around its centre to that size (original pixels, clamped to the image), because vision processors reject very
+thin crops; ``details["regions"][k]["crop"]`` is the box actually scored.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lmmiqa.errors import ConfigError
+from lmmiqa.images import ImageItem
+from lmmiqa.levels import LevelScale, level_details, readout, standard_scale
+from lmmiqa.methods.base import Scorer
+from lmmiqa.methods.standard_guided import StandardGuided, StandardGuidedConfig
+from lmmiqa.segment.regions import (
+    DEFAULT_MIN_AREA,
+    area_weighted_mean,
+    area_weights,
+    check_min_area,
+    crop_regions,
+    expand_box,
+    mix_scores,
+    select_regions,
+)
+from lmmiqa.types import Prompt, ScoreResult
+
+
+@dataclass
+class LLMIQAConfig(StandardGuidedConfig):
+    """LLM-IQA options (on top of the standard-guided ones: ``model``, ``backend``, ``levels``, ``readout``...).
+
+    Attributes:
+        models: several models for an ensemble (the final score is the mean of their final scores); when
+            given, it replaces ``model``.
+        segmenter: registered segmenter: ``sam2`` (the paper's setting) or ``felzenszwalb`` (weight-free
+            fallback, not the paper's).
+        segmenter_options: options of the segmenter (e.g. ``{"model": "/path/to/sam2.1-hiera-large"}``).
+        min_area: Algorithm 1's threshold ``t`` as a fraction of the image area (the paper does not publish it;
+            default 1 %).
+        lam: ``λ`` of ``(s_global + λ·s_local) / (1 + λ)``; 0 gives the global score alone.
+        min_crop_side: crops thinner than this many pixels are grown around their centre (0 disables).
+        keep_masks: keep each image's region masks in :attr:`LLMIQA.region_masks` (for pictures; memory grows
+            with the number of images scored).
+    """
+
+    models: list[str] | None = None
+    segmenter: str = "sam2"
+    segmenter_options: dict[str, Any] = field(default_factory=dict)
+    min_area: float = DEFAULT_MIN_AREA
+    lam: float = 1.0
+    min_crop_side: int = 32
+    keep_masks: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.models is not None:
+            if isinstance(self.models, str) or not all(isinstance(m, str) and m for m in self.models):
+                raise ConfigError(f"models must be a list of model ids/paths, got {self.models!r}")
+            if len(self.models) == 0:
+                raise ConfigError("models must name at least one model")
+            self.models = list(self.models)
+        from lmmiqa import registry
+
+        self.segmenter = registry.canonical("segmenter", self.segmenter)
+        if not isinstance(self.segmenter_options, dict):
+            raise ConfigError(
+                f"segmenter_options must be a mapping, got {type(self.segmenter_options).__name__}"
+            )
+        self.min_area = check_min_area(self.min_area)
+        try:
+            self.lam = float(self.lam)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"lam must be a number >= 0, got {self.lam!r}") from err
+        if not np.isfinite(self.lam) or self.lam < 0:
+            raise ConfigError(f"lam must be a finite number >= 0, got {self.lam!r}")
+        if int(self.min_crop_side) < 0:
+            raise ConfigError(f"min_crop_side must be >= 0, got {self.min_crop_side!r}")
+        self.min_crop_side = int(self.min_crop_side)
+
+    @property
+    def model_list(self) -> list[str]:
+        """The models scored (``models`` when given, else ``[model]``)."""
+        return list(self.models) if self.models else [self.model]
+
+
+@dataclass
+class _Plan:
+    """What one image contributes to a batch: its regions, area weights and the rows of its prompts."""
+
+    key: str
+    regions: list[Any]
+    weights: np.ndarray
+    crops: list[tuple[int, int, int, int]]
+    global_row: int
+    region_rows: list[int]
+
+
+class LLMIQA(Scorer):
+    """LLM-IQA / Dog-IQA: global standard-guided score mixed with area-weighted region scores (1..K)."""
+
+    name: ClassVar[str] = "llm-iqa"
+    config_cls: ClassVar[type] = LLMIQAConfig
+    summary: ClassVar[str] = (
+        "LLM-IQA (Dog-IQA) mix-grained score (1-K): standard-guided global score mixed with area-weighted "
+        "scores of SAM 2 regions; ensembles with several --model"
+    )
+
+    def __init__(
+        self,
+        config: LLMIQAConfig | None = None,
+        *,
+        segmenter: Any | None = None,
+        members: list[StandardGuided] | None = None,
+    ) -> None:
+        """Create the scorer; models and the segmenter load on first use.
+
+        Args:
+            config: options (see :class:`LLMIQAConfig`).
+            segmenter: a ready :class:`~lmmiqa.segment.base.Segmenter` to use instead of ``config.segmenter``.
+            members: ready standard-guided scorers, one per model, instead of building them from the config.
+        """
+        super().__init__(config)
+        self._segmenter = segmenter
+        if members is not None and len(members) != len(self.config.model_list):
+            raise ConfigError(f"{len(members)} member scorers for {len(self.config.model_list)} models")
+        self._members = members
+        #: image key -> region masks ``bool [K, H, W]`` (only with ``keep_masks``)
+        self.region_masks: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ parts
+    @cached_property
+    def level_scale(self) -> LevelScale:
+        return standard_scale(self.config.levels)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return (self.level_scale.low, self.level_scale.high)
+
+    @property
+    def model_name(self) -> str | list[str]:
+        models = self.config.model_list
+        return models if self.config.models else models[0]
+
+    @property
+    def members(self) -> list[StandardGuided]:
+        """One standard-guided scorer per model (their backends are shared with other scorers of that model)."""
+        if self._members is None:
+            cfg: LLMIQAConfig = self.config
+            self._members = [
+                StandardGuided(
+                    StandardGuidedConfig(
+                        model=m,
+                        backend=cfg.backend,
+                        device=cfg.device,
+                        dtype=cfg.dtype,
+                        readout=cfg.readout,
+                        backend_options=dict(cfg.backend_options),
+                        levels=cfg.levels,
+                        batch_size=cfg.batch_size,
+                    )
+                )
+                for m in cfg.model_list
+            ]
+        return self._members
+
+    @property
+    def segmenter(self) -> Any:
+        """The segmenter (created on first use)."""
+        if self._segmenter is None:
+            from lmmiqa.segment.base import create_segmenter
+
+            self._segmenter = create_segmenter(self.config.segmenter, **self.config.segmenter_options)
+        return self._segmenter
+
+    def build_prompt(self, image: Any) -> Prompt:
+        """The standard-guided prompt for an image or a crop (the same for every model)."""
+        return self.members[0].build_prompt(image)
+
+    # ------------------------------------------------------------------ scoring
+    def plan(self, items: list[ImageItem]) -> tuple[list[_Plan], list[Prompt], list[np.ndarray]]:
+        """Segment a batch and lay out its prompts: the global prompts first, then every region crop."""
+        cfg: LLMIQAConfig = self.config
+        images = [it.image for it in items]
+        masks = self.segmenter.segment_many(images)
+        if len(masks) != len(images):
+            raise RuntimeError(f"segmenter returned masks for {len(masks)} of {len(images)} images")
+        prompts = [self.build_prompt(img) for img in images]
+        plans: list[_Plan] = []
+        region_masks: list[np.ndarray] = []
+        for i, (it, img, m) in enumerate(zip(items, images, masks)):
+            regions, rmasks = select_regions(m, cfg.min_area, shape=(img.height, img.width))
+            boxes = [expand_box(r.bbox, cfg.min_crop_side, img.width, img.height) for r in regions]
+            crops = crop_regions(img, [{"bbox": b} for b in boxes])
+            rows = list(range(len(prompts), len(prompts) + len(crops)))
+            prompts.extend(self.build_prompt(c) for c in crops)
+            weights = area_weights([r.area for r in regions])
+            plans.append(_Plan(it.key, regions, weights, boxes, i, rows))
+            region_masks.append(rmasks)
+        return plans, prompts, region_masks
+
+    def score_items(self, items: list[ImageItem]) -> list[ScoreResult]:
+        cfg: LLMIQAConfig = self.config
+        scale = self.level_scale
+        n = max(len(items), 1)
+        t0 = time.perf_counter()
+        plans, prompts, region_masks = self.plan(items)
+        t1 = time.perf_counter()
+        per_model = [member.level_probs(prompts, scale) for member in self.members]
+        t2 = time.perf_counter()
+        timings = {"segment": (t1 - t0) / n, "forward": (t2 - t1) / n}
+        if cfg.keep_masks:
+            for plan, rmasks in zip(plans, region_masks):
+                self.region_masks[plan.key] = rmasks
+        return [self._result(plan, per_model, timings) for plan in plans]
+
+    def _result(
+        self, plan: _Plan, per_model: list[tuple[np.ndarray, np.ndarray]], timings: dict[str, float]
+    ) -> ScoreResult:
+        cfg: LLMIQAConfig = self.config
+        scale = self.level_scale
+        rows = [plan.global_row, *plan.region_rows]
+        model_entries: list[dict[str, Any]] = []
+        finals, globals_, locals_ = [], [], []
+        mixes, region_scores, region_probs = [], [], []
+        for model_id, (probs, mass) in zip(cfg.model_list, per_model):
+            p = probs[rows]
+            if not np.all(np.isfinite(p)):
+                bad = int(np.flatnonzero(~np.isfinite(p).all(axis=1))[0])
+                what = "the whole image" if bad == 0 else f"region {bad} (box {list(plan.crops[bad - 1])})"
+                return self.failure(
+                    plan.key,
+                    f"{model_id}: no level candidate {list(scale.tokens)} was visible in the answer distribution "
+                    f"for {what}",
+                    timings,
+                )
+            s = readout(p, scale.values, cfg.readout)
+            s_global = float(s[0])
+            s_regions = s[1:]
+            s_local = area_weighted_mean(s_regions, plan.weights) if len(s_regions) else None
+            final = mix_scores(s_global, s_local, cfg.lam)
+            mix = (
+                p[0].copy()
+                if s_local is None
+                else (p[0] + cfg.lam * (plan.weights @ p[1:])) / (1.0 + cfg.lam)
+            )
+            finals.append(final)
+            globals_.append(s_global)
+            if s_local is not None:
+                locals_.append(s_local)
+            mixes.append(mix)
+            region_scores.append(s_regions)
+            region_probs.append(p[1:])
+            model_entries.append(
+                {
+                    "model": model_id,
+                    "score": final,
+                    "global": s_global,
+                    "local": s_local,
+                    "covered_mass": float(mass[plan.global_row]),
+                    "region_scores": [float(x) for x in s_regions],
+                }
+            )
+        mix_mean = np.mean(mixes, axis=0)
+        probabilities, details = level_details(mix_mean, scale)
+        mean_region_scores = np.mean(region_scores, axis=0)
+        mean_region_probs = np.mean(region_probs, axis=0)
+        details.update(
+            {
+                "readout": cfg.readout,
+                "levels": scale.k,
+                "global": float(np.mean(globals_)),
+                "local": float(np.mean(locals_)) if locals_ else None,
+                "lambda": cfg.lam,
+                "min_area": cfg.min_area,
+                "segmenter": cfg.segmenter,
+                "covered_mass": float(np.mean([e["covered_mass"] for e in model_entries])),
+                "regions": [
+                    {
+                        **region.to_dict(),
+                        "crop": list(box),
+                        "weight": float(w),
+                        "score": float(sc),
+                        "probabilities": dict(zip(scale.keys, (float(x) for x in pr))),
+                    }
+                    for region, box, w, sc, pr in zip(
+                        plan.regions, plan.crops, plan.weights, mean_region_scores, mean_region_probs
+                    )
+                ],
+                "models": model_entries,
+            }
+        )
+        n_prompts = 1 + len(plan.region_rows)
+        return ScoreResult(
+            image=plan.key,
+            score=float(np.mean(finals)),
+            method=self.name,
+            higher_is_better=True,
+            scale=self.scale,
+            model=self.model_name,
+            probabilities=probabilities,
+            details={**details, "prompts": n_prompts * len(cfg.model_list)},
+            timings=dict(timings),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["scale"] = self.level_scale.to_dict()
+        return d
