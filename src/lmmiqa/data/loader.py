@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -231,10 +231,10 @@ def safe_relpath(path: str, where: str = "label file") -> str:
     p = (path or "").strip()
     if not p:
         raise DataError(f"{where}: empty image path")
-    if PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute() or PureWindowsPath(p).drive:
+    # absolute POSIX or Windows paths, UNC paths and drive letters (C:, C:\\, C:/)
+    if p[0] in "/\\" or (len(p) >= 2 and p[1] == ":" and p[0].isalpha()):
         raise DataError(f"{where}: absolute path {p!r} is not allowed; paths must be relative to --root")
-    parts = p.replace("\\", "/").split("/")
-    if ".." in parts:
+    if ".." in p and ".." in p.replace("\\", "/").split("/"):
         raise DataError(f"{where}: path {p!r} escapes --root ('..' is not allowed)")
     return p
 
@@ -274,15 +274,16 @@ def _parse_score(value: str | None, line: int, column: str, labels: str) -> floa
     return v
 
 
-def _official_parts_from_file(
-    record: DatasetRecord, labels: str, root: str | None
-) -> dict[str, str]:
-    """Image file name -> official part, read from the record's companion file."""
-    assert record.official_file is not None
-    candidates = [Path(labels).parent / record.official_file]
+def _official_candidates(record: DatasetRecord, labels: str, root: str | None) -> list[Path]:
+    out = [Path(labels).parent / str(record.official_file)]
     if root is not None:
-        candidates.append(Path(root) / record.official_file)
-    for cand in candidates:
+        out.append(Path(root) / str(record.official_file))
+    return out
+
+
+def _official_parts_from_file(record: DatasetRecord, labels: str, root: str | None) -> dict[str, str] | None:
+    """Image file name -> official part, read from the record's companion file; ``None`` when it is not found."""
+    for cand in _official_candidates(record, labels, root):
         if cand.is_file():
             header, rows = read_label_rows(cand)
             fmt = next((f for f in record.formats if f.split_column and f.matches(header)), None)
@@ -294,10 +295,7 @@ def _official_parts_from_file(
                 raw = (row.get(fmt.split_column or "") or "").strip()
                 out[os.path.basename(row[fmt.image_column].strip())] = values.get(raw, raw)
             return out
-    raise DataError(
-        f"the official split of {record.title} needs {record.official_file}; looked in "
-        f"{', '.join(str(c) for c in candidates)} (pass it as --labels, or place it next to the label file)"
-    )
+    return None
 
 
 def load_dataset(
@@ -320,7 +318,8 @@ def load_dataset(
         name: a registered dataset name (``koniq10k``, ``spaq``, ``livec``, ``kadid10k``, ``agiqa3k``,
             ``csiq``, ``tid2013``, ``live``, ``synthetic``, ...); ``None`` for a generic CSV (``labels`` then
             required).
-        root: folder the image paths of the label file are relative to.
+        root: folder the image paths of the label file are relative to (made absolute, so that item paths,
+            which are the keys of results, do not depend on the working directory).
         labels: label file; for a named dataset defaults to ``root/<record.label_file>``.
         split: split specification (see :mod:`lmmiqa.data.splits`); ``None`` = every row.
         image_column, score_column, ref_column: override the columns of the layout.
@@ -334,7 +333,7 @@ def load_dataset(
         ConfigError: inconsistent arguments (no labels and no root, unknown split, ...).
         DataError: unreadable or malformed label file, unsafe paths, duplicates, missing files.
     """
-    root_s = os.fspath(root) if root is not None else None
+    root_s = os.path.abspath(os.fspath(root)) if root is not None else None  # stable result keys
     if root_s is not None and not Path(root_s).is_dir():
         raise DataError(f"--root {root_s} is not a folder")
     if name is not None:
@@ -409,9 +408,18 @@ def load_dataset(
     if not items:
         raise DataError(f"label file {labels_s} has no rows")
 
-    if spec.kind == "official" and record.has_official_split and fmt.split_column is None:
+    if record.official_file and fmt.split_column is None:
+        # join the official split from the companion file when it is there (so that .select("official:...")
+        # works later too); it is an error only when the official split is asked for now
         parts = _official_parts_from_file(record, labels_s, root_s)
-        items = [replace(it, official=parts.get(os.path.basename(it.id))) for it in items]
+        if parts is not None:
+            items = [replace(it, official=parts.get(os.path.basename(it.id))) for it in items]
+        elif spec.kind == "official":
+            raise DataError(
+                f"the official split of {record.title} needs {record.official_file}; looked in "
+                f"{', '.join(str(c) for c in _official_candidates(record, labels_s, root_s))} (pass it as "
+                "--labels, or place it next to the label file)"
+            )
 
     ds = Dataset(
         name=record.name,
