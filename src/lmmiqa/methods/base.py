@@ -133,6 +133,20 @@ class Scorer(ABC):
             for r in out
         ]
 
+    def score_loaded(self, items: list[ImageItem], load_s: float = 0.0) -> list[ScoreResult]:
+        """Score items that were already loaded elsewhere, as one batch; one result per item, in order.
+
+        This is the batch path used by callers that decode images themselves: the HTTP service (which
+        micro-batches decoded uploads from several requests) and the Ray engine (whose actors load their own
+        share of the inputs). Items with ``error`` set become failures; an exception while scoring is isolated
+        to the item that caused it (the batch is retried one item at a time), exactly as in :meth:`score`.
+
+        Args:
+            items: loaded inputs (see :func:`lmmiqa.images.load_many`); their ``key`` becomes ``image``.
+            load_s: seconds spent loading the whole batch, spread evenly over the items' ``timings["load"]``.
+        """
+        return self._score_batch(list(items), load_s)
+
     def iter_score(
         self,
         images: Any,
