@@ -355,7 +355,7 @@ def load_dataset(
             score_range=score_range,
             label_file=os.path.basename(os.fspath(labels)),
         )
-    labels_s = os.fspath(labels)
+    labels_s = os.path.abspath(os.fspath(labels))  # run configs compare it: independent of the working directory
     header, rows = read_label_rows(labels_s)
     if name is not None:
         overridden = any(v is not None for v in (image_column, score_column, ref_column))
