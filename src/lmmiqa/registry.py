@@ -22,7 +22,21 @@ BACKENDS: dict[str, str] = {
     "openai": "lmmiqa.backends.openai_http:OpenAIBackend",
 }
 
-TOOLS: dict[str, str] = {}
+TOOLS: dict[str, str] = {
+    "niqe": "lmmiqa.tools.niqe:NIQE",
+    "brisque": "lmmiqa.tools.brisque:BRISQUE",
+    "piqe": "lmmiqa.tools.piqe:PIQE",
+    "sharpness": "lmmiqa.tools.cues:Sharpness",
+    "noise": "lmmiqa.tools.cues:Noise",
+    "contrast": "lmmiqa.tools.cues:Contrast",
+    "exposure": "lmmiqa.tools.cues:Exposure",
+    "colorfulness": "lmmiqa.tools.cues:Colorfulness",
+    "blockiness": "lmmiqa.tools.cues:Blockiness",
+    "psnr": "lmmiqa.tools.psnr:PSNR",
+    "ssim": "lmmiqa.tools.ssim:SSIM",
+    "ms_ssim": "lmmiqa.tools.ssim:MSSSIM",
+    "gmsd": "lmmiqa.tools.gmsd:GMSD",
+}
 
 DATASETS: dict[str, str] = {
     "koniq10k": "lmmiqa.data.records:KONIQ10K",
@@ -50,6 +64,7 @@ STUDENTS: dict[str, str] = {}
 ALIASES: dict[str, dict[str, str]] = {
     "method": {"qalign": "q-align", "sg": "standard-guided", "dog-iqa": "llm-iqa", "dogiqa": "llm-iqa", "llmiqa": "llm-iqa"},
     "backend": {"hf": "transformers"},
+    "tool": {"ms-ssim": "ms_ssim", "msssim": "ms_ssim"},
     "dataset": {"koniq": "koniq10k", "koniq-10k": "koniq10k", "kadid": "kadid10k", "kadid-10k": "kadid10k",
                 "live-challenge": "livec", "livechallenge": "livec", "live_challenge": "livec",
                 "agiqa-3k": "agiqa3k", "agiqa-1k": "agiqa1k", "tid": "tid2013"},

@@ -1,0 +1,280 @@
+"""Per-tool maps from a raw tool value to the 1–5 quality scale (AgenticIQA, METHODS.md §5.3).
+
+Every map is the standard five-parameter logistic ``q̂ = β1·(1/2 − 1/(1 + exp(β2·(q − β3)))) + β4·q + β5``
+(:func:`lmmiqa.evaluation.logistic.logistic5`), clipped to [1, 5]. Where a map comes from, in order of use:
+
+1. **fitted** — refitted by the user on a labeled set (``lmmiqa tools fit``), stored as JSON in
+   ``$XDG_CACHE_HOME/lmmiqa/maps/<tool>.json`` and used automatically afterwards;
+2. **paper** — the β printed by AgenticIQA (fitted on KADID-10k MOS) for the tools it shares with lmmiqa:
+   NIQE, BRISQUE, SSIM, GMSD, Q-Align (and FSIM, VIF, LPIPS for the pyiqa adapter);
+3. **synthetic** — fitted by ``scripts/fit_tool_maps.py`` on a synthetic distortion ladder whose pseudo-MOS
+   comes from the distortion severity, not from people (see :mod:`lmmiqa.tools._synthetic_maps`).
+
+A tool with none of these has no map (its ``normalized`` value is ``None`` and says so).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmmiqa.errors import ConfigError, DataError
+from lmmiqa.tools._synthetic_maps import SYNTHETIC_MAPS
+from lmmiqa.tools.assets import cache_root
+
+SCHEMA_VERSION = 1
+CLIP = (1.0, 5.0)
+
+#: AgenticIQA's β1..β5 (KADID-10k fit), METHODS.md §5.3, keyed by lmmiqa tool name
+PAPER_BETAS: dict[str, tuple[float, float, float, float, float]] = {
+    "niqe": (-1.4174, 0.8785, 6.9416, -0.0059, 2.7374),
+    "brisque": (-2.2106, 0.0684, 54.3418, 0.0050, 2.2728),
+    "q-align": (28.8204, 0.1469, 6.1941, -0.1906, 6.7863),
+    "ssim": (94.4202, 64.9155, 1.0664, 2.8744, 47.6819),
+    "gmsd": (-5.9925, -23.3876, -59.6895, -13.8274, 1.0789),
+    "fsim": (265.7031, 23.2940, 1.2003, 1.9193, 133.0061),
+    "vif": (0.4119, 49.7978, 0.2237, 2.4370, 1.3850),
+    "lpips": (-2.0915, 3.7543, -28.0133, -4.7251, 4.9710),
+}
+
+PAPER_NOTE = "AgenticIQA β (5-parameter logistic fitted on KADID-10k MOS), METHODS.md §5.3"
+
+
+@dataclass(frozen=True)
+class ToolMap:
+    """A five-parameter logistic map to [1, 5].
+
+    Attributes:
+        params: β1..β5.
+        source: ``"paper"``, ``"synthetic"`` or ``"fitted"``.
+        note: where the β come from, in words.
+        fit: for fitted/synthetic maps, facts about the fit (n, converged, correlations, data, date).
+    """
+
+    params: tuple[float, float, float, float, float]
+    source: str
+    note: str = ""
+    fit: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.params) != 5 or not all(math.isfinite(float(p)) for p in self.params):
+            raise ConfigError(f"a tool map needs 5 finite parameters, got {self.params!r}")
+        if self.source not in ("paper", "synthetic", "fitted"):
+            raise ConfigError(f"unknown map source {self.source!r}; known: paper, synthetic, fitted")
+        object.__setattr__(self, "params", tuple(float(p) for p in self.params))
+
+    def apply(self, raw: float) -> float:
+        """Map one raw value to [1, 5] (``nan`` stays ``nan``; ``±inf`` saturates)."""
+        return float(apply_map(self.params, raw))
+
+    def to_dict(self) -> dict[str, Any]:
+        from lmmiqa.types import json_safe
+
+        return {
+            "form": "logistic5",
+            "params": list(self.params),
+            "clip": list(CLIP),
+            "source": self.source,
+            "note": self.note,
+            "fit": json_safe(self.fit),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ToolMap:
+        if data.get("form", "logistic5") != "logistic5":
+            raise DataError(f"unsupported map form {data.get('form')!r}; expected logistic5")
+        return cls(tuple(data["params"]), str(data.get("source", "fitted")), str(data.get("note", "")),
+                   dict(data.get("fit") or {}))
+
+
+def apply_map(params: Sequence[float], raw: Any) -> np.ndarray:
+    """``clip(logistic5(raw, *params), 1, 5)`` elementwise (pure function)."""
+    from lmmiqa.evaluation.logistic import logistic5
+
+    x = np.asarray(raw, dtype=np.float64)
+    b1, b2, _b3, b4, b5 = (float(p) for p in params)
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = np.asarray(logistic5(x, *params), dtype=np.float64)
+    inf = np.isinf(x)
+    if np.any(inf):  # the limits, without inf − inf or 0·inf (e.g. PSNR of identical images)
+        sx = np.sign(x[inf])
+        if b4 != 0.0:
+            lim = np.sign(b4) * sx * np.inf
+        else:
+            lim = b1 * 0.5 * np.sign(b2) * sx + b5
+        y = np.array(y, copy=True)
+        y[inf] = lim
+    return np.clip(y, *CLIP)
+
+
+def rescale_mos(
+    mos: Sequence[float], score_range: tuple[float, float] | None, higher_is_better: bool
+) -> np.ndarray:
+    """Map opinion scores linearly onto 1–5 (5 = best) before fitting.
+
+    ``score_range`` is the published range of the scale; without it the observed min/max are used.
+    Lower-is-better scales (DMOS) are flipped.
+    """
+    y = np.asarray(mos, dtype=np.float64)
+    finite = y[np.isfinite(y)]
+    if finite.size == 0:
+        raise DataError("no finite opinion scores to fit a map on")
+    lo, hi = score_range if score_range is not None else (float(finite.min()), float(finite.max()))
+    if not hi > lo:
+        raise DataError(f"the score range must have high > low, got ({lo}, {hi})")
+    z = 1.0 + 4.0 * (y - lo) / (hi - lo)
+    return z if higher_is_better else 6.0 - z
+
+
+def fit_map(
+    raw: Sequence[float],
+    mos: Sequence[float],
+    *,
+    score_range: tuple[float, float] | None = None,
+    higher_is_better: bool = True,
+    source: str = "fitted",
+    note: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> ToolMap:
+    """Fit a tool map: raw tool values -> opinion scores rescaled to 1–5 (see :func:`rescale_mos`).
+
+    Uses :func:`lmmiqa.evaluation.logistic.fit_logistic5`; when that falls back to a line, the map is still
+    returned and ``fit["converged"]`` is false, with the reason in ``fit["fallback"]``.
+    """
+    from lmmiqa.evaluation.logistic import fit_logistic5
+
+    x = np.asarray(raw, dtype=np.float64)
+    y = rescale_mos(mos, score_range, higher_is_better)
+    if x.shape != y.shape:
+        raise DataError(f"raw values and scores differ in length: {x.size} vs {y.size}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    if int(keep.sum()) < 6:
+        raise DataError(f"a 5-parameter map needs at least 6 scored images, got {int(keep.sum())}")
+    res = fit_logistic5(x[keep], y[keep])
+    from scipy.stats import pearsonr, spearmanr
+
+    pred = apply_map(res.params, x[keep])
+    facts: dict[str, Any] = {
+        "n": int(keep.sum()),
+        "converged": bool(res.converged),
+        "fallback": res.fallback,
+        "srcc_raw": float(spearmanr(x[keep], y[keep]).statistic) if np.ptp(x[keep]) > 0 else None,
+        "plcc_mapped": float(pearsonr(pred, y[keep]).statistic) if np.ptp(pred) > 0 else None,
+        "rmse_mapped": float(np.sqrt(np.mean((pred - y[keep]) ** 2))),
+        "score_range": list(score_range) if score_range is not None else None,
+        "higher_is_better": bool(higher_is_better),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if extra:
+        facts.update(dict(extra))
+    return ToolMap(tuple(res.params), source, note, facts)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- stored (refitted) maps
+
+
+def maps_dir() -> Path:
+    """Where refitted maps are stored: ``$XDG_CACHE_HOME/lmmiqa/maps``."""
+    return cache_root() / "maps"
+
+
+def _file_name(tool: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "__" for c in tool) + ".json"
+
+
+def fitted_map_path(tool: str) -> Path:
+    """The JSON file holding the user's refitted map of ``tool``."""
+    return maps_dir() / _file_name(tool)
+
+
+_lock = threading.Lock()
+_fitted_cache: dict[str, tuple[float, ToolMap]] = {}
+
+
+def load_fitted_map(tool: str) -> ToolMap | None:
+    """The user's refitted map of ``tool``, or ``None``; re-read when the file changes. Thread-safe."""
+    path = fitted_map_path(tool)
+    with _lock:
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            _fitted_cache.pop(str(path), None)
+            return None
+        hit = _fitted_cache.get(str(path))
+        if hit is not None and hit[0] == mtime:
+            return hit[1]
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if int(data.get("schema_version", 0)) != SCHEMA_VERSION:
+                raise DataError(f"schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+            if data.get("tool") != tool:
+                raise DataError(f"map is for tool {data.get('tool')!r}, not {tool!r}")
+            m = ToolMap.from_dict(data["map"])
+        except (OSError, ValueError, KeyError, TypeError, ConfigError, DataError) as err:
+            raise DataError(
+                f"cannot use the refitted map {path} for {tool!r}: {err}; refit it with "
+                f"`lmmiqa tools fit --tool {tool} ...` or delete the file"
+            ) from err
+        _fitted_cache[str(path)] = (mtime, m)
+        return m
+
+
+def save_fitted_map(tool: str, tool_map: ToolMap) -> Path:
+    """Store ``tool_map`` as the user's map of ``tool`` (atomically); it is used from now on."""
+    path = fitted_map_path(tool)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"schema_version": SCHEMA_VERSION, "tool": tool, "map": tool_map.to_dict()}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    with _lock:
+        _fitted_cache.pop(str(path), None)
+    return path
+
+
+def delete_fitted_map(tool: str) -> bool:
+    """Remove the user's refitted map of ``tool``; true when there was one."""
+    path = fitted_map_path(tool)
+    with _lock:
+        _fitted_cache.pop(str(path), None)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def paper_map(tool: str) -> ToolMap | None:
+    """AgenticIQA's map of ``tool``, if the paper gives one."""
+    betas = PAPER_BETAS.get(tool)
+    return ToolMap(betas, "paper", PAPER_NOTE) if betas else None
+
+
+def synthetic_map(tool: str) -> ToolMap | None:
+    """The shipped synthetic-ladder map of ``tool``, if there is one."""
+    entry = SYNTHETIC_MAPS.get(tool)
+    if entry is None:
+        return None
+    return ToolMap(tuple(entry["params"]), "synthetic", str(entry["note"]), dict(entry.get("fit", {})))
+
+
+def default_map(tool: str) -> ToolMap | None:
+    """The map shipped with lmmiqa: the paper's where it has one, else the synthetic one, else ``None``."""
+    return paper_map(tool) or synthetic_map(tool)
+
+
+def active_map(tool: str) -> ToolMap | None:
+    """The map in use: the user's refitted one when present, else :func:`default_map`."""
+    return load_fitted_map(tool) or default_map(tool)

@@ -1,0 +1,164 @@
+"""NIQE: Naturalness Image Quality Evaluator.
+
+A. Mittal, R. Soundararajan and A. C. Bovik, "Making a 'completely blind' image quality analyzer", IEEE Signal
+Processing Letters 20(3), 2012. Re-implemented in numpy after the original MATLAB release
+(``computequality.m``): 96×96 patches without overlap at two scales (the second one from MATLAB's bicubic,
+antialiased ``imresize`` by 1/2), 18 AGGD features per patch and scale, a multivariate Gaussian fitted to the
+patches, and the Mahalanobis-like distance to the pristine model shipped with the release
+(``niqe_pris_params.npz``, see :mod:`lmmiqa.tools.assets`).
+
+Input convention: the Y channel of MATLAB's ``rgb2ycbcr`` (BT.601, rounded to uint8), no border crop; this
+reproduces the published baboon value 5.72957 (``channel="gray"`` uses MATLAB ``rgb2gray`` instead, as some
+comparisons do). Greyscale images are used as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmmiqa.errors import ConfigError
+from lmmiqa.tools._matlab import circshift, imresize
+from lmmiqa.tools._nss import ShapeTables, compute_shape_tables, estimate_aggd, mscn
+from lmmiqa.tools.base import NR, AssetToolConfig, Tool, ToolError, luminance
+
+PARAMS_FILE = "niqe_pris_params.npz"
+
+#: pairwise-product directions of the release's ``computefeature`` (MATLAB ``circshift`` offsets)
+SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
+
+_TABLES: ShapeTables | None = None
+
+
+def _tables() -> ShapeTables:
+    global _TABLES
+    if _TABLES is None:  # idempotent, so a race only computes it twice
+        _TABLES = compute_shape_tables()
+    return _TABLES
+
+
+def _aggd_betas(shape: float, left_std: float, right_std: float) -> tuple[float, float]:
+    from scipy.special import gamma
+
+    c = np.sqrt(gamma(1.0 / shape) / gamma(3.0 / shape))
+    return left_std * c, right_std * c
+
+
+def patch_features(patch: np.ndarray, tables: ShapeTables | None = None) -> np.ndarray:
+    """The 18 NIQE features of one MSCN patch: AGGD shape and mean scale, then for each of 4 neighbour
+    products its shape, mean, left and right scales."""
+    from scipy.special import gamma
+
+    t = tables or _tables()
+    shape, left, right = estimate_aggd(patch, t)
+    bl, br = _aggd_betas(shape, left, right)
+    feat = [shape, (bl + br) / 2.0]
+    for shift in SHIFTS:
+        pair = patch * circshift(patch, shift)
+        shape, left, right = estimate_aggd(pair, t)
+        bl, br = _aggd_betas(shape, left, right)
+        mean = (br - bl) * (gamma(2.0 / shape) / gamma(1.0 / shape))
+        feat += [shape, mean, bl, br]
+    return np.asarray(feat, dtype=np.float64)
+
+
+def niqe_features(grey: np.ndarray, window: np.ndarray, patch_size: int = 96) -> np.ndarray:
+    """Per-patch features (patches × 36: 18 at full scale, then 18 at half scale) of a 0–255 grey image.
+
+    The image is cropped to a whole number of patches first (bottom and right), as in the release.
+    """
+    img = np.asarray(grey, dtype=np.float64)
+    nh, nw = img.shape[0] // patch_size, img.shape[1] // patch_size
+    img = img[: nh * patch_size, : nw * patch_size]
+    scales = []
+    for scale in (1, 2):
+        structdis = mscn(img, window, "replicate")
+        p = patch_size // scale
+        scales.append(
+            np.array(
+                [
+                    patch_features(structdis[i * p : (i + 1) * p, j * p : (j + 1) * p])
+                    for j in range(nw)
+                    for i in range(nh)
+                ]
+            )
+        )
+        if scale == 1:
+            img = imresize(img, 0.5)
+    return np.concatenate(scales, axis=1)
+
+
+def niqe_score(
+    grey: np.ndarray,
+    mu_pris: np.ndarray,
+    cov_pris: np.ndarray,
+    window: np.ndarray,
+    patch_size: int = 96,
+) -> float:
+    """NIQE of a 0–255 grey image against a pristine model (pure function).
+
+    ``sqrt((μp − μd)ᵀ pinv((Σp + Σd)/2) (μp − μd))`` with the distorted image's patch mean ``μd`` (NaN-aware)
+    and covariance ``Σd`` (patches with a NaN feature left out), as MATLAB's ``nanmean``/``nancov``/``pinv``.
+    """
+    feats = niqe_features(grey, window, patch_size)
+    with np.errstate(invalid="ignore"):
+        mu_d = np.nanmean(feats, axis=0)
+    complete = feats[~np.isnan(feats).any(axis=1)]
+    if complete.shape[0] < 2 or not np.all(np.isfinite(mu_d)):
+        return float("nan")
+    cov_d = np.cov(complete, rowvar=False)
+    a = (np.asarray(cov_pris, dtype=np.float64) + cov_d) / 2.0
+    inv = np.linalg.pinv(a, rcond=max(a.shape) * np.finfo(np.float64).eps)  # MATLAB pinv's tolerance
+    diff = np.asarray(mu_pris, dtype=np.float64).ravel() - mu_d
+    return float(np.sqrt(diff @ inv @ diff))
+
+
+@dataclass
+class NIQEConfig(AssetToolConfig):
+    """NIQE options.
+
+    Attributes:
+        channel: ``"y"`` (Y of YCbCr, BT.601; default) or ``"gray"`` (MATLAB ``rgb2gray``).
+        patch_size: side of the square patches (96 in the release and in the pristine model).
+    """
+
+    channel: str = "y"
+    patch_size: int = 96
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.channel not in ("y", "gray"):
+            raise ConfigError(f"channel must be 'y' or 'gray', got {self.channel!r}")
+        if int(self.patch_size) < 8 or int(self.patch_size) % 2:
+            raise ConfigError(f"patch_size must be an even number >= 8, got {self.patch_size}")
+        self.patch_size = int(self.patch_size)
+
+
+class NIQE(Tool):
+    """NIQE (Mittal et al. 2012): distance of the image's natural-scene statistics from pristine photos."""
+
+    name = "niqe"
+    kind = NR
+    higher_is_better = False
+    typical_range = (2.0, 15.0)
+    description = (
+        "Naturalness: how far the local statistics of the image are from those of pristine photos; general "
+        "no-reference measure that rises with blur, noise, compression and other unnatural artefacts, "
+        "without training on human scores. Unreliable on small images and on graphics/text."
+    )
+    citation = "Mittal, Soundararajan & Bovik, IEEE SPL 2012"
+    config_cls = NIQEConfig
+
+    def _measure(self, rgb: np.ndarray, ref: np.ndarray | None) -> tuple[float, dict[str, object]]:
+        from lmmiqa.tools.assets import load_arrays
+
+        cfg: NIQEConfig = self.config
+        p = cfg.patch_size
+        h, w = rgb.shape[:2]
+        if (h // p) * (w // p) < 2:
+            raise ToolError(f"niqe needs at least two {p}×{p} patches; the image is {w}×{h}")
+        params = load_arrays(PARAMS_FILE, cfg.assets)
+        grey = luminance(rgb, cfg.channel)
+        value = niqe_score(grey, params["mu_pris_param"], params["cov_pris_param"], params["gaussian_window"], p)
+        return value, {"channel": cfg.channel, "patches": (h // p) * (w // p)}
