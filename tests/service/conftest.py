@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ def fake_methods(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
             monkeypatch.setitem(registry._cache, target, cls)
 
     BrightnessScorer.gate = None
+    BrightnessScorer.entered = threading.Event()
     BrightnessScorer.fail_batches = 0
     BrightnessScorer.batches = []
     return register

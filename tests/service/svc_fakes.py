@@ -32,14 +32,15 @@ class FakeConfig(ScorerConfig):
 class BrightnessScorer(Scorer):
     """Model-free method for service tests: score = mean brightness on 0..1 (+ offset).
 
-    Class attributes let a test block batches (``gate``), fail the next N batches as a whole
-    (``fail_batches``) and see every batch size (``batches``).
+    Class attributes let a test block batches (``gate``), know that the worker reached the scorer
+    (``entered``), fail the next N batches as a whole (``fail_batches``) and see every batch size (``batches``).
     """
 
     name = "fake-brightness"
     config_cls = FakeConfig
     summary = "mean brightness (test double)"
     gate: threading.Event | None = None
+    entered = threading.Event()
     fail_batches = 0
     batches: list[int] = []
     lock = threading.Lock()
@@ -53,7 +54,8 @@ class BrightnessScorer(Scorer):
         return "none"
 
     def score_loaded(self, items: list[ImageItem], load_s: float = 0.0) -> list[ScoreResult]:
-        cls = type(self)
+        cls = BrightnessScorer
+        cls.entered.set()
         if cls.gate is not None:
             cls.gate.wait(30)
         with cls.lock:

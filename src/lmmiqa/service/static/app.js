@@ -141,6 +141,9 @@
     $(".name", node).textContent = file.name;
     const img = $(".thumb", node);
     img.alt = file.name;
+    img.addEventListener("error", () => {
+      $(".figure", node).hidden = true; // the browser cannot show it either (the card says why)
+    });
     img.src = URL.createObjectURL(file);
     el.results.prepend(node);
     return node;
