@@ -11,6 +11,10 @@ Every map is the standard five-parameter logistic ``q̂ = β1·(1/2 − 1/(1 + e
    comes from the distortion severity, not from people (see :mod:`lmmiqa.tools._synthetic_maps`).
 
 A tool with none of these has no map (its ``normalized`` value is ``None`` and says so).
+
+Fitted maps (refitted and synthetic) carry the ``domain`` of raw values they were fitted on; raw values outside
+it are clamped to it before the logistic, so that the line term of a 5PL cannot turn the map around far from
+the data (e.g. at very strong noise). The paper's maps are used as printed, without a domain.
 """
 
 from __future__ import annotations
@@ -58,12 +62,14 @@ class ToolMap:
         source: ``"paper"``, ``"synthetic"`` or ``"fitted"``.
         note: where the β come from, in words.
         fit: for fitted/synthetic maps, facts about the fit (n, converged, correlations, data, date).
+        domain: ``(low, high)`` raw values the map was fitted on (raw values are clamped to it), or ``None``.
     """
 
     params: tuple[float, float, float, float, float]
     source: str
     note: str = ""
     fit: dict[str, Any] = field(default_factory=dict)
+    domain: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if len(self.params) != 5 or not all(math.isfinite(float(p)) for p in self.params):
@@ -71,10 +77,22 @@ class ToolMap:
         if self.source not in ("paper", "synthetic", "fitted"):
             raise ConfigError(f"unknown map source {self.source!r}; known: paper, synthetic, fitted")
         object.__setattr__(self, "params", tuple(float(p) for p in self.params))
+        if self.domain is not None:
+            lo, hi = (float(v) for v in self.domain)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ConfigError(f"a map domain needs finite low <= high, got {self.domain!r}")
+            object.__setattr__(self, "domain", (lo, hi))
 
     def apply(self, raw: float) -> float:
-        """Map one raw value to [1, 5] (``nan`` stays ``nan``; ``±inf`` saturates)."""
-        return float(apply_map(self.params, raw))
+        """Map one raw value to [1, 5] (``nan`` stays ``nan``; ``±inf`` saturates or is clamped)."""
+        return float(self.apply_many(raw))
+
+    def apply_many(self, raw: Any) -> np.ndarray:
+        """Map an array of raw values (clamped to :attr:`domain` when there is one)."""
+        x = np.asarray(raw, dtype=np.float64)
+        if self.domain is not None:
+            x = np.clip(x, *self.domain)
+        return apply_map(self.params, x)
 
     def to_dict(self) -> dict[str, Any]:
         from lmmiqa.types import json_safe
@@ -85,6 +103,7 @@ class ToolMap:
             "clip": list(CLIP),
             "source": self.source,
             "note": self.note,
+            "domain": list(self.domain) if self.domain is not None else None,
             "fit": json_safe(self.fit),
         }
 
@@ -92,8 +111,9 @@ class ToolMap:
     def from_dict(cls, data: Mapping[str, Any]) -> ToolMap:
         if data.get("form", "logistic5") != "logistic5":
             raise DataError(f"unsupported map form {data.get('form')!r}; expected logistic5")
+        domain = data.get("domain")
         return cls(tuple(data["params"]), str(data.get("source", "fitted")), str(data.get("note", "")),
-                   dict(data.get("fit") or {}))
+                   dict(data.get("fit") or {}), tuple(domain) if domain is not None else None)
 
 
 def apply_map(params: Sequence[float], raw: Any) -> np.ndarray:
@@ -148,7 +168,9 @@ def fit_map(
     """Fit a tool map: raw tool values -> opinion scores rescaled to 1–5 (see :func:`rescale_mos`).
 
     Uses :func:`lmmiqa.evaluation.logistic.fit_logistic5`; when that falls back to a line, the map is still
-    returned and ``fit["converged"]`` is false, with the reason in ``fit["fallback"]``.
+    returned and ``fit["converged"]`` is false, with the reason in ``fit["fallback"]``. When the fitted curve is
+    not monotone over the data (the line term ``β4·q`` turns it around), it is refitted with ``β4 = 0`` — a
+    plain logistic, monotone by construction — and ``fit["constraint"]`` says so.
     """
     from lmmiqa.evaluation.logistic import fit_logistic5
 
@@ -162,21 +184,70 @@ def fit_map(
     res = fit_logistic5(x[keep], y[keep])
     from scipy.stats import pearsonr, spearmanr
 
-    pred = apply_map(res.params, x[keep])
+    domain = (float(x[keep].min()), float(x[keep].max()))
+    params, converged, fallback, constraint = tuple(res.params), bool(res.converged), res.fallback, None
+    if converged and _monotone(params, domain) is None:
+        refit = _fit_without_line(x[keep], y[keep])
+        if refit is not None:
+            params, constraint = refit, "β4 = 0 (the unconstrained 5-parameter fit was not monotone over the data)"
+    pred = apply_map(params, x[keep])
     facts: dict[str, Any] = {
         "n": int(keep.sum()),
-        "converged": bool(res.converged),
-        "fallback": res.fallback,
+        "converged": converged,
+        "fallback": fallback,
+        "constraint": constraint,
         "srcc_raw": float(spearmanr(x[keep], y[keep]).statistic) if np.ptp(x[keep]) > 0 else None,
         "plcc_mapped": float(pearsonr(pred, y[keep]).statistic) if np.ptp(pred) > 0 else None,
         "rmse_mapped": float(np.sqrt(np.mean((pred - y[keep]) ** 2))),
+        "monotone": _monotone(params, domain),
         "score_range": list(score_range) if score_range is not None else None,
         "higher_is_better": bool(higher_is_better),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if extra:
         facts.update(dict(extra))
-    return ToolMap(tuple(res.params), source, note, facts)  # type: ignore[arg-type]
+    return ToolMap(params, source, note, facts, domain)  # type: ignore[arg-type]
+
+
+def _fit_without_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float, float] | None:
+    """Least-squares fit of the 5PL with ``β4 = 0`` (standardized coordinates); ``None`` if it fails."""
+    import warnings
+
+    from scipy.optimize import OptimizeWarning, curve_fit
+    from scipy.special import expit
+
+    mx, sx, my, sy = float(x.mean()), float(x.std()), float(y.mean()), float(y.std())
+    if sx == 0.0 or sy == 0.0:
+        return None
+    u, v = (x - mx) / sx, (y - my) / sy
+
+    def f(t: np.ndarray, c1: float, c2: float, c3: float, c5: float) -> np.ndarray:
+        return c1 * (0.5 - expit(-c2 * (t - c3))) + c5
+
+    sign = 1.0 if float(np.mean(u * v)) >= 0 else -1.0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            c, _ = curve_fit(f, u, v, p0=[sign * float(np.ptp(v)), 1.0, 0.0, 0.0], maxfev=20_000)
+    except (RuntimeError, ValueError):
+        return None
+    if not np.all(np.isfinite(c)):
+        return None
+    c1, c2, c3, c5 = (float(t) for t in c)
+    return (sy * c1, c2 / sx, mx + sx * c3, 0.0, my + sy * c5)
+
+
+def _monotone(params: Sequence[float], domain: tuple[float, float]) -> str | None:
+    """``"increasing"`` / ``"decreasing"`` when the map is monotone over ``domain`` (1024-point grid), else
+    ``None`` (a warning sign: the fitted curve turns around inside the data)."""
+    grid = np.linspace(domain[0], domain[1], 1024)
+    d = np.diff(apply_map(params, grid))
+    if np.all(d >= -1e-12):
+        return "increasing"
+    if np.all(d <= 1e-12):
+        return "decreasing"
+    return None
 
 
 # --------------------------------------------------------------------------- stored (refitted) maps
@@ -267,7 +338,8 @@ def synthetic_map(tool: str) -> ToolMap | None:
     entry = SYNTHETIC_MAPS.get(tool)
     if entry is None:
         return None
-    return ToolMap(tuple(entry["params"]), "synthetic", str(entry["note"]), dict(entry.get("fit", {})))
+    return ToolMap(tuple(entry["params"]), "synthetic", str(entry["note"]), dict(entry.get("fit", {})),
+                   tuple(entry["domain"]))
 
 
 def default_map(tool: str) -> ToolMap | None:
