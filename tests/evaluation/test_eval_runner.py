@@ -108,8 +108,8 @@ def test_method_names_options_and_engines(ladder, monkeypatch):
         evaluate("q-alig", "synthetic", ladder)
     with pytest.raises(ConfigError, match="cannot import scorer class"):
         evaluate("no_such_module:X", "synthetic", ladder)
-    with pytest.raises(UnknownNameError, match="unknown engine 'ray'"):
-        evaluate(SharpnessScorer(), "synthetic", ladder, engine="ray")
+    with pytest.raises(UnknownNameError, match="unknown engine 'spark'"):
+        evaluate(SharpnessScorer(), "synthetic", ladder, engine="spark")
     seen: list[int] = []
 
     def reverse_engine(scorer, pending, on_results, *, batch_size=None, progress=None):

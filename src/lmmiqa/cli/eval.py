@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from lmmiqa.cli._data_args import add_data_args, dataset_from_args
+from lmmiqa.cli._engine_args import add_engine_args, engine_options
 from lmmiqa.cli._method_args import add_method_args, method_options
 
 
@@ -36,10 +37,10 @@ def register(sub: Any) -> None:
     g.add_argument("--n-boot", type=int, default=1000, metavar="B", help="bootstrap resamples for the 95%% intervals (default 1000; 0 = none)")
     g.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     g.add_argument("--no-plot", action="store_true", help="do not draw scatter.png")
-    g.add_argument("--engine", default="local", help="how items are scored: local (default)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar with rate and ETA on stderr (default: when stderr is a terminal)")
     g.add_argument("--format", choices=("md", "json"), default="md", help="summary printed at the end (default md)")
+    add_engine_args(p)
     p.set_defaults(func=run)
 
 
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         plot=not args.no_plot,
         engine=args.engine,
+        engine_options=engine_options(args),
         skip_missing=bool(args.skip_missing),
         verbose=True,
     )

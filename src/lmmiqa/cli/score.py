@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from lmmiqa.cli._method_args import add_method_args, scorer_from_args
+from lmmiqa.cli._engine_args import add_engine_args, engine_options, ray_config
+from lmmiqa.cli._method_args import add_method_args, method_options, scorer_from_args
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
@@ -35,6 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument("--explain-image", default=None, metavar="PATH", help="llm-iqa: draw each scored image's regions "
                    "with their scores and weights; PATH is a .png/.jpg file for one input, else a folder that "
                    "receives <name>.regions.png per image")
+    add_engine_args(p)
     p.set_defaults(func=run)
 
 
@@ -153,8 +155,13 @@ def _explain(scorer: Any, dicts: list[dict[str, Any]], target: Path, used: set[s
 
 def run(args: argparse.Namespace) -> int:
     if args.explain_image:
+        if args.engine == "ray":
+            from lmmiqa.cli import UsageError
+
+            raise UsageError("--explain-image needs --engine local (the region masks stay in the Ray actors)")
         _prepare_explain(args)
-    scorer = scorer_from_args(args)
+    engine_options(args)  # Ray flags without --engine ray are a usage error
+    scorer = None if args.engine == "ray" else scorer_from_args(args)
     pictures = 0
     used_names: set[str] = set()
     skip: set[str] = set()
@@ -171,7 +178,14 @@ def run(args: argparse.Namespace) -> int:
     collected: list[dict[str, Any]] = []
     first = True
     try:
-        for batch in scorer.iter_score(args.inputs, batch_size=args.batch_size, progress=args.progress, skip=skip):
+        if scorer is None:
+            from lmmiqa.distributed import ray_score
+
+            batches = ray_score(args.method, args.inputs, options=method_options(args), skip=skip,
+                                config=ray_config(args, args.batch_size), progress=args.progress)
+        else:
+            batches = scorer.iter_score(args.inputs, batch_size=args.batch_size, progress=args.progress, skip=skip)
+        for batch in batches:
             dicts = [r.to_dict() for r in batch]
             n_total += len(dicts)
             n_ok += sum(1 for d in dicts if d["error"] is None)

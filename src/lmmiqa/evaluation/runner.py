@@ -76,8 +76,16 @@ def local_engine(
         on_results(batch)
 
 
+def ray_engine(scorer: Any, pending: list[str], on_results: OnResults, **options: Any) -> None:
+    """Score ``pending`` on a Ray actor pool, one model per actor; see :func:`lmmiqa.distributed.ray_engine`
+    for the options (``address``, ``actors``, ``gpus_per_actor``, ...). Needs the ``ray`` extra."""
+    from lmmiqa.distributed import ray_engine as _ray_engine
+
+    _ray_engine(scorer, pending, on_results, **options)
+
+
 #: engine name -> engine function
-ENGINES: dict[str, Engine] = {"local": local_engine}
+ENGINES: dict[str, Engine] = {"local": local_engine, "ray": ray_engine}
 
 
 def get_engine(name: str) -> Engine:
@@ -513,6 +521,7 @@ def evaluate(
     seed: int = 0,
     plot: bool = True,
     engine: str = "local",
+    engine_options: dict[str, Any] | None = None,
     method_options: dict[str, Any] | None = None,
     verbose: bool = False,
 ) -> EvalReport:
@@ -532,7 +541,8 @@ def evaluate(
         retry_failed: score again the items whose earlier result was a failure.
         n_boot, seed: bootstrap resamples and seed for the 95 % intervals.
         plot: write ``scatter.png`` (needs matplotlib, extra ``eval``).
-        engine: a name in :data:`ENGINES`.
+        engine: a name in :data:`ENGINES`. engine_options: keyword options of that engine (e.g. ``ray``:
+            ``{"address": "auto", "actors": 8}``).
         verbose: print status lines (resuming, retrying) to stderr.
 
     Raises:
@@ -594,7 +604,7 @@ def evaluate(
             for r in results:
                 records[r.image] = r.to_dict()
 
-        run_engine(scorer, sel.paths(), collect, batch_size=batch_size, progress=progress)
+        run_engine(scorer, sel.paths(), collect, batch_size=batch_size, progress=progress, **(engine_options or {}))
         report, pred, mos, _fit = build_report(
             sel, records, method=config.method, model=config.model, method_higher_is_better=method_hib,
             n_boot=n_boot, seed=seed, limit=config.limit, n_split=n_split, versions=versions,
@@ -626,7 +636,7 @@ def evaluate(
                 records[r.image] = r.to_dict()
 
         if pending:
-            run_engine(scorer, pending, append, batch_size=batch_size, progress=progress)
+            run_engine(scorer, pending, append, batch_size=batch_size, progress=progress, **(engine_options or {}))
         report, pred, mos, fit = build_report(
             sel, records, method=config.method, model=config.model, method_higher_is_better=method_hib,
             n_boot=n_boot, seed=seed, limit=config.limit, n_split=n_split, run_dir=str(rundir),

@@ -1,0 +1,291 @@
+"""Batch scoring on a Ray cluster with Ray Data (``lmmiqa score --engine ray``, ``lmmiqa eval --engine ray``).
+
+The driver expands the inputs (folders, ``@lists``), drops the keys already done (resume), and builds a Ray
+dataset of image paths. ``map_batches`` runs them through an actor pool
+(``ray.data.ActorPoolStrategy(size=actors)``): each actor builds one scorer — and so loads one copy of the model
+— when it starts, then loads and scores its batches with :meth:`lmmiqa.methods.base.Scorer.score_loaded`. With
+GPUs in the cluster each actor gets one (``gpus_per_actor``), and the scorer's ``device="auto"`` picks it up.
+Results stream back to the driver batch by batch, as :class:`~lmmiqa.types.ScoreResult` lists, so the callers
+write them to the same JSONL files, with the same resume semantics, as the local engine. By default the output
+order is the input order (``preserve_order``).
+
+Images are read by the actors, so every node must see the input paths (a shared filesystem); only the
+paths travel through Ray. Ray is imported inside the functions here (extra ``ray``).
+
+Example::
+
+    from lmmiqa.distributed import RayConfig, ray_score
+
+    for batch in ray_score("q-align", ["photos/"], options={"model": "Qwen/Qwen3-VL-8B-Instruct"},
+                           config=RayConfig(address="auto", actors=8)):
+        ...
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lmmiqa.config import build_config
+from lmmiqa.errors import BackendError, ConfigError, LmmiqaError, require
+from lmmiqa.images import ImageLimits, expand_inputs, load_many
+from lmmiqa.types import ScoreResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RayConfig:
+    """How to run on Ray.
+
+    Attributes:
+        address: ``None`` starts a local Ray instance for this run (stopped at the end); ``"auto"`` joins the
+            cluster running on this machine; ``"ray://host:10001"`` connects a Ray client. A Ray session already
+            initialised in this process is used as it is.
+        actors: size of the actor pool (copies of the model).
+        gpus_per_actor: GPUs reserved per actor; ``None`` = 1 when the cluster has GPUs, else 0.
+        cpus_per_actor: CPUs reserved per actor.
+        batch_size: images per actor batch (``None``: the scorer's ``batch_size``).
+        num_cpus: CPUs of a local instance started here (``None``: all).
+        preserve_order: stream results in input order (else as they complete, which can be faster when batches
+            take very different times).
+    """
+
+    address: str | None = None
+    actors: int = 1
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float = 1.0
+    batch_size: int | None = None
+    num_cpus: int | None = None
+    preserve_order: bool = True
+
+    def __post_init__(self) -> None:
+        if int(self.actors) < 1:
+            raise ConfigError(f"actors must be >= 1, got {self.actors}")
+        self.actors = int(self.actors)
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise ConfigError(f"gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
+        if self.cpus_per_actor <= 0:
+            raise ConfigError(f"cpus_per_actor must be > 0, got {self.cpus_per_actor}")
+        if self.batch_size is not None and int(self.batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_cpus is not None and int(self.num_cpus) < 1:
+            raise ConfigError(f"num_cpus must be >= 1, got {self.num_cpus}")
+
+
+# ----------------------------------------------------------------------------------------------- scorer spec
+
+
+def scorer_spec(method: Any, options: Mapping[str, Any] | None = None) -> tuple[type, Any]:
+    """(scorer class, validated config) for the actors, without building the scorer (no model is loaded here).
+
+    Args:
+        method: a registered method name, ``"package.module:Class"`` (a plugin's Scorer subclass), or a scorer
+            object (its class and config are used; a backend object injected into it is not shipped).
+        options: method options (only with a name).
+
+    Raises:
+        UnknownNameError, ConfigError: unknown method or invalid options.
+    """
+    from lmmiqa.methods.base import Scorer
+
+    if isinstance(method, Scorer):
+        if options:
+            raise ConfigError("options only apply when the method is given by name")
+        return type(method), method.config
+    if not isinstance(method, str):
+        raise ConfigError(f"method must be a name or a Scorer, got {type(method).__name__}")
+    if ":" in method:
+        module_name, _, attr = method.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"cannot import scorer class {method!r}: {err}") from err
+        if not (isinstance(cls, type) and issubclass(cls, Scorer)):
+            raise ConfigError(f"{method!r} is not a Scorer subclass")
+    else:
+        from lmmiqa import registry
+
+        cls = registry.resolve("method", method)
+    opts = {k: v for k, v in (options or {}).items() if v is not None}
+    return cls, build_config(cls.config_cls, opts, what=f"method {cls.name!r}")
+
+
+class ScoreActor:
+    """A Ray Data actor that owns one scorer (one model copy) and scores batches of image paths.
+
+    Args:
+        scorer_cls: the method's Scorer class.
+        config: its config dataclass.
+    """
+
+    def __init__(self, scorer_cls: type, config: Any) -> None:
+        self.scorer = scorer_cls(config)
+        backend = getattr(type(self.scorer), "backend", None)
+        if isinstance(backend, property):
+            _ = self.scorer.backend  # load the model now: a bad model fails at start-up, not per batch
+        self.limits = ImageLimits(
+            max_pixels=getattr(config, "max_pixels", ImageLimits.max_pixels),
+            max_bytes=getattr(config, "max_bytes", ImageLimits.max_bytes),
+        )
+        self.workers = int(getattr(config, "decode_workers", 0) or 0)
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        keys = [str(k) for k in batch["key"]]
+        t0 = time.perf_counter()
+        items = load_many(keys, self.limits, workers=self.workers)
+        results = self.scorer.score_loaded(items, time.perf_counter() - t0)
+        return {
+            "key": np.asarray(keys, dtype=object),
+            "result": np.asarray([json.dumps(r.to_dict()) for r in results], dtype=object),
+        }
+
+
+# ----------------------------------------------------------------------------------------------- running
+
+
+def _connect(config: RayConfig) -> bool:
+    """Initialise Ray unless this process already did; returns True when a session was started here."""
+    ray = require("ray", "ray", "the ray engine")
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if config.address:
+        ray.init(address=config.address, **kwargs)
+    else:
+        ray.init(num_cpus=config.num_cpus, **kwargs)
+    return True
+
+
+def _progress_bar(total: int, enabled: bool | None) -> Any:
+    if enabled is None:
+        enabled = total > 8 and sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="ray", unit="img", file=sys.stderr, dynamic_ncols=True)
+
+
+def ray_score(
+    method: Any,
+    inputs: Any,
+    *,
+    options: Mapping[str, Any] | None = None,
+    config: RayConfig | None = None,
+    skip: set[str] | None = None,
+    progress: bool | None = None,
+) -> Iterator[list[ScoreResult]]:
+    """Score image files on Ray; yields result batches as they arrive (see the module docstring).
+
+    Args:
+        method: method name, ``"module:Class"`` or a scorer object (see :func:`scorer_spec`).
+        inputs: paths, folders or ``@list`` files (files only: in-memory images cannot travel to the actors).
+        options: method options (with a method name).
+        config: Ray settings (default: a local instance with one actor).
+        skip: input keys already done (resume); they are not scored.
+        progress: progress bar on stderr (default: when more than 8 images and stderr is a terminal).
+
+    Raises:
+        ConfigError: in-memory inputs, or invalid method options (checked before Ray starts).
+        MissingDependencyError: Ray is not installed (extra ``ray``).
+        BackendError: the Ray job failed (e.g. the actors could not load the model).
+    """
+    config = config or RayConfig()
+    scorer_cls, scorer_config = scorer_spec(method, options)
+    keys: list[str] = []
+    for i, x in enumerate(expand_inputs(inputs)):
+        if not isinstance(x, str):
+            raise ConfigError(
+                f"input {i} is an in-memory {type(x).__name__}: the ray engine scores files (pass paths; every "
+                "node must see them)"
+            )
+        keys.append(x)
+    if skip:
+        keys = [k for k in keys if k not in skip]
+    if not keys:
+        return
+    batch_size = int(config.batch_size or getattr(scorer_config, "batch_size", 8) or 8)
+
+    started = _connect(config)
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.execution_options.preserve_order)
+    bar = _progress_bar(len(keys), progress)
+    try:
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        ctx.execution_options.preserve_order = config.preserve_order
+        gpus = config.gpus_per_actor
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        ds = ray.data.from_items([{"key": k} for k in keys]).map_batches(
+            ScoreActor,
+            fn_constructor_kwargs={"scorer_cls": scorer_cls, "config": scorer_config},
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(config.actors, len(keys))),
+            num_cpus=config.cpus_per_actor,
+            num_gpus=gpus,
+        )
+        iterator = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        while True:
+            try:
+                out = next(iterator)
+            except StopIteration:
+                break
+            except LmmiqaError:
+                raise
+            except Exception as err:
+                raise BackendError(f"the ray engine failed: {type(err).__name__}: {err}") from err
+            results = [ScoreResult.from_dict(json.loads(s)) for s in out["result"]]
+            if bar is not None:
+                bar.update(len(results))
+            yield results
+    finally:
+        if bar is not None:
+            bar.close()
+        ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.execution_options.preserve_order = saved
+        if started:
+            ray.shutdown()
+
+
+def ray_engine(
+    scorer: Any,
+    pending: list[str],
+    on_results: Callable[[list[ScoreResult]], None],
+    *,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+    address: str | None = None,
+    actors: int = 1,
+    gpus_per_actor: float | None = None,
+    cpus_per_actor: float = 1.0,
+    num_cpus: int | None = None,
+    preserve_order: bool = True,
+) -> None:
+    """The evaluation runner's ``ray`` engine (:data:`lmmiqa.evaluation.runner.ENGINES`).
+
+    Scores ``pending`` paths with the scorer's class and config on a Ray actor pool and calls ``on_results``
+    for every batch as it arrives (from this thread). The keyword options are those of :class:`RayConfig`.
+    """
+    config = RayConfig(
+        address=address,
+        actors=actors,
+        gpus_per_actor=gpus_per_actor,
+        cpus_per_actor=cpus_per_actor,
+        batch_size=batch_size,
+        num_cpus=num_cpus,
+        preserve_order=preserve_order,
+    )
+    for batch in ray_score(scorer, list(pending), config=config, progress=progress):
+        on_results(batch)
