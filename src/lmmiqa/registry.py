@@ -15,6 +15,15 @@ METHODS: dict[str, str] = {
     "q-align": "lmmiqa.methods.q_align:QAlign",
     "standard-guided": "lmmiqa.methods.standard_guided:StandardGuided",
     "llm-iqa": "lmmiqa.methods.llm_iqa:LLMIQA",
+    "niqe": "lmmiqa.methods.classical:NIQE",
+    "brisque": "lmmiqa.methods.classical:BRISQUE",
+    "piqe": "lmmiqa.methods.classical:PIQE",
+    "sharpness": "lmmiqa.methods.classical:Sharpness",
+    "noise": "lmmiqa.methods.classical:Noise",
+    "contrast": "lmmiqa.methods.classical:Contrast",
+    "exposure": "lmmiqa.methods.classical:Exposure",
+    "colorfulness": "lmmiqa.methods.classical:Colorfulness",
+    "blockiness": "lmmiqa.methods.classical:Blockiness",
 }
 
 BACKENDS: dict[str, str] = {

@@ -40,8 +40,10 @@ def compute_shape_tables() -> ShapeTables:
     return ShapeTables(g, r_ggd, 1.0 / r_ggd)
 
 
-def _mean_sq(v: np.ndarray) -> float:
-    return float(np.mean(v * v)) if v.size else float("nan")
+def _mean_sq(v: np.ndarray) -> np.float64:
+    """Mean of squares (NaN for an empty selection, as MATLAB's ``mean([])``); a numpy float, so that a later
+    division by zero gives inf/NaN like MATLAB instead of raising."""
+    return np.float64(np.mean(v * v)) if v.size else np.float64(np.nan)
 
 
 def estimate_ggd(vec: np.ndarray, tables: ShapeTables) -> tuple[float, float]:
@@ -51,7 +53,7 @@ def estimate_ggd(vec: np.ndarray, tables: ShapeTables) -> tuple[float, float]:
     """
     v = np.asarray(vec, dtype=np.float64).ravel()
     sigma_sq = _mean_sq(v)
-    e_abs = float(np.mean(np.abs(v)))
+    e_abs = np.float64(np.mean(np.abs(v)))
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = sigma_sq / (e_abs * e_abs)
     idx = int(np.argmin(np.abs(rho - tables.r_ggd))) if np.isfinite(rho) else 0
@@ -69,7 +71,7 @@ def estimate_aggd(vec: np.ndarray, tables: ShapeTables) -> tuple[float, float, f
     right = np.sqrt(_mean_sq(v[v > 0]))
     with np.errstate(divide="ignore", invalid="ignore"):
         gh = left / right
-        mean_abs = float(np.mean(np.abs(v)))
+        mean_abs = np.float64(np.mean(np.abs(v)))
         rhat = mean_abs * mean_abs / _mean_sq(v)
         rnorm = rhat * (gh**3 + 1.0) * (gh + 1.0) / (gh * gh + 1.0) ** 2
     idx = int(np.argmin((tables.r_aggd - rnorm) ** 2)) if np.isfinite(rnorm) else 0

@@ -14,6 +14,7 @@ comparisons do). Greyscale images are used as they are.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,7 +103,8 @@ def niqe_score(
     and covariance ``Σd`` (patches with a NaN feature left out), as MATLAB's ``nanmean``/``nancov``/``pinv``.
     """
     feats = niqe_features(grey, window, patch_size)
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # an all-NaN column (flat image) is handled below
+        warnings.simplefilter("ignore", RuntimeWarning)
         mu_d = np.nanmean(feats, axis=0)
     complete = feats[~np.isnan(feats).any(axis=1)]
     if complete.shape[0] < 2 or not np.all(np.isfinite(mu_d)):

@@ -158,7 +158,7 @@ class PyiqaTool(Tool):
         import torch
 
         def tensor(a: np.ndarray) -> Any:
-            return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+            return torch.from_numpy(np.asarray(a, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
 
         with self._lock:  # deep models are not safe to run from several threads at once
             model = self._get_model()
