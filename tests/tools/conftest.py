@@ -16,6 +16,9 @@ def isolated_cache(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> p
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.setenv("LMMIQA_OFFLINE", "1")
     monkeypatch.delenv("LMMIQA_ASSETS", raising=False)
+    from lmmiqa.tools import assets
+
+    monkeypatch.setattr(assets, "_failed_downloads", {})
     return cache / "lmmiqa"
 
 

@@ -92,6 +92,11 @@ def test_unreachable_download_explains_the_fix(isolated_cache, monkeypatch):
         assets.locate("brisque_ggd_tables.npz")
     msg = str(info.value)
     assert "download failed" in msg and str(isolated_cache / "assets" / "brisque_ggd_tables.npz") in msg
+    calls = []
+    monkeypatch.setattr(assets, "download", lambda *a, **k: calls.append(a))
+    with pytest.raises(assets.AssetError, match="not retried yet"):
+        assets.locate("brisque_ggd_tables.npz")  # an agent calling the tool again does not wait again
+    assert calls == []
 
 
 def test_wrong_file_content_is_refused(tmp_path, monkeypatch):

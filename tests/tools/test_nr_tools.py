@@ -16,8 +16,11 @@ from lmmiqa.tools.piqe import piqe_blocks, piqe_score
 # --------------------------------------------------------------------------- MATLAB primitives
 
 
-def test_round_half_away_from_zero():
-    np.testing.assert_array_equal(M.round_half_away(np.array([0.5, 1.5, 2.5, -0.5, -1.5, 2.4])), [1, 2, 3, -1, -2, 2])
+def test_rgb2gray_rounds_halves_up_like_matlab():
+    # 0.587043074451121·G = k + 0.5 never happens exactly, so use grey pixels of the Y path: 16 + 219/255·v
+    v = np.array([[[85, 85, 85]]], dtype=np.uint8)  # Y = 16 + 73.0 = 89.0 exactly; check no off-by-one
+    assert M.rgb2y(v)[0, 0] == 89.0
+    assert M.rgb2gray(np.array([[[0, 0, 0], [255, 255, 255]]], dtype=np.uint8)).tolist() == [[0.0, 255.0]]
 
 
 def test_rgb2gray_and_rgb2y_conventions():

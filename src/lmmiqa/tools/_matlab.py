@@ -20,11 +20,6 @@ RGB2GRAY = (0.298936021293775, 0.587043074451121, 0.114020904255103)
 YCBCR_Y = (65.481, 128.553, 24.966)
 
 
-def round_half_away(x: np.ndarray) -> np.ndarray:
-    """MATLAB ``round``: halves go away from zero (numpy's ``rint`` rounds them to even)."""
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
-
-
 def rgb2gray(rgb: np.ndarray) -> np.ndarray:
     """MATLAB ``rgb2gray`` of a uint8 H×W×3 image: the weighted sum, rounded to uint8 (as float64)."""
     rgb = np.asarray(rgb)
@@ -32,7 +27,7 @@ def rgb2gray(rgb: np.ndarray) -> np.ndarray:
         return rgb.astype(np.float64)
     x = rgb.astype(np.float64)
     g = RGB2GRAY[0] * x[..., 0] + RGB2GRAY[1] * x[..., 1] + RGB2GRAY[2] * x[..., 2]
-    return np.clip(round_half_away(g), 0, 255)
+    return np.clip(np.floor(g + 0.5), 0, 255)  # MATLAB round; the values are non-negative
 
 
 def rgb2y(rgb: np.ndarray) -> np.ndarray:
@@ -45,7 +40,7 @@ def rgb2y(rgb: np.ndarray) -> np.ndarray:
         return rgb.astype(np.float64)
     x = rgb.astype(np.float64)
     y = 16.0 + (YCBCR_Y[0] * x[..., 0] + YCBCR_Y[1] * x[..., 1] + YCBCR_Y[2] * x[..., 2]) / 255.0
-    return np.clip(round_half_away(y), 0, 255)
+    return np.clip(np.floor(y + 0.5), 0, 255)  # MATLAB round; the values are positive
 
 
 @lru_cache(maxsize=16)

@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ ENV_ASSETS = "LMMIQA_ASSETS"
 ENV_OFFLINE = "LMMIQA_OFFLINE"
 
 DOWNLOAD_TIMEOUT_S = 30.0
+#: after a failed download, the same file is not tried again for this long (an agent may call a tool often)
+RETRY_AFTER_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,9 @@ def _missing_message(spec: AssetSpec, searched: list[tuple[str, Path]], why: str
     )
 
 
+_failed_downloads: dict[str, tuple[float, str]] = {}
+
+
 def locate(filename: str, user_dir: str | os.PathLike[str] | None = None, *, allow_download: bool = True) -> Path:
     """Find a parameter file (see the module docstring for the order); download it when missing.
 
@@ -202,9 +208,13 @@ def locate(filename: str, user_dir: str | os.PathLike[str] | None = None, *, all
     if not allow_download or _offline():
         why = f"Downloads are disabled ({ENV_OFFLINE} is set)." if _offline() else "Downloads were not allowed."
         raise AssetError(_missing_message(spec, searched, why))
+    failed = _failed_downloads.get(spec.filename)
+    if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER_S:
+        raise AssetError(_missing_message(spec, searched, f"The download failed {failed[1]} (not retried yet)."))
     try:
         return download(spec, assets_cache_dir())
     except AssetError as err:
+        _failed_downloads[spec.filename] = (time.monotonic(), f"recently: {err}")
         raise AssetError(_missing_message(spec, searched, f"The download failed: {err}.")) from err
 
 
