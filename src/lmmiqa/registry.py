@@ -65,7 +65,12 @@ SEGMENTERS: dict[str, str] = {
     "felzenszwalb": "lmmiqa.segment.felzenszwalb:FelzenszwalbSegmenter",
 }
 
-ENCODERS: dict[str, str] = {}
+ENCODERS: dict[str, str] = {
+    "vision-tower": "lmmiqa.retrieval.encoders:VisionTowerEncoder",
+    "clip": "lmmiqa.retrieval.encoders:CLIPEncoder",
+    "siglip": "lmmiqa.retrieval.encoders:SiglipEncoder",
+    "dinov2": "lmmiqa.retrieval.encoders:Dinov2Encoder",
+}
 
 STUDENTS: dict[str, str] = {}
 
@@ -73,6 +78,7 @@ STUDENTS: dict[str, str] = {}
 ALIASES: dict[str, dict[str, str]] = {
     "method": {"qalign": "q-align", "sg": "standard-guided", "dog-iqa": "llm-iqa", "dogiqa": "llm-iqa", "llmiqa": "llm-iqa"},
     "backend": {"hf": "transformers"},
+    "encoder": {"vision_tower": "vision-tower", "visiontower": "vision-tower", "vt": "vision-tower"},
     "tool": {"ms-ssim": "ms_ssim", "msssim": "ms_ssim"},
     "dataset": {"koniq": "koniq10k", "koniq-10k": "koniq10k", "kadid": "kadid10k", "kadid-10k": "kadid10k",
                 "live-challenge": "livec", "livechallenge": "livec", "live_challenge": "livec",
