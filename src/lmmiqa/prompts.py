@@ -28,3 +28,12 @@ def standard_system(scale: LevelScale) -> str:
 def standard_user(scale: LevelScale) -> str:
     """User question listing the allowed digits in ascending order."""
     return STANDARD_USER_TEMPLATE.format(levels=", ".join(scale.tokens))
+
+
+# IQARAG (METHODS §2.4): "Give you P images." (P = number of reference images), then per reference the image and
+# "This image's quality is <level>." (the Q-Align word of its MOS bin), then the query image and the question;
+# the answer continues "The quality of this image is" ("this", as in the IQARAG paper).
+IQARAG_INTRO_TEMPLATE = "Give you {n} images."
+IQARAG_REFERENCE_TEMPLATE = "This image's quality is {level}."
+IQARAG_QUESTION = "How would you rate the quality of this image?"
+IQARAG_ANSWER_PREFIX = "The quality of this image is"

@@ -15,6 +15,7 @@ METHODS: dict[str, str] = {
     "q-align": "lmmiqa.methods.q_align:QAlign",
     "standard-guided": "lmmiqa.methods.standard_guided:StandardGuided",
     "llm-iqa": "lmmiqa.methods.llm_iqa:LLMIQA",
+    "iqarag": "lmmiqa.methods.iqarag:IQARAG",
     "niqe": "lmmiqa.methods.classical:NIQE",
     "brisque": "lmmiqa.methods.classical:BRISQUE",
     "piqe": "lmmiqa.methods.classical:PIQE",

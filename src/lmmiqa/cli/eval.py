@@ -40,6 +40,8 @@ def register(sub: Any) -> None:
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar with rate and ETA on stderr (default: when stderr is a terminal)")
     g.add_argument("--format", choices=("md", "json"), default="md", help="summary printed at the end (default md)")
+    g.add_argument("--allow-overlap", action="store_true",
+                   help="evaluate even when the method's reference data (an IQARAG --bank) holds images of the split")
     add_engine_args(p)
     p.set_defaults(func=run)
 
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         engine_options=engine_options(args),
         skip_missing=bool(args.skip_missing),
+        allow_overlap=bool(args.allow_overlap),
         verbose=True,
     )
     if args.format == "json":

@@ -523,6 +523,7 @@ def evaluate(
     engine: str = "local",
     engine_options: dict[str, Any] | None = None,
     method_options: dict[str, Any] | None = None,
+    allow_overlap: bool = False,
     verbose: bool = False,
 ) -> EvalReport:
     """Evaluate a scorer on a dataset split and return its :class:`EvalReport`.
@@ -543,6 +544,9 @@ def evaluate(
         plot: write ``scatter.png`` (needs matplotlib, extra ``eval``).
         engine: a name in :data:`ENGINES`. engine_options: keyword options of that engine (e.g. ``ray``:
             ``{"address": "auto", "actors": 8}``).
+        allow_overlap: evaluate even when the scorer's reference data holds images of the selection (a scorer
+            with reference data, e.g. IQARAG's bank, exposes ``check_overlap(paths) -> int``; by default a
+            non-zero overlap is refused because the references' scores would leak into the evaluation).
         verbose: print status lines (resuming, retrying) to stderr.
 
     Raises:
@@ -580,6 +584,18 @@ def evaluate(
     sel = ds.head(int(limit)) if limit is not None else ds
     if len(sel) == 0:
         raise DataError(f"the selection of {ds.name} ({ds.split}) is empty")
+
+    check_overlap = getattr(scorer, "check_overlap", None)
+    if callable(check_overlap):
+        n_overlap = int(check_overlap(sel.paths()))
+        if n_overlap and not allow_overlap:
+            raise ConfigError(
+                f"{n_overlap} of the {len(sel)} image(s) to evaluate are also in the method's reference data "
+                "(e.g. the IQARAG bank): their own scores would leak into the evaluation. Build the bank from "
+                "another split, or pass --allow-overlap (allow_overlap=True) to evaluate anyway"
+            )
+        if n_overlap:
+            _say(verbose, f"{n_overlap} of the {len(sel)} image(s) are also in the reference data (--allow-overlap)")
 
     desc = scorer.describe()
     versions = package_versions()
