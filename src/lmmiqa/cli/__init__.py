@@ -28,6 +28,7 @@ SUBCOMMANDS: list[str] = [
     "lmmiqa.cli.report",
     "lmmiqa.cli.levels_bound",
     "lmmiqa.cli.synth",
+    "lmmiqa.cli.bank",
     "lmmiqa.cli.tools",
     "lmmiqa.cli.serve",
 ]
