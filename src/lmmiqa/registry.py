@@ -16,6 +16,7 @@ METHODS: dict[str, str] = {
     "standard-guided": "lmmiqa.methods.standard_guided:StandardGuided",
     "llm-iqa": "lmmiqa.methods.llm_iqa:LLMIQA",
     "iqarag": "lmmiqa.methods.iqarag:IQARAG",
+    "q-scorer": "lmmiqa.methods.q_scorer:QScorer",
     "niqe": "lmmiqa.methods.classical:NIQE",
     "brisque": "lmmiqa.methods.classical:BRISQUE",
     "piqe": "lmmiqa.methods.classical:PIQE",
@@ -77,7 +78,7 @@ STUDENTS: dict[str, str] = {}
 
 #: alternative names -> canonical name, per kind
 ALIASES: dict[str, dict[str, str]] = {
-    "method": {"qalign": "q-align", "sg": "standard-guided", "dog-iqa": "llm-iqa", "dogiqa": "llm-iqa", "llmiqa": "llm-iqa"},
+    "method": {"qalign": "q-align", "sg": "standard-guided", "dog-iqa": "llm-iqa", "dogiqa": "llm-iqa", "qscorer": "q-scorer", "q_scorer": "q-scorer", "llmiqa": "llm-iqa"},
     "backend": {"hf": "transformers"},
     "encoder": {"vision_tower": "vision-tower", "visiontower": "vision-tower", "vt": "vision-tower"},
     "tool": {"ms-ssim": "ms_ssim", "msssim": "ms_ssim"},

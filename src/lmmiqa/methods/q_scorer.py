@@ -1,0 +1,195 @@
+"""Q-Scorer: score tokens + a regression head on a LoRA-fine-tuned MLLM (METHODS §4).
+
+The scorer loads an artifact made by ``lmmiqa train q-scorer`` (an adapter folder) or by
+``lmmiqa export q-scorer ADAPTER --merged DIR`` (a standalone merged model), asks
+"How would you rate the quality of this image?" with the answer prefix "The quality of the image is", and
+runs **one forward pass** per batch up to the position that predicts the score token:
+
+* ``score`` — the head's output on the MOS scale of the training data, clamped to that range
+  (``details.head_raw`` holds the unclamped value, ``details.clamped`` says whether clamping changed it);
+* ``probabilities`` — for k = 5, the distribution over ``<score1>`` … ``<score5>`` (keys ``"1"``..``"5"``, the
+  bin index; ``details.level_words`` names the tokens, ``details.argmax``/``std``/``expected`` describe it in bin
+  units, ``details.token_mos`` is its expectation mapped to the MOS of the bin centres and
+  ``details.covered_mass`` the full-vocabulary probability of the five tokens). For k = 1 ``probabilities`` is
+  ``None`` and ``details.score_token_prob`` is the full-vocabulary probability of ``<score>``.
+
+Prompts are encoded with the transformers backend's own :meth:`~lmmiqa.backends.transformers_local.TransformersBackend.encode`
+(left padding), so batching behaves as for every other MLLM method.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lmmiqa.errors import ConfigError
+from lmmiqa.images import ImageItem
+from lmmiqa.methods.base import Scorer, ScorerConfig
+from lmmiqa.types import ScoreResult
+
+
+@dataclass
+class QScorerConfig(ScorerConfig):
+    """Q-Scorer options.
+
+    Attributes:
+        adapter: the artifact folder (adapter from ``lmmiqa train q-scorer``, or a merged export). May be
+            omitted when ``model`` is a merged export.
+        model: with an adapter, the base model to apply it to (default: the id recorded in the adapter; pass a
+            local folder when offline); without an adapter, a merged export folder.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
+        dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``float32``, ``bfloat16``, ``float16``.
+        merge_lora: fold the LoRA weights into the base weights at load (faster; scores move by float rounding).
+        backend_options: further transformers backend options (``attn_implementation``, ``max_batch``,
+            ``local_files_only``).
+    """
+
+    adapter: str | None = None
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    merge_lora: bool = False
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from lmmiqa.training.q_scorer_model import is_artifact
+
+        if not self.adapter:
+            if self.model and is_artifact(self.model):
+                self.adapter = str(self.model)
+                self.model = None
+            else:
+                raise ConfigError(
+                    "q-scorer needs a trained adapter: adapter=DIR (CLI: --adapter DIR), made by "
+                    "`lmmiqa train q-scorer`, or model=DIR of a merged export (`lmmiqa export q-scorer --merged`)"
+                )
+        self.adapter = str(self.adapter)
+        if not isinstance(self.merge_lora, bool):
+            raise ConfigError(f"merge_lora must be true or false, got {self.merge_lora!r}")
+        allowed = {"attn_implementation", "max_batch", "local_files_only"}
+        unknown = sorted(set(self.backend_options) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown backend option(s) {', '.join(unknown)} for q-scorer; valid: {', '.join(sorted(allowed))}")
+
+
+class QScorer(Scorer):
+    """Q-Scorer: regression head on the hidden state that predicts the score token (one forward per batch)."""
+
+    name = "q-scorer"
+    config_cls = QScorerConfig
+    summary = "Q-Scorer: LoRA-tuned MLLM with score tokens and an MLP head on the MOS scale (needs --adapter)"
+
+    def __init__(self, config: QScorerConfig | None = None, loaded: Any | None = None) -> None:
+        super().__init__(config)
+        self._loaded = loaded
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_loaded(cls, loaded: Any, **options: Any) -> QScorer:
+        """A scorer around an already loaded :class:`~lmmiqa.training.q_scorer_model.LoadedQScorer`."""
+        cfg = QScorerConfig(adapter=str(loaded.path), **options)
+        return cls(cfg, loaded)
+
+    # -------------------------------------------------------------------------------------------------
+    @property
+    def loaded(self) -> Any:
+        """The loaded artifact (model, head, backend), loaded on first use."""
+        with self._lock:
+            if self._loaded is None:
+                from lmmiqa.training.q_scorer_model import load_q_scorer
+
+                cfg = self.config
+                self._loaded = load_q_scorer(
+                    cfg.adapter, model=cfg.model, device=cfg.device, dtype=cfg.dtype, merge_lora=cfg.merge_lora,
+                    **cfg.backend_options,
+                )
+            return self._loaded
+
+    @property
+    def spec(self) -> Any:
+        if self._loaded is not None:
+            return self._loaded.spec
+        from lmmiqa.training.q_scorer_model import read_spec
+
+        return read_spec(self.config.adapter)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return tuple(self.spec.mos_range)  # type: ignore[return-value]
+
+    @property
+    def model_name(self) -> str:
+        return str(self.config.adapter)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        spec = self.spec
+        d.update({"base_model": spec.base_model, "k": spec.k, "mos_range": list(spec.mos_range), "merged": spec.merged})
+        return d
+
+    # -------------------------------------------------------------------------------------------------
+    def score_items(self, items: list[ImageItem]) -> list[ScoreResult]:
+        from lmmiqa.training.q_scorer_model import predict
+
+        loaded = self.loaded
+        spec = loaded.spec
+        t0 = time.perf_counter()
+        with self._lock:
+            pred = predict(loaded.net, loaded.backend, [it.image for it in items], spec,
+                           batch_size=loaded.backend.config.max_batch)
+        t1 = time.perf_counter()
+        timings = {"forward": (t1 - t0) / max(len(items), 1)}
+        return [
+            self._result(it.key, pred.head_norm[i], pred.token_logprobs[i], spec, timings)
+            for i, it in enumerate(items)
+        ]
+
+    def _result(self, key: str, u: float, token_lp: np.ndarray, spec: Any, timings: dict[str, float]) -> ScoreResult:
+        from lmmiqa.levels import closed_set_probs, covered_mass, level_details
+        from lmmiqa.training.q_scorer_model import bin_centers, denormalize
+
+        lo, hi = spec.mos_range
+        raw = float(denormalize(u, lo, hi))
+        score = float(min(max(raw, lo), hi))
+        details: dict[str, Any] = {
+            "head_raw": raw,
+            "clamped": score != raw,
+            "k": spec.k,
+            "base_model": spec.base_model,
+        }
+        probabilities: dict[str, float] | None = None
+        if spec.k == 1:
+            details["score_token_prob"] = float(np.exp(token_lp[0]))
+        else:
+            probs = closed_set_probs(token_lp[None])[0]
+            probabilities, level = level_details(probs, _token_scale(spec))
+            details.update(level)
+            details["token_mos"] = float(probs @ bin_centers(lo, hi, spec.k))
+            details["covered_mass"] = float(covered_mass(token_lp[None])[0])
+        return ScoreResult(
+            image=key,
+            score=score,
+            method=self.name,
+            higher_is_better=True,
+            scale=(lo, hi),
+            model=self.model_name,
+            probabilities=probabilities,
+            details=details,
+            timings=dict(timings),
+        )
+
+
+def _token_scale(spec: Any) -> Any:
+    from lmmiqa.levels import LevelScale
+
+    return LevelScale(
+        name=f"qscorer{spec.k}",
+        tokens=tuple(spec.tokens),
+        values=tuple(float(i) for i in range(1, spec.k + 1)),
+        words=tuple(spec.tokens),
+    )
