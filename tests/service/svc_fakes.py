@@ -23,10 +23,10 @@ from lmmiqa.types import ScoreResult
 
 @dataclass
 class FakeConfig(ScorerConfig):
-    """Options of the fake methods: ``offset`` is settable per request."""
+    """Options of the fake methods: ``offset`` and ``query`` are settable per request."""
 
     offset: float = 0.0
-    label: str = "fake"
+    query: str = "How good is it?"
 
 
 class BrightnessScorer(Scorer):
@@ -87,8 +87,13 @@ class RegionsScorer(BrightnessScorer):
                     {"bbox": [0, 0, w // 2, h // 2], "area": (w // 2) * (h // 2), "score": 1.6},
                     {"bbox": [w // 2, h // 3, w, h], "area": (w - w // 2) * (h - h // 3), "score": 0.4},
                 ],
-                "explanation": "The left half is sharp; the lower right region shows <b>strong</b> noise.",
-                "tools": {"niqe": 4.25, "brisque": {"score": 31.5}},
+                "explanation": "The left half is sharp; the lower right region shows <b>strong</b> noise. "
+                f"(question: {self.config.query})",
+                "tools": {
+                    "niqe": {"raw": 4.25, "normalized": 3.1, "kind": "nr", "error": None},
+                    "brisque": {"raw": 31.5, "normalized": 3.75, "kind": "nr", "error": None},
+                    "ssim": {"raw": None, "normalized": None, "error": "needs a reference"},
+                },
                 "level_words": {"1": "bad", "2": "good"},
                 "argmax": 2,
             }

@@ -242,8 +242,40 @@ def test_assess_uses_the_agentic_method_when_registered(fake_methods):
         assert r.status_code == 200, r.text
         d = r.json()["results"][0]
         assert d["method"] == "agentic-iqa"
-        assert d["details"]["explanation"] and d["details"]["tools"]["niqe"] == 4.25
+        assert d["details"]["explanation"] and d["details"]["tools"]["niqe"]["raw"] == 4.25
         assert httpx.get(f"{url}/v1/methods").json()["assess_available"] is True
+
+
+def test_assess_options_and_per_request_query(fake_methods):
+    fake_methods(BrightnessScorer, FakeAgentic)
+    config = ServiceConfig(method="fake-brightness", assess_options={"offset": 1.0})
+    with running_service(config) as (url, _):
+        files = {"image": ("a.png", png_bytes(), "image/png")}
+        plain = httpx.post(f"{url}/v1/score", files=files).json()["results"][0]["score"]
+        r = httpx.post(f"{url}/v1/assess", files=files, data={"query": "Is the sky banded?"}).json()["results"][0]
+        assert r["score"] == pytest.approx(plain + 1.0)  # the server's assess option
+        assert "Is the sky banded?" in r["details"]["explanation"]  # the client's question
+    with pytest.raises(ConfigError, match="unknown option"):
+        running_service(ServiceConfig(method="fake-brightness", assess_options={"nope": 1})).__enter__()
+
+
+def test_request_options_never_include_server_or_resource_fields():
+    from lmmiqa import registry
+    from lmmiqa.service.options import SERVER_FIELDS, request_fields, validate_options
+
+    for name in registry.names("method"):
+        try:
+            cls = registry.resolve("method", name)
+        except ImportError:
+            continue
+        fields = request_fields(cls)
+        assert not set(fields) & SERVER_FIELDS, name
+        assert not any(part in f for f in fields for part in ("path", "dir", "file", "url")), (name, fields)
+    if "agentic-iqa" in registry.names("method"):
+        agentic = registry.resolve("method", "agentic-iqa")
+        assert validate_options(agentic, {"query": "Is it sharp?"}) == {"query": "Is it sharp?"}
+        with pytest.raises(ConfigError, match="max_new_tokens"):
+            validate_options(agentic, {"max_new_tokens": 100000})
 
 
 def test_api_key(fake_methods):

@@ -108,6 +108,29 @@ def test_upload_shows_score_scale_and_levels(browser, tiny_qalign_model, tmp_pat
         assert [b.get_attribute("data-level") for b in bars] == ["1", "2", "3", "4", "5"]
         labels = card.find_element(By.CSS_SELECTOR, ".bar-labels").text
         assert "excellent" in labels and "bad" in labels
+        # dropping a file on the drop zone works like choosing it
+        browser.execute_async_script(
+            """
+            const done = arguments[arguments.length - 1];
+            const canvas = document.createElement("canvas");
+            canvas.width = 80; canvas.height = 60;
+            const g = canvas.getContext("2d");
+            g.fillStyle = "#3a7"; g.fillRect(0, 0, 80, 60); g.fillStyle = "#fff"; g.fillRect(20, 15, 30, 20);
+            canvas.toBlob((blob) => {
+              const dt = new DataTransfer();
+              dt.items.add(new File([blob], "dropped.png", {type: "image/png"}));
+              const zone = document.getElementById("drop-zone");
+              zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: dt, bubbles: true, cancelable: true}));
+              zone.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+              done(true);
+            }, "image/png");
+            """
+        )
+        cards = _wait(browser, lambda d: _cards_done(d, 2))
+        dropped = cards[0]
+        assert dropped.find_element(By.CSS_SELECTOR, ".name").text == "dropped.png"
+        assert dropped.get_attribute("data-state") == "done"
+        assert 1.0 <= float(dropped.find_element(By.CSS_SELECTOR, ".score-value").text) <= 5.0
         shot = tmp_path / "web_page_score.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 1000
@@ -147,15 +170,18 @@ def test_regions_explanation_tools_and_inline_errors(browser, fake_methods, tmp_
         explanation = ok.find_element(By.CSS_SELECTOR, ".explanation")
         assert "<b>strong</b>" in explanation.text  # shown as text, never as HTML
         rows = [r.text for r in ok.find_elements(By.CSS_SELECTOR, ".tools tbody tr")]
-        assert rows == ["niqe 4.25", "brisque 31.5"]
+        assert rows == ["niqe 4.25 3.1", "brisque 31.5 3.75", "ssim error: needs a reference"]
         browser.save_screenshot(str(tmp_path / "web_page_regions.png"))
 
-        # the agentic assessment goes to /v1/assess
+        # the agentic assessment goes to /v1/assess, with the question typed on the page
+        assert not browser.find_element(By.ID, "question-label").is_displayed()
         browser.find_element(By.ID, "assess-toggle").click()
+        browser.find_element(By.ID, "question-input").send_keys("Is the sky banded?")
         _upload(browser, [good])
         cards = _wait(browser, lambda d: _cards_done(d, 3))
         newest = cards[0]
         assert "agentic-iqa" in newest.find_element(By.CSS_SELECTOR, ".scale-text").text
+        assert "(question: Is the sky banded?)" in newest.find_element(By.CSS_SELECTOR, ".explanation").text
         browser.find_element(By.ID, "assess-toggle").click()
 
         # invalid options JSON is reported on the page without sending anything

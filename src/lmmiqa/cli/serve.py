@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from lmmiqa.cli._method_args import add_method_args, method_options
+from lmmiqa.cli._method_args import _key_value, add_method_args, method_options
 
 
 def register(sub: Any) -> None:
@@ -23,6 +23,8 @@ def register(sub: Any) -> None:
     g.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     g.add_argument("--allow-method", action="append", default=[], metavar="METHOD",
                    help="another method a request may choose with its 'method' field; shares the loaded model (repeatable)")
+    g.add_argument("--assess-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="an option of the agentic method behind POST /v1/assess, e.g. max_new_tokens=128 (repeatable)")
     g.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="environment variable holding the API key clients must send (Authorization: Bearer KEY); "
                    "off by default on loopback, required for any other address")
@@ -57,6 +59,7 @@ def build_config(args: argparse.Namespace) -> Any:
         method=args.method,
         options=options,
         allow_methods=tuple(args.allow_method),
+        assess_options=dict(args.assess_option),
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,

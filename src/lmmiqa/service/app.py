@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from lmmiqa import registry
+from lmmiqa.config import build_config
 from lmmiqa.errors import ConfigError, ImageLoadError, LmmiqaError, UnknownNameError, require
 from lmmiqa.images import ImageItem, ImageLimits, open_image_bytes
 from lmmiqa.service.batching import BatcherConfig, MicroBatcher, QueueFullError, ServiceClosedError, Ticket
@@ -76,6 +77,8 @@ class ServiceConfig:
             served method.
         allow_methods: further registered methods a request may choose with its ``method`` field; they share
             the loaded model (backends are cached per model).
+        assess_options: server-level options of the agentic method behind ``/v1/assess`` (e.g.
+            ``{"max_new_tokens": 128, "tools": "niqe,brisque"}``), on top of the model-level ones.
         max_batch: most images per backend batch.
         max_wait_ms: longest wait of the oldest pending image for its batch to fill.
         max_queue: most images pending; beyond it requests get 429.
@@ -91,6 +94,7 @@ class ServiceConfig:
     method: str = "q-align"
     options: dict[str, Any] = field(default_factory=dict)
     allow_methods: tuple[str, ...] = ()
+    assess_options: dict[str, Any] = field(default_factory=dict)
     max_batch: int = 16
     max_wait_ms: float = 10.0
     max_queue: int = 256
@@ -276,6 +280,11 @@ class ScoringService:
             on_batch=self._observe_batch,
         )
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        if config.assess_options:  # fail at start-up, not at the first /v1/assess
+            if AGENTIC_METHOD not in registry.names("method"):
+                raise ConfigError(f"assess options given but the {AGENTIC_METHOD!r} method is not installed")
+            agentic = registry.resolve("method", AGENTIC_METHOD)
+            build_config(agentic.config_cls, self._base_options(AGENTIC_METHOD), what=f"method {AGENTIC_METHOD!r}")
         default = scorer if scorer is not None else self._build_scorer(config.method, {})
         self._scorers[(config.method, ())] = default
         _warm(default)
@@ -288,10 +297,14 @@ class ScoringService:
 
     def _base_options(self, method: str) -> dict[str, Any]:
         if method == self.config.method:
-            return dict(self.config.options)
-        cls = registry.resolve("method", method)
-        fields = {f.name for f in dataclasses.fields(cls.config_cls)}
-        return {k: v for k, v in self.config.options.items() if k in SERVER_FIELDS and k in fields}
+            base = dict(self.config.options)
+        else:
+            cls = registry.resolve("method", method)
+            fields = {f.name for f in dataclasses.fields(cls.config_cls)}
+            base = {k: v for k, v in self.config.options.items() if k in SERVER_FIELDS and k in fields}
+        if method == AGENTIC_METHOD:
+            base.update(self.config.assess_options)
+        return base
 
     def _build_scorer(self, method: str, request_options: Mapping[str, Any]) -> Any:
         cls = registry.resolve("method", method)

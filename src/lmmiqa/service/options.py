@@ -1,11 +1,13 @@
 """Per-request method options for the HTTP API, validated by pydantic models derived from config dataclasses.
 
-A request may set the options of its method that do not change what the server has loaded or where it
-reads files: by default the method config's ``bool``/``int``/``float``/``str`` fields, minus the server-level
-ones (:data:`SERVER_FIELDS`: model, backend, device, batch size, limits, ...) and minus string fields whose
+A request may set the options of its method that do not change what the server has loaded, where it reads
+files or how much work one request may cause: by default the method config's ``bool``/``int``/``float``/``str``
+fields, minus the server-level ones (:data:`SERVER_FIELDS`: model, backend, device, batch size, limits,
+generation budget, ...) and minus string fields whose
 names suggest a file, folder, URL or model (:data:`UNSAFE_NAME_PARTS`), so that a client can never make the
 server open a path or load a different model. A method can state its list explicitly with a
-``request_options`` class attribute (a collection of config field names) on its scorer class.
+``request_options`` class attribute (a collection of config field names) on its scorer class; the server-level
+fields are removed from it too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any, Literal, Union
 
 from lmmiqa.errors import ConfigError
 
-#: config fields fixed by the server (never settable per request)
+#: config fields fixed by the server (never settable per request): what is loaded, and what bounds the work or
+#: memory of one request (a client must not be able to ask for a 100 000-token generation or keep masks forever)
 SERVER_FIELDS = frozenset(
     {
         "model",
@@ -31,6 +34,11 @@ SERVER_FIELDS = frozenset(
         "max_pixels",
         "max_bytes",
         "decode_workers",
+        "max_new_tokens",
+        "tool_workers",
+        "keep_masks",
+        "segmenter",
+        "segmenter_options",
     }
 )
 
@@ -78,11 +86,11 @@ def request_fields(scorer_cls: type) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg_cls):
         tp = hints.get(f.name, Any)
+        if f.name in SERVER_FIELDS or f.name.startswith("_"):
+            continue  # even when the method lists it: the server's limits come first
         if explicit is not None:
             if f.name in explicit:
                 out[f.name] = tp
-            continue
-        if f.name in SERVER_FIELDS or f.name.startswith("_"):
             continue
         kind = _scalar_kind(tp)
         if kind is None:

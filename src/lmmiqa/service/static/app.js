@@ -13,6 +13,8 @@
     methodSelect: $("#method-select"),
     assessLabel: $("#assess-label"),
     assessToggle: $("#assess-toggle"),
+    questionLabel: $("#question-label"),
+    questionInput: $("#question-input"),
     optionsInput: $("#options-input"),
     keyLabel: $("#key-label"),
     keyInput: $("#key-input"),
@@ -98,7 +100,10 @@
     }
     for (const file of fileList) {
       const card = makeCard(file);
-      state.queue.push({ file, card, options, method: el.methodSelect.value, assess: el.assessToggle.checked });
+      const assess = el.assessToggle.checked;
+      const question = el.questionInput.value.trim();
+      const opts = assess && question ? { ...options, query: question } : options;
+      state.queue.push({ file, card, options: opts, method: el.methodSelect.value, assess });
     }
     pump();
   }
@@ -290,17 +295,18 @@
     box.hidden = false;
   }
 
+  function toolRow(name, v) {
+    // AgenticIQA: {raw, normalized (1-5), error, ...}; also accepts a bare number or {score|value}
+    if (v === null || typeof v !== "object") return [name, v, undefined, undefined];
+    return [name, v.raw ?? v.score ?? v.value, v.normalized, v.error];
+  }
+
   function toolRows(tools) {
-    // accepts {name: score}, {name: {score, ...}} or [{name|tool, score|value, ...}]
     const rows = [];
     if (Array.isArray(tools)) {
-      for (const t of tools) {
-        if (t && typeof t === "object") rows.push([t.name || t.tool || "?", t.score ?? t.value ?? t.quality]);
-      }
+      for (const t of tools) if (t && typeof t === "object") rows.push(toolRow(t.name || t.tool || "?", t));
     } else if (tools && typeof tools === "object") {
-      for (const [name, v] of Object.entries(tools)) {
-        rows.push([name, v && typeof v === "object" ? v.score ?? v.value ?? v.quality : v]);
-      }
+      for (const [name, v] of Object.entries(tools)) rows.push(toolRow(name, v));
     }
     return rows;
   }
@@ -309,13 +315,18 @@
     const rows = toolRows(tools);
     if (!rows.length) return;
     const tbody = $(".tools tbody", card);
-    for (const [name, score] of rows) {
+    for (const [name, raw, normalized, error] of rows) {
       const tr = document.createElement("tr");
-      const a = document.createElement("td");
-      a.textContent = name;
-      const b = document.createElement("td");
-      b.textContent = typeof score === "number" ? fmt(score) : String(score ?? "–");
-      tr.append(a, b);
+      const cells = [
+        name,
+        error ? "error: " + error : typeof raw === "number" ? fmt(raw) : String(raw ?? "–"),
+        typeof normalized === "number" ? fmt(normalized, 2) : "",
+      ];
+      for (const text of cells) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      }
       tbody.appendChild(tr);
     }
     $(".tools", card).hidden = false;
@@ -347,6 +358,9 @@
     if (files.length) addFiles(files);
   });
   el.keyInput.addEventListener("change", loadInfo);
+  el.assessToggle.addEventListener("change", () => {
+    el.questionLabel.hidden = !el.assessToggle.checked;
+  });
 
   loadInfo().catch((err) => showPageError("cannot load server information: " + err));
 })();
