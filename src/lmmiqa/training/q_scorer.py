@@ -385,6 +385,145 @@ def _load_checkpoint(acc: Any, path: Path, net: Any, optimizer: Any, scheduler: 
 # --------------------------------------------------------------------------- the loop
 
 
+@dataclass
+class TrainableQScorer:
+    """The model being trained.
+
+    Attributes:
+        backend: the transformers backend (its processor encodes prompts; ``backend.model`` is the LoRA model).
+        net: the :class:`~lmmiqa.training._q_scorer_torch.QScorerNet` (LoRA model + head).
+        spec: the artifact settings (written to ``qscorer.json``).
+        answer_lengths: token count of the training answer of each score token.
+    """
+
+    backend: Any
+    net: Any
+    spec: QScorerSpec
+    answer_lengths: list[int]
+
+
+def build_trainable(
+    config: QScorerTrainConfig,
+    *,
+    device: str,
+    dtype: str,
+    mos_range: tuple[float, float],
+    source_higher_is_better: bool = True,
+    head_bias: float | None = None,
+    dataset: dict[str, Any] | None = None,
+) -> TrainableQScorer:
+    """Load the base model and make it a trainable Q-Scorer (the set-up :func:`train_q_scorer` uses).
+
+    Adds the score tokens (deterministic rows), enables gradient checkpointing when asked, wraps the model with
+    LoRA + trainable token rows (+ projector), casts every trainable tensor to float32 and builds the head.
+    Seed torch first for a reproducible head and LoRA initialisation.
+
+    Args:
+        config: training options (model, tokens, LoRA, head, attention implementation).
+        device: torch device string for the model.
+        dtype: dtype of the frozen weights (``float32``, ``bfloat16``, ``float16``).
+        mos_range: ``(lo, hi)`` recorded in the spec.
+        source_higher_is_better: recorded in the spec (false when DMOS labels were flipped).
+        head_bias: initial bias of the head's last layer (normalized units), or None for torch's default.
+        dataset: data summary recorded in the spec.
+    """
+    import torch
+
+    from lmmiqa.backends.transformers_local import TransformersBackend, TransformersConfig
+    from lmmiqa.training._q_scorer_torch import QScorerNet, build_head
+    from lmmiqa.training.q_scorer_model import add_score_tokens, apply_lora
+
+    backend = TransformersBackend(
+        TransformersConfig(model=config.model, device=device, dtype=dtype,
+                           attn_implementation=config.attn_implementation, local_files_only=config.local_files_only,
+                           max_batch=max(config.eval_batch_size, config.batch_size))
+    )
+    base = backend.model
+    token_ids, n_base = add_score_tokens(backend.tokenizer, base, config.tokens)
+    hidden = int(base.get_output_embeddings().in_features)
+    spec = QScorerSpec(
+        base_model=config.model, k=config.tokens, mos_range=mos_range, hidden_size=hidden, token_ids=tuple(token_ids),
+        n_base_tokens=n_base, head=config.head_config(), lora=config.lora_settings(),
+        source_higher_is_better=source_higher_is_better, dataset=dataset,
+    )
+    answer_lens = _answer_lengths(backend, spec)
+    if config.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(base, "config"):
+        base.config.use_cache = False
+    lm = apply_lora(base, token_ids, spec.lora)
+    for p in lm.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()  # optimizer updates in fp32; the forward casts to the base dtype
+    head = build_head(hidden, spec.head.dims, spec.head.activation, spec.head.dropout)
+    if head_bias is not None:
+        with torch.no_grad():
+            head[-1].bias.fill_(float(head_bias))
+    net = QScorerNet(lm, head.to(backend.device), token_ids)
+    backend.model = lm
+    net.train()
+    return TrainableQScorer(backend=backend, net=net, spec=spec, answer_lengths=answer_lens)
+
+
+def batch_loss(
+    net: Any,
+    tq: TrainableQScorer,
+    images: Sequence[Any],
+    quality: Sequence[float],
+    ce_weight: float = 1.0,
+    mse_weight: float = 1.0,
+    autocast: Any | None = None,
+) -> tuple[Any, Any, Any]:
+    """The Q-Scorer loss of one batch: ``ce_weight · CE(answer tokens) + mse_weight · MSE(head, normalized MOS)``.
+
+    Args:
+        net: ``tq.net`` or its distributed wrapper (the forward runs through it).
+        tq: the trainable model (backend, spec, answer lengths).
+        images: RGB PIL images.
+        quality: their MOS on the spec's range, higher is better.
+        ce_weight, mse_weight: loss weights.
+        autocast: context-manager factory for the forward (``accelerator.autocast``).
+
+    Returns:
+        ``(loss, ce, mse)`` tensors (call ``backward`` on ``loss``). The head output is not clamped.
+
+    Raises:
+        DataError: an encoded answer does not end with its score token.
+    """
+    import torch
+
+    from lmmiqa.training._q_scorer_torch import answer_targets, score_positions
+    from lmmiqa.types import Prompt
+
+    spec = tq.spec
+    lo, hi = spec.mos_range
+    q = np.asarray(quality, dtype=np.float64)
+    bins = mos_bins(q, lo, hi, spec.k) if spec.k > 1 else np.zeros(len(q), dtype=np.int64)
+    prompts = [Prompt.simple([im, spec.question], answer_prefix=spec.answer(int(b))) for im, b in zip(images, bins)]
+    inputs = tq.backend.encode(prompts)
+    ids = inputs["input_ids"]
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    pos = score_positions(ids, inputs.get("attention_mask"), tq.net.score_ids)
+    expected = torch.tensor([spec.token_ids[int(b)] for b in bins], device=ids.device)
+    if not bool((ids[rows, pos + 1] == expected).all()):
+        raise DataError("an encoded answer does not end with its score token")
+    n_ans = torch.tensor([tq.answer_lengths[int(b)] for b in bins], device=ids.device)
+    length = ids.shape[1]
+    first_needed = int((pos - n_ans + 1).min()) if ce_weight > 0 else int(pos.min())
+    keep = length - first_needed
+    u_tgt = torch.tensor(normalize_mos(q, lo, hi), dtype=torch.float32, device=ids.device)
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        logits, u = net(inputs, logits_to_keep=keep)
+        mse = torch.mean((u.float() - u_tgt) ** 2)
+        if ce_weight > 0:
+            mask, targets = answer_targets(ids, pos, n_ans, length - keep, keep)
+            ce = torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask])
+        else:
+            ce = torch.zeros((), device=ids.device)
+        loss = float(ce_weight) * ce + float(mse_weight) * mse
+    return loss, ce, mse
+
+
 def _precision(torch: Any, config: QScorerTrainConfig) -> tuple[str, str, bool]:
     """(load dtype, accelerate mixed_precision, use cpu)."""
     use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
@@ -433,10 +572,7 @@ def train_q_scorer(
     accelerate = require("accelerate", "hf", "training Q-Scorer")
     transformers = require("transformers", "hf", "training Q-Scorer")
 
-    from lmmiqa.backends.transformers_local import TransformersBackend, TransformersConfig
-    from lmmiqa.training._q_scorer_torch import QScorerNet, answer_targets, build_head, score_positions
-    from lmmiqa.training.q_scorer_model import add_score_tokens, apply_lora, predict, save_adapter
-    from lmmiqa.types import Prompt
+    from lmmiqa.training.q_scorer_model import predict, save_adapter
 
     # ---------------------------------------------------------------- data
     tr, hib, published, tr_summary = _samples(train, "train")
@@ -494,37 +630,14 @@ def train_q_scorer(
     acc = accelerate.Accelerator(cpu=use_cpu, mixed_precision=mixed)
     accelerate.utils.set_seed(config.seed)
     world, rank = acc.num_processes, acc.process_index
-    backend = TransformersBackend(
-        TransformersConfig(model=config.model, device=str(acc.device), dtype=load_dtype,
-                           attn_implementation=config.attn_implementation, local_files_only=config.local_files_only,
-                           max_batch=max(config.eval_batch_size, config.batch_size))
-    )
-    base = backend.model
-    token_ids, n_base = add_score_tokens(backend.tokenizer, base, config.tokens)
-    hidden = int(base.get_output_embeddings().in_features)
-    spec = QScorerSpec(
-        base_model=config.model, k=config.tokens, mos_range=(lo, hi), hidden_size=hidden, token_ids=tuple(token_ids),
-        n_base_tokens=n_base, head=config.head_config(), lora=config.lora_settings(), source_higher_is_better=hib,
+    u_train = normalize_mos(tr.quality, lo, hi)
+    tq = build_trainable(
+        config, device=str(acc.device), dtype=load_dtype, mos_range=(lo, hi), source_higher_is_better=hib,
+        head_bias=float(u_train.mean()),  # the head starts at the mean training score
         dataset={"train": tr_summary, "val": va_summary, "n_train": len(tr), "n_val": len(va) if va is not None else 0},
     )
-    answer_lens = _answer_lengths(backend, spec)
-    if config.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if hasattr(base, "config"):
-        base.config.use_cache = False
-    lm = apply_lora(base, token_ids, spec.lora)
-    for p in lm.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()  # optimizer updates in fp32; the forward casts to the base dtype
-    head = build_head(hidden, spec.head.dims, spec.head.activation, spec.head.dropout)
-    u_train = normalize_mos(tr.quality, lo, hi)
-    with torch.no_grad():
-        head[-1].bias.fill_(float(u_train.mean()))  # start at the mean training score
-    head = head.to(acc.device)
-    net = QScorerNet(lm, head, token_ids)
-    score_ids = net.score_ids
-    backend.model = lm
-    tok_targets = mos_bins(tr.quality, lo, hi, spec.k) if spec.k > 1 else np.zeros(len(tr), dtype=np.int64)
+    backend, spec, lm, head = tq.backend, tq.spec, tq.net.lm, tq.net.head
+    net = tq.net
 
     lm_params = [p for p in lm.parameters() if p.requires_grad]
     head_params = list(head.parameters())
@@ -605,29 +718,10 @@ def train_q_scorer(
                 idx = batches[m]
                 boundary = (m + 1) % config.grad_accum == 0 or m == len(batches) - 1
                 images = _load_images([tr.paths[i] for i in idx], config.decode_workers)
-                prompts = [Prompt.simple([im, spec.question], answer_prefix=spec.answer(int(tok_targets[i])))
-                           for im, i in zip(images, idx)]
-                inputs = backend.encode(prompts)
-                ids = inputs["input_ids"]
-                pos = score_positions(ids, inputs.get("attention_mask"), score_ids)
-                tgt_tok = torch.tensor([token_ids[int(tok_targets[i])] for i in idx], device=ids.device)
-                if not bool((ids[torch.arange(len(idx), device=ids.device), pos + 1] == tgt_tok).all()):
-                    raise DataError("the encoded answer does not end with the expected score token")
-                n_ans = torch.tensor([answer_lens[int(tok_targets[i])] for i in idx], device=ids.device)
-                length = ids.shape[1]
-                first_needed = int((pos - n_ans + 1).min()) if config.ce_weight > 0 else int(pos.min())
-                keep = length - first_needed
-                u_tgt = torch.tensor(u_train[idx], dtype=torch.float32, device=ids.device)
                 sync = contextlib.nullcontext() if boundary else acc.no_sync(net)
-                with sync, acc.autocast():
-                    logits, u = net(inputs, logits_to_keep=keep)
-                    mse = torch.mean((u.float() - u_tgt) ** 2)
-                    if config.ce_weight > 0:
-                        mask, targets = answer_targets(ids, pos, n_ans, length - keep, keep)
-                        ce = torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask])
-                    else:
-                        ce = torch.zeros((), device=ids.device)
-                    loss = config.ce_weight * ce + config.mse_weight * mse
+                with sync:
+                    loss, ce, mse = batch_loss(net, tq, images, tr.quality[idx], config.ce_weight, config.mse_weight,
+                                               autocast=acc.autocast)
                     acc.backward(loss / config.grad_accum)
                 running["loss"] += float(loss.detach())
                 running["ce"] += float(ce.detach())

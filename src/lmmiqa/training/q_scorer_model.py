@@ -415,9 +415,20 @@ def add_score_tokens(tokenizer: Any, model: Any, k: int) -> tuple[list[int], int
 
 
 def embeddings_tied(model: Any) -> bool:
-    """Whether the input embedding and LM head share one weight tensor."""
+    """Whether the input embedding and LM head share one weight tensor (looking through peft wrappers)."""
+
+    def weight(module: Any) -> Any:
+        for _ in range(4):  # peft wrappers: TrainableTokensWrapper.original_module, tuner layers' base_layer
+            inner = getattr(module, "original_module", None)
+            if inner is None and hasattr(module, "get_base_layer"):
+                inner = module.get_base_layer()
+            if inner is None or inner is module:
+                break
+            module = inner
+        return module.weight
+
     out = model.get_output_embeddings()
-    return out is not None and model.get_input_embeddings().weight.data_ptr() == out.weight.data_ptr()
+    return out is not None and weight(model.get_input_embeddings()).data_ptr() == weight(out).data_ptr()
 
 
 def projector_module_names(model: Any) -> list[str]:
@@ -468,7 +479,12 @@ def apply_lora(model: Any, token_ids: Sequence[int], lora: LoraSettings) -> Any:
         modules_to_save=projector_module_names(model) if lora.tune_projector else None,
         bias="none",
     )
-    pm = peft.get_peft_model(model, config)
+    import warnings
+
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing`; nothing for the user to act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        pm = peft.get_peft_model(model, config)
     if tied:
         from peft.utils.other import TrainableTokensWrapper
 
@@ -575,9 +591,13 @@ def load_q_scorer(
                 f"the tokenizer of {source} differs from the one the adapter in {root} was trained with "
                 f"(score tokens {ids} vs {list(spec.token_ids)}, base vocabulary {n_before} vs {spec.n_base_tokens})"
             )
+        import warnings
+
         from peft import PeftModel
 
-        lm = PeftModel.from_pretrained(backend.model, str(root), is_trainable=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            lm = PeftModel.from_pretrained(backend.model, str(root), is_trainable=False)
         if merge_lora:
             lm = lm.merge_and_unload()
     lm.eval()
