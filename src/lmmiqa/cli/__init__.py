@@ -30,6 +30,8 @@ SUBCOMMANDS: list[str] = [
     "lmmiqa.cli.synth",
     "lmmiqa.cli.bank",
     "lmmiqa.cli.tools",
+    "lmmiqa.cli.train",
+    "lmmiqa.cli.export",
     "lmmiqa.cli.serve",
 ]
 

@@ -1,0 +1,182 @@
+"""``lmmiqa train q-scorer``: fine-tune a Q-Scorer (LoRA + score tokens + MLP head; METHODS §4).
+
+Example::
+
+    lmmiqa train q-scorer --model Qwen/Qwen3-VL-8B-Instruct --dataset koniq10k --root /data/koniq \\
+        --split train --val-split val --tokens 5 --epochs 3 --out adapters/qs-koniq
+
+Several GPUs: ``accelerate launch -m lmmiqa.cli train q-scorer ...`` (one process per GPU, DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from lmmiqa.cli._data_args import add_data_args, dataset_from_args
+
+_BARE_PARTS = ("train", "val", "test")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a trainable method (q-scorer)",
+        description="Fine-tune a trainable method. Available: q-scorer.",
+    )
+    tsub = p.add_subparsers(dest="trainable", metavar="METHOD")
+    q = tsub.add_parser(
+        "q-scorer",
+        help="LoRA + score tokens + MLP regression head on an MLLM (Q-Scorer)",
+        description="Fine-tune a Q-Scorer (METHODS §4): the answer 'The quality of the image is <scoreX>' is "
+        "trained with cross-entropy, and an MLP head on the hidden state that predicts <scoreX> is trained with "
+        "MSE against the MOS (unclamped). Writes an adapter folder to --out (LoRA + score-token rows, head, "
+        "qscorer.json, training.json) that `lmmiqa score --method q-scorer --adapter OUT` loads. Rerunning the "
+        "same command resumes from the last checkpoint in OUT/checkpoints. Several GPUs: "
+        "`accelerate launch -m lmmiqa.cli train q-scorer ...`. Data: --dataset NAME --root DIR or --labels CSV "
+        "--root DIR; the MOS range is the dataset's (override with --score-range LO HI); lower-is-better "
+        "labels are flipped onto the same range.",
+    )
+    q.add_argument("--out", "-o", required=True, metavar="DIR", help="adapter folder to write (resumed when it holds this run)")
+    q.add_argument("--overwrite", action="store_true", help="start over when DIR holds a run with other data or options")
+    q.add_argument("--model", default=None, help="base MLLM: hub id or local folder (default: Qwen/Qwen3-VL-8B-Instruct)")
+    add_data_args(q)
+    v = q.add_argument_group("validation")
+    v.add_argument("--val-split", metavar="SPEC", default=None,
+                   help="validation split of the same data, evaluated after every epoch (e.g. 'val' = official:val "
+                   "for KonIQ, or seed:0:test); bare train/val/test mean the official split")
+    v.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="without --val-split: hold out this fraction of the training images (by reference image for "
+                   "synthetic sets) for validation; default 0 = no validation")
+    m = q.add_argument_group("model")
+    m.add_argument("--tokens", type=int, choices=(1, 5), default=None, help="score tokens: 1 (<score>) or 5 (<score1>..<score5>); default 5")
+    m.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 16)")
+    m.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 32)")
+    m.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout (default 0.05)")
+    m.add_argument("--lora-target", default=None, metavar="REGEX",
+                   help=r"modules to adapt (default: '.*language_model.*\.(q|k|v|o|gate|up|down)_proj')")
+    m.add_argument("--tune-projector", action="store_const", const=True, default=None,
+                   help="also train the vision-language projector in full (the vision tower stays frozen)")
+    m.add_argument("--head-dims", default=None, metavar="D1,D2,...",
+                   help="hidden widths of the MLP head (default 2048,1024; 'none' = one linear layer)")
+    m.add_argument("--head-activation", choices=("relu", "gelu", "silu", "tanh"), default=None, help="head activation (default relu)")
+    m.add_argument("--head-dropout", type=float, default=None, help="head dropout (default 0)")
+    o = q.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=None, help="epochs (default 3)")
+    o.add_argument("--batch-size", type=int, default=None, help="images per device per micro-batch (default 4)")
+    o.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1)")
+    o.add_argument("--eval-batch-size", type=int, default=None, help="images per forward in validation (default 2 x batch size)")
+    o.add_argument("--lr", type=float, default=None, help="learning rate of LoRA and token rows (default 2e-5)")
+    o.add_argument("--head-lr", type=float, default=None, help="learning rate of the head (default: --lr)")
+    o.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0)")
+    o.add_argument("--warmup-ratio", type=float, default=None, help="fraction of steps with linear warmup (default 0.03)")
+    o.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping norm, 0 = off (default 1.0)")
+    o.add_argument("--ce-weight", type=float, default=None, help="weight of the answer cross-entropy (default 1)")
+    o.add_argument("--mse-weight", type=float, default=None, help="weight of the head MSE in normalized MOS units (default 1)")
+    o.add_argument("--gradient-checkpointing", action="store_const", const=True, default=None,
+                   help="recompute activations in the backward pass (less memory, slower)")
+    o.add_argument("--seed", type=int, default=None, help="seed of initialisation, data order and dropout (default 0)")
+    r = q.add_argument_group("runtime")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="auto (default), cpu or cuda")
+    r.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default=None,
+                   help="dtype of the frozen weights and autocast (default auto: bf16 on GPU, fp32 on CPU)")
+    r.add_argument("--attn-implementation", default=None, help="sdpa, flash_attention_2 or eager")
+    r.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="also checkpoint every N optimizer steps (default: end of each epoch only)")
+    r.add_argument("--keep-checkpoints", action="store_const", const=True, default=None,
+                   help="keep DIR/checkpoints after training completes")
+    r.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="stop after N optimizer steps in total (the adapter is written; rerun without it to resume)")
+    r.add_argument("--decode-workers", type=int, default=None, help="threads decoding images (default 2)")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    r.add_argument("--format", choices=("text", "json"), default="text", help="summary printed at the end")
+    q.set_defaults(func=run_q_scorer)
+    p.set_defaults(func=lambda args: _no_method(p))
+
+
+def _no_method(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _normalize_split(spec: str | None) -> str | None:
+    """``train``/``val``/``test`` alone mean the dataset's official split."""
+    if spec is not None and spec.strip().lower() in _BARE_PARTS:
+        return f"official:{spec.strip().lower()}"
+    return spec
+
+
+def _head_dims(text: str) -> tuple[int, ...]:
+    from lmmiqa.errors import ConfigError
+
+    if text.strip().lower() in ("none", ""):
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as err:
+        raise ConfigError(f"--head-dims expects comma-separated integers, got {text!r}") from err
+
+
+_FLAG_FIELDS = (
+    "model", "tokens", "epochs", "batch_size", "grad_accum", "eval_batch_size", "lr", "head_lr", "weight_decay",
+    "warmup_ratio", "max_grad_norm", "ce_weight", "mse_weight", "lora_r", "lora_alpha", "lora_dropout",
+    "lora_target", "tune_projector", "head_activation", "head_dropout", "val_fraction", "gradient_checkpointing",
+    "device", "dtype", "attn_implementation", "seed", "checkpoint_every", "keep_checkpoints", "max_steps",
+    "decode_workers", "progress",
+)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~lmmiqa.training.q_scorer.QScorerTrainConfig` the flags describe."""
+    from lmmiqa.config import build_config
+    from lmmiqa.training.q_scorer import QScorerTrainConfig
+
+    opts: dict[str, Any] = {f: getattr(args, f) for f in _FLAG_FIELDS if getattr(args, f, None) is not None}
+    if args.head_dims is not None:
+        opts["head_dims"] = _head_dims(args.head_dims)
+    if opts.get("max_grad_norm") == 0:
+        opts["max_grad_norm"] = None
+    return build_config(QScorerTrainConfig, opts, what="lmmiqa train q-scorer")
+
+
+def run_q_scorer(args: argparse.Namespace) -> int:
+    from lmmiqa.cli import UsageError
+    from lmmiqa.training.q_scorer import train_q_scorer
+
+    config = config_from_args(args)
+    if args.val_split is not None and args.val_fraction is not None:
+        raise UsageError("give --val-split or --val-fraction, not both")
+    args.split = _normalize_split(args.split)
+    train = dataset_from_args(args)
+    val = None
+    if args.val_split is not None:
+        val_args = argparse.Namespace(**vars(args))
+        val_args.split = _normalize_split(args.val_split)
+        val = dataset_from_args(val_args)
+        overlap = set(train.paths()) & set(val.paths())
+        if overlap:
+            raise UsageError(f"--split and --val-split share {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
+    result = train_q_scorer(train, args.out, config, val=val, overwrite=args.overwrite)
+    last = result.history[-1] if result.history else None
+    summary = {
+        "out": str(result.out),
+        "complete": result.complete,
+        "global_step": result.global_step,
+        "resumed_from": result.resumed_from,
+        "epochs": len(result.history),
+        "last_epoch": last,
+    }
+    if args.format == "json":
+        json.dump(summary, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        state = "complete" if result.complete else "stopped (--max-steps; rerun without it to resume)"
+        line = f"q-scorer adapter written to {result.out}: {result.global_step} step(s), {state}"
+        if last and last.get("val"):
+            val_m = last["val"]
+            line += f"; last validation SRCC {val_m['srcc']:.4f} PLCC {val_m['plcc']:.4f} (n={val_m['n']})"
+        print(line)
+    return 0
