@@ -114,6 +114,18 @@ def test_method_not_served_is_422(qalign_server):
     assert r.status_code == 422 and "not served here" in r.json()["error"]["message"]
 
 
+def _png_header_only(w: int, h: int) -> bytes:
+    """A tiny PNG file whose header claims w x h pixels (a decompression bomb: never decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
 def _big_png(w: int, h: int) -> bytes:
     buf = io.BytesIO()
     make_image(w, h, 0).save(buf, format="PNG", compress_level=1)
@@ -131,6 +143,7 @@ def _big_png(w: int, h: int) -> bytes:
         ("no-content-type", 415),
         ("too-many-images", 413),
         ("too-many-pixels", 413),
+        ("bomb", 413),
         ("body-too-large", 413),
         ("url", 400),
         ("bad-base64", 400),
@@ -160,6 +173,8 @@ def test_bad_requests_get_json_errors(qalign_server, kind, status):
         req = {"files": [("image", (f"{i}.png", png, "image/png")) for i in range(5)]}
     elif kind == "too-many-pixels":
         req = {"files": {"image": ("big.png", _big_png(300, 200), "image/png")}}
+    elif kind == "bomb":
+        req = {"files": {"image": ("bomb.png", _png_header_only(30000, 30000), "image/png")}}
     elif kind == "body-too-large":
         req = {"files": {"image": ("big.bin", b"\0" * 500_000, "application/octet-stream")}}
     elif kind == "url":

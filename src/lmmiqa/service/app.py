@@ -486,14 +486,13 @@ def _warm(scorer: Any) -> None:
 
 
 def _header_pixels(data: bytes) -> int | None:
-    """width*height from the image header (no decoding), or None when the header cannot be read."""
+    """width*height from the image header (no decoding), or None when the header cannot be read (the full
+    decode then reports why, including Pillow's own decompression-bomb refusal)."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             return int(im.width) * int(im.height)
-    except Image.DecompressionBombError:
-        return 1 << 62
     except Exception:
         return None
 
