@@ -15,6 +15,7 @@ METHODS: dict[str, str] = {
     "q-align": "lmmiqa.methods.q_align:QAlign",
     "standard-guided": "lmmiqa.methods.standard_guided:StandardGuided",
     "llm-iqa": "lmmiqa.methods.llm_iqa:LLMIQA",
+    "agentic-iqa": "lmmiqa.methods.agentic.agent:AgenticIQA",
     "iqarag": "lmmiqa.methods.iqarag:IQARAG",
     "q-scorer": "lmmiqa.methods.q_scorer:QScorer",
     "niqe": "lmmiqa.methods.classical:NIQE",
@@ -78,7 +79,8 @@ STUDENTS: dict[str, str] = {}
 
 #: alternative names -> canonical name, per kind
 ALIASES: dict[str, dict[str, str]] = {
-    "method": {"qalign": "q-align", "sg": "standard-guided", "dog-iqa": "llm-iqa", "dogiqa": "llm-iqa", "qscorer": "q-scorer", "q_scorer": "q-scorer", "llmiqa": "llm-iqa"},
+    "method": {"qalign": "q-align", "sg": "standard-guided", "dog-iqa": "llm-iqa", "dogiqa": "llm-iqa", "qscorer": "q-scorer", "q_scorer": "q-scorer", "llmiqa": "llm-iqa",
+               "agentic": "agentic-iqa", "agenticiqa": "agentic-iqa"},
     "backend": {"hf": "transformers"},
     "encoder": {"vision_tower": "vision-tower", "visiontower": "vision-tower", "vt": "vision-tower"},
     "tool": {"ms-ssim": "ms_ssim", "msssim": "ms_ssim"},

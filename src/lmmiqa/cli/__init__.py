@@ -22,6 +22,7 @@ from lmmiqa.errors import ConfigError, LmmiqaError
 #: modules that each register one or more subcommands, in the order shown by --help
 SUBCOMMANDS: list[str] = [
     "lmmiqa.cli.score",
+    "lmmiqa.cli.assess",
     "lmmiqa.cli.methods",
     "lmmiqa.cli.demo",
     "lmmiqa.cli.eval",
