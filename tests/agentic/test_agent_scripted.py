@@ -346,6 +346,7 @@ def test_without_logprobs_the_generated_letter_is_used_and_marked(images):
     r = agent(b).score(images[:1])[0]
     assert r.ok
     assert r.details["fusion"]["p_source"] == "generated"
+    assert any("UnsupportedError: scripted backend without log-probabilities" in n for n in r.details["notes"])
     assert r.details["fusion"]["p"] == pytest.approx({"1": 0, "2": 0, "3": 1, "4": 0, "5": 0})  # letter C
     assert r.score == pytest.approx(3.0)
     b = ScriptedBackend({"planner": plan(flags=("distortion_detection",)), "explanation": GARBAGE}, logprobs=False)
@@ -415,3 +416,18 @@ def test_text_rendering(images):
     assert text.startswith(f"<memory:0>: {r.score:.2f} / 5")
     assert "explanation (model):" in text and "Moderately soft with slight grain." in text
     assert "- sharpness:" in text and "plan (model)" in text
+
+
+def test_user_named_distortion_outside_the_categories(images):
+    b = ScriptedBackend({
+        "planner": plan(flags=("distortion_analysis", "tool_selection", "tool_execution"), distortions=["vignetting"]),
+        "analysis": '{"analysis": [{"type": "Vignetting", "severity": "slight", "explanation": "Dark corners."}]}',
+        "selection": GARBAGE,
+    })
+    r = agent(b).assess(images[0], query="Are the corners vignetted?")
+    d = r.details
+    assert d["distortions"] == {"Global": ["vignetting"]} and d["sources"]["distortions"] == "planner"
+    assert [(e["type"], e["severity"], e["source"]) for e in d["analysis"]] == [("vignetting", "slight", "model")]
+    # no table entry for it: the fallback picks the first allowed general-purpose tool, else the first allowed
+    assert d["tool_selection"] == {"vignetting": {"tool": "sharpness", "source": "fallback"}}
+    assert "vignetting (Global)" in b.stage_prompts("analysis")[0].messages[-1].text

@@ -122,6 +122,11 @@ def test_analysis_schema_and_bare_list():
     }
     with pytest.raises(ParseError, match="severity"):
         parse_as('{"analysis": [{"type": "noise", "severity": "catastrophic"}]}', AnalysisOutput)
+    with pytest.raises(ParseError, match="type"):
+        parse_as('{"analysis": [{"type": "", "severity": "none"}]}', AnalysisOutput)
+    # a distortion the user named in their own words keeps its name
+    out = parse_as('{"analysis": [{"object": "sky", "type": "Vignetting", "severity": "none"}]}', AnalysisOutput)
+    assert (out.analysis[0].object, out.analysis[0].type) == ("sky", "vignetting")
 
 
 def test_selection_schema_uses_allowed_tools():

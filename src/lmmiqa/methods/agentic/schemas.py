@@ -264,7 +264,11 @@ class DetectionOutput(_Schema):
 
 
 class AnalysisEntry(_Schema):
-    """One analysed distortion: where, which, how severe, and why."""
+    """One analysed distortion: where, which, how severe, and why.
+
+    ``type`` is canonicalized to a category when it names one; other words are kept (the user may ask about a
+    distortion outside the categories, e.g. "vignetting"), so the executor can match them to what it asked.
+    """
 
     object: str = GLOBAL
     type: str
@@ -290,7 +294,11 @@ class AnalysisEntry(_Schema):
     @field_validator("type", mode="before")
     @classmethod
     def _type(cls, v: Any) -> str:
-        return _category(v)
+        # a category where one matches; other words only for distortions the user named in their own words
+        key = _norm_words(v)
+        if not key:
+            raise ValueError("type must name the distortion")
+        return canonical_category(key) or key
 
     @field_validator("severity", mode="before")
     @classmethod

@@ -12,8 +12,10 @@ Two backend calls per batch:
    ``details.explanation_source`` is ``"template"`` (else ``"model"``).
 
 Where the level probabilities are not available (a backend without log-probabilities raises
-:class:`~lmmiqa.errors.UnsupportedError`; a server whose top log-probabilities contain no letter gives a row of
-``-inf``) ``details.fusion.p_source`` says what was used instead: ``"generated"`` (the letter of the parsed
+:class:`~lmmiqa.errors.UnsupportedError`, a server that returns none raises
+:class:`~lmmiqa.errors.BackendError` — a server that is down fails the explanation call right after, loudly —
+and a server whose top log-probabilities contain no letter gives a row of ``-inf``), the reason is kept in the
+item's notes and ``details.fusion.p_source`` says what was used instead: ``"generated"`` (the letter of the parsed
 explanation reply, as a one-hot p), ``"uniform"`` (no letter either, but tool scores exist: q is the tool prior's
 mean), or the item fails with an error when there is neither.
 """
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from lmmiqa.backends.base import Backend
-from lmmiqa.errors import UnsupportedError
+from lmmiqa.errors import BackendError
 from lmmiqa.levels import LETTER_SCALE
 from lmmiqa.methods.agentic.fusion import Fusion, fuse_evidence
 from lmmiqa.methods.agentic.planner import image_parts
@@ -181,9 +183,9 @@ def run_summarizer(
         calls += 1
         for s in states:
             s.backend_calls += 1
-    except UnsupportedError as err:
+    except BackendError as err:  # UnsupportedError included
         logits = np.full((n, len(cands)), -np.inf)
-        unsupported = str(err)
+        unsupported = f"{type(err).__name__}: {err}"
     levels_s = (time.perf_counter() - t0) / n
 
     # 2. explanations
