@@ -146,15 +146,32 @@ def test_backend_error_inside_a_batch_is_isolated(load_server, monkeypatch):
     expected = _reference_scores(service, images)
     backend = service.default_scorer.backend
     original = backend.level_logprobs
-    calls = {"n": 0}
+    fail_next = {"n": 0, "calls": 0}
 
     def flaky(prompts, candidates):
-        calls["n"] += 1
-        if calls["n"] == 1:
+        fail_next["calls"] += 1
+        if fail_next["n"] > 0:
+            fail_next["n"] -= 1
             raise RuntimeError("simulated CUDA error: an illegal memory access was encountered")
         return original(prompts, candidates)
 
     monkeypatch.setattr(backend, "level_logprobs", flaky)
+    files = [("image", (f"{i}.png", images[i], "image/png")) for i in range(N_IMAGES)]
+
+    # a batch of 8 fails as a whole: it is retried one image at a time and every image is scored
+    fail_next["n"] = 1
+    r = httpx.post(f"{url}/v1/score", files=files, timeout=120)
+    assert r.status_code == 200
+    got = r.json()["results"]
+    assert [d["error"] for d in got] == [None] * N_IMAGES
+    assert [d["score"] for d in got] == pytest.approx(expected, abs=1e-4)
+    assert fail_next["calls"] == 1 + N_IMAGES
+
+    # an image whose own forward fails gets a per-item error; the next request is served normally
+    fail_next["n"] = 1
+    r = httpx.post(f"{url}/v1/score", files=files[:1], timeout=120)
+    assert r.status_code == 200
+    assert "simulated CUDA error" in r.json()["results"][0]["error"]
     with ThreadPoolExecutor(8) as pool:
         responses = list(
             pool.map(
@@ -164,7 +181,6 @@ def test_backend_error_inside_a_batch_is_isolated(load_server, monkeypatch):
                 range(16),
             )
         )
-    assert calls["n"] > 1
     for k, r in enumerate(responses):
         assert r.status_code == 200, r.text
         d = r.json()["results"][0]
@@ -227,7 +243,7 @@ def test_full_queue_is_429_and_recovers(fake_methods):
 def test_request_timeout_is_503_and_the_item_is_dropped(fake_methods):
     fake_methods(BrightnessScorer)
     BrightnessScorer.gate = threading.Event()
-    config = ServiceConfig(method="fake-brightness", max_batch=1, max_wait_ms=0, request_timeout_s=0.5)
+    config = ServiceConfig(method="fake-brightness", max_batch=1, max_wait_ms=0, request_timeout_s=2.0)
     with running_service(config) as (url, service), ThreadPoolExecutor(2) as pool:
         blocker = pool.submit(_post, url, "blocker.png")
         assert BrightnessScorer.entered.wait(10)
