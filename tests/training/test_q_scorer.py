@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -26,6 +27,16 @@ pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 
 SMALL_HEAD = (32, 16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: the tiny models gain nothing from two, and on a shared 2-core machine OpenMP threads
+    waiting for a busy core made these tests ~8x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _config(model: pathlib.Path, **kw):
@@ -311,6 +322,13 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_path, labelled
                           _config(model, mos_range=(1.0, 5.0), lora_dropout=0.1, max_steps=3, checkpoint_every=1))
     assert not part.complete and part.global_step == 3
     assert (tmp_path / "part" / "checkpoints" / "LATEST").is_file()
+    # a checkpoint written by another number of processes is refused (its batch layout differs)
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "part", other)
+    state = next((other / "checkpoints").glob("step-*")) / "state.json"
+    state.write_text(state.read_text().replace('"world_size": 1', '"world_size": 2'))
+    with pytest.raises(ConfigError, match="2 process"):
+        train_q_scorer(pairs, other, _config(model, mos_range=(1.0, 5.0), lora_dropout=0.1))
     done = train_q_scorer(pairs, tmp_path / "part", _config(model, mos_range=(1.0, 5.0), lora_dropout=0.1))
     assert done.complete and done.resumed_from == 3 and done.global_step == full.global_step == 4
     for name in ("adapter_model.safetensors", "head.safetensors"):

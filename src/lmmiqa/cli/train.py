@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
         "labels are flipped onto the same range.",
     )
     q.add_argument("--out", "-o", required=True, metavar="DIR", help="adapter folder to write (resumed when it holds this run)")
-    q.add_argument("--overwrite", action="store_true", help="start over when DIR holds a run with other data or options")
+    q.add_argument("--overwrite", action="store_true", help="start over, discarding the run DIR holds (needed when it holds one with other data or options)")
     q.add_argument("--model", default=None, help="base MLLM: hub id or local folder (default: Qwen/Qwen3-VL-8B-Instruct)")
     add_data_args(q)
     v = q.add_argument_group("validation")
@@ -109,6 +109,11 @@ def _normalize_split(spec: str | None) -> str | None:
     return spec
 
 
+def _num(x: Any) -> str:
+    """A metric for display (``nan`` when undefined: fewer than 3 items, or constant predictions)."""
+    return "nan" if x is None else f"{x:.4f}"
+
+
 def _head_dims(text: str) -> tuple[int, ...]:
     from lmmiqa.errors import ConfigError
 
@@ -160,6 +165,8 @@ def run_q_scorer(args: argparse.Namespace) -> int:
         if overlap:
             raise UsageError(f"--split and --val-split share {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
     result = train_q_scorer(train, args.out, config, val=val, overwrite=args.overwrite)
+    if not result.main_process:
+        return 0  # `accelerate launch`: the main process reports
     last = result.history[-1] if result.history else None
     summary = {
         "out": str(result.out),
@@ -177,6 +184,6 @@ def run_q_scorer(args: argparse.Namespace) -> int:
         line = f"q-scorer adapter written to {result.out}: {result.global_step} step(s), {state}"
         if last and last.get("val"):
             val_m = last["val"]
-            line += f"; last validation SRCC {val_m['srcc']:.4f} PLCC {val_m['plcc']:.4f} (n={val_m['n']})"
+            line += f"; last validation SRCC {_num(val_m['srcc'])} PLCC {_num(val_m['plcc'])} (n={val_m['n']})"
         print(line)
     return 0

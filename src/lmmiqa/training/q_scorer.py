@@ -201,6 +201,7 @@ class TrainResult:
         val_predictions: the final model's validation MOS predictions (unclamped, in validation order) and the
             validation paths, when there is a validation set.
         resumed_from: the optimizer step a checkpoint was resumed from, or None.
+        main_process: false in the non-main processes of a distributed run (which should not report).
     """
 
     out: Path
@@ -209,6 +210,7 @@ class TrainResult:
     complete: bool
     val_predictions: dict[str, Any] | None = None
     resumed_from: int | None = None
+    main_process: bool = True
 
 
 @dataclass
@@ -557,13 +559,14 @@ def train_q_scorer(
         config: options (defaults: :class:`QScorerTrainConfig`).
         val: validation data (same forms as ``train``); default: ``config.val_fraction`` of the training groups,
             or none.
-        overwrite: start over when ``out`` holds a run with other data or options.
+        overwrite: start over, discarding the run (checkpoints and artifact) ``out`` holds.
 
     Returns:
         :class:`TrainResult`.
 
     Raises:
-        ConfigError: bad options, or ``out`` holds another run and ``overwrite`` is false.
+        ConfigError: bad options, ``out`` holds another run and ``overwrite`` is false, or a checkpoint was
+            written by another number of processes.
         DataError: empty data, unreadable images, or a checkpoint that does not fit.
     """
     config = config or QScorerTrainConfig()
@@ -610,7 +613,7 @@ def train_q_scorer(
         previous = json.loads(done_file.read_text(encoding="utf-8"))
     elif ckpt is not None:
         previous = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-    if previous is not None and previous.get("fingerprint") != fingerprint:
+    if previous is not None and (overwrite or previous.get("fingerprint") != fingerprint):
         if not overwrite:
             raise ConfigError(
                 f"{out_path} holds a Q-Scorer run with other data or options; pass overwrite=True (CLI: --overwrite) "
@@ -659,6 +662,12 @@ def train_q_scorer(
     running = {"loss": 0.0, "ce": 0.0, "mse": 0.0, "n": 0}
     resumed_from = None
     if ckpt is not None:
+        saved_world = int(json.loads((ckpt / "state.json").read_text(encoding="utf-8")).get("world_size", 1))
+        if saved_world != world:
+            raise ConfigError(
+                f"the checkpoint in {ckpt} was written by {saved_world} process(es); resume it with the same number "
+                f"(this run has {world}), or pass overwrite to start over"
+            )
         st = _load_checkpoint(acc, ckpt, net, optimizer, scheduler)
         start_epoch, start_mb, global_step = int(st["epoch"]), int(st["next_mb"]), int(st["global_step"])
         history, running = list(st["history"]), dict(st["running"])
@@ -669,7 +678,8 @@ def train_q_scorer(
 
     def state(epoch: int, next_mb: int, complete: bool = False) -> dict[str, Any]:
         return {"fingerprint": fingerprint, "epoch": epoch, "next_mb": next_mb, "global_step": global_step,
-                "history": history, "running": running, "complete": complete, "total_steps": total_steps}
+                "history": history, "running": running, "complete": complete, "total_steps": total_steps,
+                "world_size": world}
 
     val_pred: dict[str, Any] | None = None
 
@@ -758,7 +768,7 @@ def train_q_scorer(
             t_epoch = time.perf_counter()
             if acc.is_main_process:
                 v = entry["val"]
-                vtxt = f", val SRCC {v['srcc']:.4f} PLCC {v['plcc']:.4f} RMSE {v['rmse']:.4g}" if v else ""
+                vtxt = f", val SRCC {v['srcc']:.4f} PLCC {v['plcc']:.4f} RMSE {v['rmse']:.4g} (n={v['n']})" if v else ""
                 msg = f"lmmiqa train q-scorer: epoch {epoch + 1}/{config.epochs} loss {entry['train_loss']:.4f}{vtxt}"
                 print(msg, file=sys.stderr) if bar is None else bar.write(msg)
             _save_checkpoint(acc, out_path, net, optimizer, scheduler, state(epoch + 1, 0))
@@ -788,4 +798,4 @@ def train_q_scorer(
         if complete and not config.keep_checkpoints:
             shutil.rmtree(out_path / CHECKPOINT_DIR, ignore_errors=True)
     acc.wait_for_everyone()
-    return TrainResult(out_path, history, global_step, complete, val_pred, resumed_from)
+    return TrainResult(out_path, history, global_step, complete, val_pred, resumed_from, acc.is_main_process)
