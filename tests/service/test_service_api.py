@@ -326,6 +326,8 @@ def test_cli_refuses_public_bind_without_key_before_loading(capsys, monkeypatch)
     assert "without an API key" in capsys.readouterr().err
     assert main(["serve", "--host", "0.0.0.0", "--api-key-env", "LMMIQA_TEST_KEY", "--model", "/x"]) == 2
     assert "LMMIQA_TEST_KEY" in capsys.readouterr().err
+    assert main(["serve", "--batch-size", "8", "--model", "/x"]) == 2
+    assert "--max-batch" in capsys.readouterr().err
 
 
 def test_cli_serve_config(monkeypatch):

@@ -54,7 +54,8 @@ def build_config(args: argparse.Namespace) -> Any:
         if not api_key:
             raise UsageError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
     options = method_options(args)
-    options.pop("batch_size", None)  # the service batches with --max-batch
+    if options.pop("batch_size", None) is not None:
+        raise UsageError("lmmiqa serve forms its batches across requests: use --max-batch, not --batch-size")
     return ServiceConfig(
         method=args.method,
         options=options,
