@@ -60,7 +60,8 @@ def test_tiny_model_batch_retries_and_fallbacks(tiny_model_path, tmp_path):
 def test_tiny_model_cli_full_reference_json_and_text(tiny_model_path, tmp_path, capsys):
     path = tiny_model_path("qwen2_5_vl")
     out_path, ref_path = _noisy_pair(tmp_path)
-    common = ["--model", str(path), "--device", "cpu", "--option", "max_new_tokens=8"]
+    # no retries here (the batch test above covers them): the cheapest runs
+    common = ["--model", str(path), "--device", "cpu", "--option", "max_new_tokens=8", "--option", "max_retries=0"]
     rc = main(["assess", str(out_path), "--ref", str(ref_path), "--query", "Is the sky banded after compression?",
                "--format", "json", *common])
     assert rc == 0
@@ -68,13 +69,13 @@ def test_tiny_model_cli_full_reference_json_and_text(tiny_model_path, tmp_path, 
     assert d["method"] == "agentic-iqa" and 1.0 <= d["score"] <= 5.0
     det = d["details"]
     assert det["mode"] == "full-reference" and det["query_given"]
+    assert det["parse_failures"] == 5 and det["backend_calls"] == 6  # 5 JSON stages × 1 attempt, + the levels
     assert det["user_distortions"] == ["compression"]  # the fallback plan reads the query's distortion words
     assert det["tools"] and all(t["kind"] == "fr" for t in det["tools"].values())
     assert any(t["normalized"] is not None for t in det["tools"].values())
     assert det["fusion"]["q_bar"] is not None
 
-    # text format, NR, no retries: the cheapest run (5 backend calls)
-    rc = main(["assess", str(out_path), "--tools", "sharpness,noise", "--option", "max_retries=0", *common])
+    rc = main(["assess", str(out_path), "--tools", "sharpness,noise", *common])
     assert rc == 0
     text = capsys.readouterr().out
     assert text.startswith(f"{out_path}: ") and "/ 5" in text

@@ -27,7 +27,10 @@ Result: ``score`` in [1, 5]; ``probabilities`` are the fused weights ``α_c p_c 
 ``score = Σ p·c``); ``details`` has ``plan``, ``distortions``, ``analysis``, ``tool_selection``, ``tools``
 (``name → {raw, normalized, ...}``), ``fusion`` (``p``, ``alpha``, ``weights``, ``q_bar``, ``eta``,
 ``p_source``), ``explanation``, ``explanation_source`` (``model`` or ``template``), ``replans``,
-``parse_failures``, ``backend_calls``, ``sources``, ``notes`` and a ``trace`` of stages with timings.
+``parse_failures``, ``backend_calls``, ``sources``, ``notes`` and a ``trace`` of stages with timings. A stage
+run for a whole batch reports the batch's wall time split evenly over its items (``seconds``, with ``batch`` the
+number of items); ``backend_calls`` counts every call an item took part in (a batched call once per item), and
+:attr:`AgenticIQA.last_backend_calls` the calls of the last run in total.
 
 Example::
 
