@@ -660,7 +660,7 @@ def predict(
         if mask is not None and not bool(mask[:, -1].all()):
             raise BackendError("q-scorer reads the last position of each prompt; the processor must pad on the left")
         ctx = autocast() if autocast is not None else contextlib.nullcontext()
-        with torch.inference_mode(), ctx:
+        with torch.no_grad(), ctx:  # not inference_mode: the model may cache tensors it reuses in training
             logits, u = net(inputs, logits_to_keep=1)
             lp = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, net.score_ids]
         heads.append(u.float().cpu().numpy())
