@@ -36,8 +36,9 @@ def register(sub: Any) -> None:
         "qscorer.json, training.json) that `lmmiqa score --method q-scorer --adapter OUT` loads. Rerunning the "
         "same command resumes from the last checkpoint in OUT/checkpoints. Several GPUs: "
         "`accelerate launch -m lmmiqa.cli train q-scorer ...`. Data: --dataset NAME --root DIR or --labels CSV "
-        "--root DIR; the MOS range is the dataset's (override with --score-range LO HI); lower-is-better "
-        "labels are flipped onto the same range.",
+        "--root DIR; --split/--val-split train, val or test alone mean the official split (KonIQ); the MOS range "
+        "is the dataset's (override with --score-range LO HI); lower-is-better labels are flipped onto the same "
+        "range, so scores are always higher-is-better.",
     )
     q.add_argument("--out", "-o", required=True, metavar="DIR", help="adapter folder to write (resumed when it holds this run)")
     q.add_argument("--overwrite", action="store_true", help="start over, discarding the run DIR holds (needed when it holds one with other data or options)")
