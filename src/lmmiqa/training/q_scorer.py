@@ -770,7 +770,10 @@ def train_q_scorer(
                 v = entry["val"]
                 vtxt = f", val SRCC {v['srcc']:.4f} PLCC {v['plcc']:.4f} RMSE {v['rmse']:.4g} (n={v['n']})" if v else ""
                 msg = f"lmmiqa train q-scorer: epoch {epoch + 1}/{config.epochs} loss {entry['train_loss']:.4f}{vtxt}"
-                print(msg, file=sys.stderr) if bar is None else bar.write(msg)
+                if bar is None:
+                    print(msg, file=sys.stderr)
+                else:
+                    bar.write(msg, file=sys.stderr)
             _save_checkpoint(acc, out_path, net, optimizer, scheduler, state(epoch + 1, 0))
             if config.max_steps is not None and global_step >= int(config.max_steps) and epoch + 1 < config.epochs:
                 stopped = True
