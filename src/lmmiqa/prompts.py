@@ -30,6 +30,15 @@ def standard_user(scale: LevelScale) -> str:
     return STANDARD_USER_TEMPLATE.format(levels=", ".join(scale.tokens))
 
 
+# LEAF teacher (METHODS §3.1): a two-image comparison asked in both orders; the answer is the next token after
+# the prefix, " A" or " B" (single tokens in BPE vocabularies), read with ``backend.level_logprobs``.
+LEAF_PAIR_LABEL_A = "Image A:"
+LEAF_PAIR_LABEL_B = "Image B:"
+LEAF_PAIR_QUESTION = "Compare the two images. Which one has better quality, image A or image B?"
+LEAF_PAIR_ANSWER_PREFIX = "The image with better quality is image"
+LEAF_PAIR_ANSWER_A = "A"
+LEAF_PAIR_ANSWER_B = "B"
+
 # IQARAG (METHODS §2.4): "Give you P images." (P = number of reference images), then per reference the image and
 # "This image's quality is <level>." (the Q-Align word of its MOS bin), then the query image and the question;
 # the answer continues "The quality of this image is" ("this", as in the IQARAG paper).

@@ -18,6 +18,7 @@ METHODS: dict[str, str] = {
     "agentic-iqa": "lmmiqa.methods.agentic.agent:AgenticIQA",
     "iqarag": "lmmiqa.methods.iqarag:IQARAG",
     "q-scorer": "lmmiqa.methods.q_scorer:QScorer",
+    "leaf": "lmmiqa.methods.leaf:LEAF",
     "niqe": "lmmiqa.methods.classical:NIQE",
     "brisque": "lmmiqa.methods.classical:BRISQUE",
     "piqe": "lmmiqa.methods.classical:PIQE",
@@ -75,7 +76,12 @@ ENCODERS: dict[str, str] = {
     "dinov2": "lmmiqa.retrieval.encoders:Dinov2Encoder",
 }
 
-STUDENTS: dict[str, str] = {}
+STUDENTS: dict[str, str] = {
+    "small-cnn": "lmmiqa.distill.students:SmallCNN",
+    "convnext-base": "lmmiqa.distill.students:ConvNextBase",
+    "convnext-tiny": "lmmiqa.distill.students:ConvNextTiny",
+    "resnet-50": "lmmiqa.distill.students:ResNet50",
+}
 
 #: alternative names -> canonical name, per kind
 ALIASES: dict[str, dict[str, str]] = {
@@ -83,6 +89,8 @@ ALIASES: dict[str, dict[str, str]] = {
                "agentic": "agentic-iqa", "agenticiqa": "agentic-iqa"},
     "backend": {"hf": "transformers"},
     "encoder": {"vision_tower": "vision-tower", "visiontower": "vision-tower", "vt": "vision-tower"},
+    "student": {"small_cnn": "small-cnn", "smallcnn": "small-cnn", "convnext_base": "convnext-base",
+                "convnext_tiny": "convnext-tiny", "resnet50": "resnet-50", "resnet_50": "resnet-50"},
     "tool": {"ms-ssim": "ms_ssim", "msssim": "ms_ssim"},
     "dataset": {"koniq": "koniq10k", "koniq-10k": "koniq10k", "kadid": "kadid10k", "kadid-10k": "kadid10k",
                 "live-challenge": "livec", "livechallenge": "livec", "live_challenge": "livec",

@@ -32,6 +32,7 @@ SUBCOMMANDS: list[str] = [
     "lmmiqa.cli.bank",
     "lmmiqa.cli.tools",
     "lmmiqa.cli.train",
+    "lmmiqa.cli.distill",
     "lmmiqa.cli.export",
     "lmmiqa.cli.serve",
 ]

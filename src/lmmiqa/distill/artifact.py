@@ -1,0 +1,271 @@
+"""The LEAF student artifact: a self-describing folder (METHODS §3; DESIGN habit 7).
+
+Layout::
+
+    config.json        registered name ("leaf"), kind, schema version, student name and architecture (enough to
+                       rebuild the network offline), preprocessing, output unit (teacher-score mean/std), levels
+    model.safetensors  the network's weights
+    teacher.json       summary of the teacher cache it was distilled from
+    training.json      training options and per-epoch history
+    calibration.json   the map to a MOS scale and its held-out report (after ``lmmiqa distill calibrate``)
+
+Load with :meth:`StudentArtifact.load`; score with the ``leaf`` method (:class:`lmmiqa.methods.leaf.LEAF`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmmiqa.errors import ConfigError, DataError, require
+from lmmiqa.types import json_safe
+
+ARTIFACT_KIND = "lmmiqa-leaf-student"
+REGISTERED_NAME = "leaf"
+SCHEMA_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TEACHER_FILE = "teacher.json"
+TRAINING_FILE = "training.json"
+CALIBRATION_FILE = "calibration.json"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_artifact(
+    folder: str | os.PathLike[str],
+    state_dict: dict[str, Any],
+    *,
+    student: str,
+    arch: dict[str, Any],
+    preprocess: Any,
+    k_levels: int | None,
+    levels: dict[str, Any] | None,
+    output: dict[str, Any],
+    teacher: dict[str, Any],
+    training: dict[str, Any],
+) -> Path:
+    """Write a student artifact into ``folder`` (a stale ``calibration.json`` is removed: it fitted other weights).
+
+    Args:
+        folder: destination (created).
+        state_dict: the network's ``state_dict()``.
+        student: registered student name.
+        arch: the spec's architecture description (:meth:`StudentSpec.arch`).
+        preprocess: the :class:`~lmmiqa.distill.students.Preprocess` used in training.
+        k_levels: size of the level head, or ``None``.
+        levels: the teacher's level table (``keys``, ``values``, ``words``) when it has one.
+        output: ``target_mean``/``target_std`` of the standardized teacher scores (raw output = z·std + mean).
+        teacher: teacher summary (:meth:`TeacherLabels.summary`).
+        training: training options and history.
+    """
+    from lmmiqa import __version__
+
+    safetensors_torch = require("safetensors.torch", "hf", "saving LEAF students")
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    tmp = root / (WEIGHTS_FILE + ".tmp")
+    safetensors_torch.save_file(tensors, str(tmp), metadata={"format": "pt", "kind": ARTIFACT_KIND})
+    os.replace(tmp, root / WEIGHTS_FILE)
+    config = {
+        "registered_name": REGISTERED_NAME,
+        "kind": ARTIFACT_KIND,
+        "schema_version": SCHEMA_VERSION,
+        "lmmiqa_version": __version__,
+        "student": {"name": student, "arch": arch, "k_levels": k_levels},
+        "preprocessing": preprocess.to_dict(),
+        "levels": levels,
+        "output": {
+            "unit": "teacher score, oriented so that higher is better",
+            "higher_is_better": True,
+            **output,
+        },
+        "weights": WEIGHTS_FILE,
+    }
+    _write_json(root / CONFIG_FILE, config)
+    _write_json(root / TEACHER_FILE, teacher)
+    _write_json(root / TRAINING_FILE, training)
+    stale = root / CALIBRATION_FILE
+    if stale.exists():
+        stale.unlink()
+    return root
+
+
+@dataclass(frozen=True)
+class StudentArtifact:
+    """A loaded student folder (metadata only; the network is built by :meth:`predictor`).
+
+    Attributes:
+        path: the folder.
+        config: ``config.json``.
+        calibration: the :class:`~lmmiqa.distill.calibrate.Calibration`, or ``None`` when not calibrated.
+        calibration_report: the held-out report stored with the calibration, or ``None``.
+        teacher: ``teacher.json`` (the teacher summary), or ``None``.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    calibration: Any | None
+    calibration_report: dict[str, Any] | None
+    teacher: dict[str, Any] | None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> StudentArtifact:
+        """Read and validate a student folder.
+
+        Raises:
+            DataError: not a LEAF student folder, a newer schema, or missing weights.
+        """
+        root = Path(path)
+        cfg_path = root / CONFIG_FILE
+        if not root.is_dir():
+            raise DataError(f"student folder not found: {root}")
+        if not cfg_path.is_file():
+            raise DataError(f"{root} is not a LEAF student (no {CONFIG_FILE}); train one with `lmmiqa distill train`")
+        try:
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{cfg_path} is not valid JSON: {err}") from err
+        if config.get("kind") != ARTIFACT_KIND or config.get("registered_name") != REGISTERED_NAME:
+            raise DataError(
+                f"{cfg_path} describes {config.get('kind') or config.get('registered_name')!r}, not a LEAF student"
+            )
+        if int(config.get("schema_version", 0)) > SCHEMA_VERSION:
+            raise DataError(
+                f"{root} has schema version {config.get('schema_version')}; this lmmiqa reads up to {SCHEMA_VERSION}"
+            )
+        if not (root / config.get("weights", WEIGHTS_FILE)).is_file():
+            raise DataError(f"{root} has no weights file {config.get('weights', WEIGHTS_FILE)}")
+        calibration = report = None
+        cal_path = root / CALIBRATION_FILE
+        if cal_path.is_file():
+            from lmmiqa.distill.calibrate import Calibration
+
+            data = json.loads(cal_path.read_text(encoding="utf-8"))
+            calibration = Calibration.from_dict(data)
+            report = data.get("report")
+        teacher = None
+        if (root / TEACHER_FILE).is_file():
+            teacher = json.loads((root / TEACHER_FILE).read_text(encoding="utf-8"))
+        return cls(root, config, calibration, report, teacher)
+
+    @property
+    def student_name(self) -> str:
+        return str(self.config["student"]["name"])
+
+    @property
+    def k_levels(self) -> int | None:
+        k = self.config["student"].get("k_levels")
+        return int(k) if k else None
+
+    @property
+    def preprocess(self) -> Any:
+        from lmmiqa.distill.students import Preprocess
+
+        return Preprocess.from_dict(self.config["preprocessing"])
+
+    @property
+    def level_scale(self) -> Any | None:
+        """The teacher's :class:`~lmmiqa.levels.LevelScale` (for the level head's probabilities), or ``None``."""
+        levels = self.config.get("levels")
+        if not levels or not self.k_levels:
+            return None
+        from lmmiqa.levels import LevelScale
+
+        return LevelScale(
+            name="teacher",
+            tokens=tuple(str(k) for k in levels["keys"]),
+            values=tuple(float(v) for v in levels["values"]),
+            words=tuple(str(w) for w in levels["words"]),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe description (``lmmiqa distill info``, run configs)."""
+        return json_safe(
+            {
+                "path": str(self.path),
+                "student": self.config["student"]["name"],
+                "schema_version": self.config.get("schema_version"),
+                "preprocessing": self.config.get("preprocessing"),
+                "output": self.config.get("output"),
+                "calibrated": self.calibration is not None,
+                "calibration": self.calibration.to_dict() if self.calibration is not None else None,
+                "calibration_report": self.calibration_report,
+                "teacher": (self.teacher or {}).get("identity"),
+            }
+        )
+
+    def predictor(self, device: str = "auto") -> StudentPredictor:
+        """Build the network on ``device`` with the stored weights (no download)."""
+        return StudentPredictor(self, device)
+
+
+def pick_device(device: str) -> Any:
+    """``auto`` → CUDA when available, else CPU; otherwise ``torch.device(device)`` (checked)."""
+    torch = require("torch", "hf", "LEAF students")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available on this machine")
+    return dev
+
+
+class StudentPredictor:
+    """The student network ready for inference: ``predict(images) -> (raw scores, level probabilities)``."""
+
+    def __init__(self, artifact: StudentArtifact, device: str = "auto") -> None:
+        torch = require("torch", "hf", "LEAF students")
+        safetensors_torch = require("safetensors.torch", "hf", "loading LEAF students")
+        from lmmiqa.distill.students import build_network, get_student
+
+        self.artifact = artifact
+        self.device = pick_device(device)
+        self.preprocess = artifact.preprocess
+        spec = get_student(artifact.student_name)
+        net = build_network(spec, artifact.config["student"]["arch"], artifact.k_levels)
+        state = safetensors_torch.load_file(str(artifact.path / artifact.config.get("weights", WEIGHTS_FILE)))
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise DataError(
+                f"{artifact.path}: weights do not match the {artifact.student_name} architecture "
+                f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
+            )
+        self.network = net.to(self.device).eval()
+        out = artifact.config["output"]
+        self.mean = float(out["target_mean"])
+        self.std = float(out["target_std"])
+        self._torch = torch
+        self._lock = threading.Lock()
+
+    def predict_arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw scores (teacher unit) and level probabilities for uint8 arrays [B, S, S, 3] already resized."""
+        torch = self._torch
+        x = torch.from_numpy(self.preprocess.normalize(batch)).to(self.device)
+        with self._lock, torch.inference_mode():
+            score, logits = self.network(x)
+        raw = score.double().cpu().numpy() * self.std + self.mean
+        probs = torch.softmax(logits.double(), dim=-1).cpu().numpy() if logits is not None else None
+        return raw, probs
+
+    def predict(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw scores and level probabilities for RGB PIL images."""
+        if not images:
+            return np.zeros(0), None
+        arrays = np.stack([self.preprocess.to_uint8(im) for im in images])
+        return self.predict_arrays(arrays)

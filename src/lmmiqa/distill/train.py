@@ -1,0 +1,481 @@
+"""LEAF student training (METHODS §3.2): joint point-wise + pair-wise distillation, weighted by reliability.
+
+One epoch visits every training image once (point batches of ``batch_size``); each step also takes the next
+``pairs_per_batch`` pairs (default ``batch_size // 2``, so a step sees at most twice ``batch_size`` images) from a
+stream of seeded permutations of all training pairs that continues across epochs. Each step runs the student
+once on the union of the images it needs and minimizes :func:`lmmiqa.distill.losses.joint_loss`:
+
+* regression of the student score to the *standardized* teacher score ``z = (s − mean)/std`` (so that learning
+  rates and the pair term do not depend on the teacher's unit; the raw output is mapped back to the teacher unit
+  at inference);
+* KL to the teacher's level distribution through the K-way head (teachers with distributions);
+* the fidelity loss on P(A > B) = Φ((z_A − z_B)/√2), matching the Thurstone form of derived pairs.
+
+AdamW with linear warm-up and cosine decay (:func:`lmmiqa.distill.losses.cosine_lr`), gradient clipping, and
+horizontal flips (quality-preserving) as the only augmentation. A checkpoint is written after every epoch
+(``train_state/checkpoint.pt``); running again resumes from it, and the run is deterministic for a seed (data order
+and flips come from ``numpy.random.default_rng([seed, epoch])``, so a resumed run equals an uninterrupted one).
+At the end the artifact (:mod:`lmmiqa.distill.artifact`) is written to the same folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmmiqa.config import config_to_dict
+from lmmiqa.distill.losses import PAIR_PROBABILITIES
+from lmmiqa.errors import ConfigError, DataError, require
+from lmmiqa.types import json_safe
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "train_state"
+CHECKPOINT_FILE = "checkpoint.pt"
+#: options that may change between a run and its resumption
+RESUMABLE_CHANGES = ("epochs", "device", "progress", "workers", "cache_mb")
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`train_student`.
+
+    Attributes:
+        student: registered student name (see ``lmmiqa distill train --help``).
+        student_options: options of the student spec (e.g. ``{"channels": [8, 16, 32, 64]}`` for small-cnn).
+        student_model: hub id or local folder of the student checkpoint (default: the student's own hub id).
+        pretrained: load pretrained weights (default: yes for students that have them; ``small-cnn`` has none).
+        image_size: input side (default: the student's).
+        resize_mode: ``resize`` (whole image) or ``center-crop``.
+        epochs: passes over the training images.
+        batch_size: images per point batch.
+        pairs_per_batch: pairs per step (default: ``batch_size // 2``; 0: no pair term).
+        lr: AdamW learning rate (default: the student's).
+        weight_decay: AdamW weight decay.
+        warmup_fraction: share of the steps spent warming up the learning rate.
+        w_point: weight of the point-wise regression term.
+        w_kl: weight of the KL term (used when the teacher has level distributions).
+        w_pair: weight of the pair-wise fidelity term.
+        pair_prob: ``thurstone`` (Φ(Δ/√2)) or ``sigmoid`` for the student's pair probability.
+        flip: random horizontal flips.
+        val_fraction: share of the images held out to report student-vs-teacher SRCC per epoch (0: none).
+        seed: seed of initialization, data order and flips.
+        device: ``auto``, ``cpu``, ``cuda``, …
+        cache_mb: memory for decoded, resized images (beyond it images are decoded again each epoch).
+        workers: threads decoding images.
+        progress: progress bar on stderr (default: when stderr is a terminal).
+    """
+
+    student: str = "small-cnn"
+    student_options: dict[str, Any] = field(default_factory=dict)
+    student_model: str | None = None
+    pretrained: bool | None = None
+    image_size: int | None = None
+    resize_mode: str = "resize"
+    epochs: int = 10
+    batch_size: int = 32
+    pairs_per_batch: int | None = None
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    w_point: float = 1.0
+    w_kl: float = 0.5
+    w_pair: float = 1.0
+    pair_prob: str = "thurstone"
+    flip: bool = True
+    val_fraction: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    cache_mb: int = 2048
+    workers: int = 2
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        from lmmiqa import registry
+        from lmmiqa.distill.students import RESIZE_MODES
+
+        self.student = registry.canonical("student", self.student)
+        if self.resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"unknown resize mode {self.resize_mode!r}; known: {', '.join(RESIZE_MODES)}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size is not None and int(self.image_size) < 8:
+            raise ConfigError(f"image_size must be >= 8, got {self.image_size}")
+        if self.pairs_per_batch is not None and int(self.pairs_per_batch) < 0:
+            raise ConfigError(f"pairs_per_batch must be >= 0, got {self.pairs_per_batch}")
+        if self.lr is not None and not float(self.lr) > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "w_point", "w_kl", "w_pair"):
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.w_point == 0 and self.w_kl == 0 and self.w_pair == 0:
+            raise ConfigError("at least one of w_point, w_kl and w_pair must be > 0")
+        if not 0.0 <= float(self.warmup_fraction) < 1.0:
+            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.pair_prob not in PAIR_PROBABILITIES:
+            raise ConfigError(f"unknown pair probability {self.pair_prob!r}; known: {', '.join(PAIR_PROBABILITIES)}")
+        if int(self.cache_mb) < 0 or int(self.workers) < 0:
+            raise ConfigError("cache_mb and workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """Outcome of :func:`train_student`."""
+
+    out: str
+    student: str
+    epochs: int
+    resumed_from_epoch: int
+    n_train: int
+    n_val: int
+    n_pairs: int
+    history: list[dict[str, Any]]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(self.__dict__)
+
+
+class ImageBank:
+    """Decoded, resized uint8 images by index, cached in memory up to ``cache_mb``."""
+
+    def __init__(self, paths: Sequence[str], preprocess: Any, cache_mb: int = 2048, workers: int = 2) -> None:
+        self.paths = list(paths)
+        self.preprocess = preprocess
+        per_image = preprocess.size * preprocess.size * 3
+        self.capacity = int(cache_mb) * 1024 * 1024 // max(per_image, 1)
+        self.workers = int(workers)
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _load(self, i: int) -> np.ndarray:
+        from lmmiqa.errors import ImageLoadError
+        from lmmiqa.images import open_image
+
+        try:
+            return self.preprocess.to_uint8(open_image(self.paths[i]))
+        except ImageLoadError as err:
+            raise DataError(f"a teacher-judged image cannot be opened any more: {err}") from err
+
+    def arrays(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 [B, S, S, 3] for ``indices`` (in order)."""
+        idx = [int(i) for i in indices]
+        missing = [i for i in dict.fromkeys(idx) if i not in self._cache]
+        if missing:
+            if self.workers > 1 and len(missing) > 1:
+                with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                    loaded = list(pool.map(self._load, missing))
+            else:
+                loaded = [self._load(i) for i in missing]
+            fresh = dict(zip(missing, loaded))
+            for i, arr in fresh.items():
+                if len(self._cache) < self.capacity:
+                    self._cache[i] = arr
+        else:
+            fresh = {}
+        return np.stack([self._cache[i] if i in self._cache else fresh[i] for i in idx])
+
+
+class PairStream:
+    """Pair indices per global step: consecutive slices of seeded permutations of all pairs, continuing across
+    epochs (permutation ``k`` is ``default_rng([seed, 104729, k])``), so every pair is used equally often."""
+
+    def __init__(self, n_pairs: int, per_step: int, seed: int) -> None:
+        self.m = int(n_pairs)
+        self.per_step = int(per_step) if n_pairs else 0
+        self.seed = int(seed)
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, k: int) -> np.ndarray:
+        if k not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            self._perms[k] = np.random.default_rng([self.seed, 104729, k]).permutation(self.m)
+        return self._perms[k]
+
+    def batch(self, global_step: int) -> np.ndarray:
+        """The pair indices of step ``global_step`` (empty when there are no pairs)."""
+        if not self.per_step:
+            return np.zeros(0, dtype=np.int64)
+        start = global_step * self.per_step
+        out = []
+        pos = start
+        end = start + self.per_step
+        while pos < end:
+            k, off = divmod(pos, self.m)
+            take = min(end - pos, self.m - off)
+            out.append(self._perm(k)[off : off + take])
+            pos += take
+        return np.concatenate(out).astype(np.int64)
+
+
+def _fingerprint(config: TrainConfig, labels: Any) -> str:
+    h = hashlib.sha256()
+    cfg = {k: v for k, v in config_to_dict(config).items() if k not in RESUMABLE_CHANGES}
+    h.update(json.dumps(cfg, sort_keys=True).encode())
+    h.update("\n".join(labels.images).encode())
+    h.update(np.ascontiguousarray(labels.scores).tobytes())
+    h.update(np.ascontiguousarray(labels.pairs).tobytes())
+    h.update(np.ascontiguousarray(labels.pair_prob).tobytes())
+    return h.hexdigest()
+
+
+def _split_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if fraction <= 0:
+        return np.arange(n), np.zeros(0, dtype=np.int64)
+    n_val = max(1, round(fraction * n))
+    if n - n_val < 2:
+        raise DataError(f"val_fraction {fraction} leaves fewer than 2 training images out of {n}")
+    perm = np.random.default_rng([int(seed), 7919]).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def train_student(
+    teacher_labels: str | os.PathLike[str] | Any,
+    out: str | os.PathLike[str],
+    config: TrainConfig | None = None,
+    *,
+    restart: bool = False,
+) -> TrainSummary:
+    """Distill a student from a teacher cache and write the artifact to ``out``.
+
+    Args:
+        teacher_labels: a teacher cache folder (``lmmiqa distill teach --out``) or loaded
+            :class:`~lmmiqa.distill.teacher.TeacherLabels`.
+        out: the student folder (artifact + ``train_state/``).
+        config: options.
+        restart: ignore (and overwrite) a checkpoint in ``out``.
+
+    Returns:
+        A :class:`TrainSummary`.
+
+    Raises:
+        DataError: the teacher cache is unusable (e.g. constant scores), or ``out`` holds a checkpoint of a
+        different run (use ``restart``).
+    """
+    torch = require("torch", "hf", "training LEAF students")
+    from lmmiqa.distill.artifact import pick_device, save_artifact
+    from lmmiqa.distill.losses import cosine_lr, joint_loss
+    from lmmiqa.distill.students import build_network, get_student
+    from lmmiqa.distill.teacher import TeacherLabels, load_teacher_labels
+
+    config = config or TrainConfig()
+    t_start = time.perf_counter()
+    labels = teacher_labels if isinstance(teacher_labels, TeacherLabels) else load_teacher_labels(teacher_labels)
+    n = len(labels)
+    if n < 2:
+        raise DataError(f"the teacher cache has {n} judged image(s); at least 2 are needed")
+    spec = get_student(config.student, **config.student_options)
+    pretrained = spec.has_pretrained if config.pretrained is None else bool(config.pretrained)
+    arch = spec.arch(pretrained=pretrained, source=config.student_model)
+    preprocess = spec.preprocessing(size=config.image_size, pretrained=pretrained, source=config.student_model)
+    if config.resize_mode != preprocess.mode:
+        from dataclasses import replace
+
+        preprocess = replace(preprocess, mode=config.resize_mode)
+    lr = float(config.lr if config.lr is not None else spec.default_lr)
+    device = pick_device(config.device)
+
+    train_idx, val_idx = _split_val(n, float(config.val_fraction), int(config.seed))
+    in_train = np.zeros(n, dtype=bool)
+    in_train[train_idx] = True
+    pair_keep = in_train[labels.pairs[:, 0]] & in_train[labels.pairs[:, 1]] if len(labels.pairs) else np.zeros(0, bool)
+    pairs = labels.pairs[pair_keep]
+    pair_p = labels.pair_prob[pair_keep]
+    pair_w = labels.pair_reliability[pair_keep]
+    mean = float(np.mean(labels.scores[train_idx]))
+    std = float(np.std(labels.scores[train_idx]))
+    if not std > 0:
+        raise DataError("the teacher gave every training image the same score; there is nothing to distill")
+    z = (labels.scores - mean) / std
+    probs = labels.probs
+    k_levels = int(probs.shape[1]) if probs is not None else None
+
+    torch.manual_seed(int(config.seed))
+    weights_from = arch.get("source") if pretrained else None
+    net = build_network(spec, arch, k_levels, weights_from=weights_from).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=float(config.weight_decay))
+
+    root = Path(out)
+    ckpt_path = root / STATE_DIR / CHECKPOINT_FILE
+    fingerprint = _fingerprint(config, labels)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if ckpt_path.exists() and not restart:
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state.get("fingerprint") != fingerprint:
+            raise DataError(
+                f"{root} holds a checkpoint of a different run (other teacher labels or options); use another "
+                "--out folder, or --restart to train from scratch"
+            )
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+        log.info("resuming %s from epoch %d", root, start_epoch)
+
+    bank = ImageBank(labels.images, preprocess, config.cache_mb, config.workers)
+    n_train = len(train_idx)
+    steps = math.ceil(n_train / int(config.batch_size))
+    m = len(pairs)
+    per_step = (int(config.batch_size) // 2 if config.pairs_per_batch is None else int(config.pairs_per_batch)) if m else 0
+    pair_stream = PairStream(m, per_step, int(config.seed))
+    total_steps = steps * int(config.epochs)
+    warmup = round(float(config.warmup_fraction) * total_steps)
+    t_pt = torch.from_numpy(z.astype(np.float32))
+    t_rel = torch.from_numpy(labels.point_reliability.astype(np.float32))
+    t_probs = torch.from_numpy(probs.astype(np.float32)) if probs is not None else None
+    t_pair_p = torch.from_numpy(pair_p.astype(np.float32))
+    t_pair_w = torch.from_numpy(pair_w.astype(np.float32))
+
+    bar = _bar((int(config.epochs) - start_epoch) * steps, config)
+    try:
+        for epoch in range(start_epoch, int(config.epochs)):
+            t_epoch = time.perf_counter()
+            rng = np.random.default_rng([int(config.seed), epoch])
+            order = train_idx[rng.permutation(n_train)]
+            net.train()
+            sums = {"loss": 0.0, "point": 0.0, "kl": 0.0, "pair": 0.0}
+            for step in range(steps):
+                global_step = epoch * steps + step
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(global_step, total_steps, lr, warmup)
+                pts = order[step * config.batch_size : (step + 1) * config.batch_size]
+                sel = pair_stream.batch(global_step)
+                pa, pb = pairs[sel, 0], pairs[sel, 1]
+                need = np.unique(np.concatenate([pts, pa, pb]))
+                arr = bank.arrays(need)
+                if config.flip:
+                    flip = rng.random(len(need)) < 0.5
+                    arr[flip] = arr[flip][:, :, ::-1]
+                x = torch.from_numpy(preprocess.normalize(arr)).to(device)
+                score, logits = net(x)
+                ip = torch.from_numpy(np.searchsorted(need, pts)).to(device)
+                ia = torch.from_numpy(np.searchsorted(need, pa)).to(device)
+                ib = torch.from_numpy(np.searchsorted(need, pb)).to(device)
+                ipts = torch.from_numpy(pts)
+                losses = joint_loss(
+                    score=score[ip],
+                    target=t_pt[ipts].to(device),
+                    point_weights=t_rel[ipts].to(device),
+                    logits=logits[ip] if logits is not None else None,
+                    target_probs=t_probs[ipts].to(device) if t_probs is not None else None,
+                    score_a=score[ia],
+                    score_b=score[ib],
+                    pair_target=t_pair_p[torch.from_numpy(sel)].to(device),
+                    pair_weights=t_pair_w[torch.from_numpy(sel)].to(device),
+                    w_point=float(config.w_point),
+                    w_kl=float(config.w_kl),
+                    w_pair=float(config.w_pair),
+                    pair_kind=config.pair_prob,
+                )
+                opt.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                opt.step()
+                for key in sums:
+                    sums[key] += float(losses[key].detach())
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(losses['loss']):.4f}")
+            entry: dict[str, Any] = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()},
+                                     "lr_end": opt.param_groups[0]["lr"]}
+            if len(val_idx):
+                entry["val_srcc_vs_teacher"] = _val_srcc(net, bank, preprocess, val_idx, labels.scores, device, torch)
+            entry["seconds"] = time.perf_counter() - t_epoch
+            history.append(entry)
+            _save_checkpoint(ckpt_path, torch, net, opt, epoch + 1, history, fingerprint)
+            log.info("epoch %d: %s", epoch + 1, entry)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    training = {
+        "config": config_to_dict(config),
+        "pretrained": pretrained,
+        "lr": lr,
+        "steps_per_epoch": steps,
+        "pairs_per_step": per_step,
+        "n_train": n_train,
+        "n_val": len(val_idx),
+        "n_pairs": m,
+        "history": history,
+        "seconds": time.perf_counter() - t_start,
+    }
+    save_artifact(
+        root,
+        net.state_dict(),
+        student=spec.name,
+        arch=arch,
+        preprocess=preprocess,
+        k_levels=k_levels,
+        levels=labels.teacher.get("levels") if k_levels else None,
+        output={"target_mean": mean, "target_std": std},
+        teacher=labels.summary(),
+        training=training,
+    )
+    return TrainSummary(
+        out=str(root),
+        student=spec.name,
+        epochs=int(config.epochs),
+        resumed_from_epoch=start_epoch,
+        n_train=n_train,
+        n_val=len(val_idx),
+        n_pairs=m,
+        history=history,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _val_srcc(net: Any, bank: ImageBank, preprocess: Any, val_idx: np.ndarray, scores: np.ndarray, device: Any,
+              torch: Any) -> float:
+    from lmmiqa.evaluation.correlation import srcc
+
+    net.eval()
+    preds = []
+    with torch.inference_mode():
+        for start in range(0, len(val_idx), 64):
+            chunk = val_idx[start : start + 64]
+            x = torch.from_numpy(preprocess.normalize(bank.arrays(chunk))).to(device)
+            preds.append(net(x)[0].double().cpu().numpy())
+    net.train()
+    return srcc(np.concatenate(preds), scores[val_idx])
+
+
+def _save_checkpoint(path: Path, torch: Any, net: Any, opt: Any, epoch: int, history: list[dict[str, Any]],
+                     fingerprint: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {"epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(), "history": history,
+         "torch_rng": torch.get_rng_state(), "fingerprint": fingerprint},
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def _bar(total: int, config: TrainConfig) -> Any:
+    enabled = config.progress
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled or total <= 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="distill train", unit="step", file=sys.stderr, dynamic_ncols=True)
