@@ -182,6 +182,7 @@ def test_missing_files_are_reported_then_skipped(tiny_root):
 def test_split_spec_parsing():
     assert str(parse_split(None)) == "all" and str(parse_split("official")) == "official:test"
     assert str(parse_split("seed:3")) == "seed:3:test" and str(parse_split("SEED:3:train")) == "seed:3:train"
+    assert str(parse_split("test")) == "official:test" and str(parse_split("Train")) == "official:train"
     for bad in ("seed", "seed:-1", "seed:1:val", "official:dev", "random", "seed:a"):
         with pytest.raises(ConfigError, match="valid: all"):
             parse_split(bad)

@@ -22,7 +22,7 @@ import numpy as np
 from lmmiqa.errors import ConfigError, DataError
 
 TEST_FRACTION = 0.2
-SPLIT_HELP = "all | official[:train|val|test] | seed:N[:train|test]"
+SPLIT_HELP = "all | train | val | test (= official:...) | official[:train|val|test] | seed:N[:train|test]"
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ def parse_split(spec: str | None) -> SplitSpec:
     if spec is None or str(spec).strip().lower() in ("", "all", "none", "full"):
         return SplitSpec("all")
     text = str(spec).strip().lower()
+    if text in ("train", "val", "test"):
+        text = f"official:{text}"  # the issue's `--split test` for datasets with an official split
     parts = text.split(":")
     bad = ConfigError(f"invalid split {spec!r}; valid: {SPLIT_HELP}")
     if parts[0] == "official":
