@@ -71,6 +71,8 @@ HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 #: faiss recommends at least 39 training points per IVF list
 IVF_MIN_POINTS_PER_LIST = 39
+#: IVF searches 1/8 of its lists by default (nprobe = ceil(nlist / 8))
+IVF_PROBE_FRACTION = 8
 
 
 def content_hash(img: Any) -> str:
@@ -123,7 +125,7 @@ def build_index(vectors: np.ndarray, kind: str = "flat", params: dict[str, Any] 
         quantizer = faiss.IndexFlatL2(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist)
         index.train(x)
-        used = {"nlist": nlist, "nprobe": int(p.get("nprobe", max(1, min(nlist, 16))))}
+        used = {"nlist": nlist, "nprobe": int(p.get("nprobe", max(1, -(-nlist // IVF_PROBE_FRACTION))))}
     index.add(x)
     _apply_search_params(index, kind, used)
     return index, {"kind": kind, "params": used}
