@@ -25,7 +25,9 @@ Speed: reference images recur across queries, so their decoded (and, with ``refe
 images are kept in a bounded LRU cache (:class:`lmmiqa.retrieval.cache.ImageLRU`).
 
 The backend must accept several images in one prompt (``backend.supports_multi_image``); otherwise, or when the
-model fails on such prompts, items fail with an error that says so.
+model fails on such prompts, items fail with an error that says so. With ``backend="openai"``, a ``vision-tower``
+bank still needs the model's weights in this process for the query embeddings (the encoder loads them through the
+transformers backend); CLIP/SigLIP/DINOv2 banks only load that small encoder.
 """
 
 from __future__ import annotations
