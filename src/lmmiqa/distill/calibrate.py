@@ -12,7 +12,8 @@ Maps (:data:`CALIBRATION_KINDS`), all increasing in the student's quality direct
 * ``isotonic``: scikit-learn's isotonic regression (piecewise linear between its thresholds, clipped outside);
 * ``linear``: a least-squares line.
 
-A map that would have to *decrease* (the student ranks the labelled images against the MOS) is refused with a
+A map that would have to *decrease* (the student ranks the labelled images against the MOS: negative SRCC on
+the calibration subset, or a fitted logistic/line that decreases) is refused with a
 :class:`~lmmiqa.errors.DataError`. For lower-is-better labels (DMOS) the map is fitted from the negated student
 output, so the calibrated score follows the dataset's direction and the scorer reports ``higher_is_better``
 accordingly.
@@ -142,6 +143,14 @@ def fit_calibration(
         raise DataError(f"calibration needs at least 2 labelled images with a student output, got {x.size}")
     if scale is None:
         scale = (float(np.min(y)), float(np.max(y)))
+    from lmmiqa.evaluation.correlation import srcc
+
+    rho = srcc(x, y)
+    if math.isfinite(rho) and rho < 0:
+        raise DataError(
+            f"the student's output runs against the labels on the calibration subset (SRCC {rho:.3f}); an "
+            "increasing map cannot be fitted. Check the label direction (--lower-better) and the teacher"
+        )
     if kind == "logistic":
         from lmmiqa.evaluation.logistic import fit_logistic4
 
@@ -160,11 +169,9 @@ def fit_calibration(
         params = {"a": float(a), "b": float(b)}
         increasing = a >= 0
     if not increasing:
-        from lmmiqa.evaluation.correlation import srcc
-
         raise DataError(
-            f"the student's output runs against the labels on the calibration subset (SRCC {srcc(x, y):.3f}); "
-            "an increasing map cannot be fitted. Check the label direction (--lower-better) and the teacher"
+            f"the best {kind} map from the student's output to the labels decreases (SRCC {rho:.3f} on "
+            f"{x.size} calibration images); use more labels or another map"
         )
     return Calibration(kind=kind, params=params, input_sign=sign, higher_is_better=higher_is_better,
                        scale=(float(scale[0]), float(scale[1])))

@@ -14,7 +14,9 @@ once on the union of the images it needs and minimizes :func:`lmmiqa.distill.los
 AdamW with linear warm-up and cosine decay (:func:`lmmiqa.distill.losses.cosine_lr`), gradient clipping, and
 horizontal flips (quality-preserving) as the only augmentation. A checkpoint is written after every epoch
 (``train_state/checkpoint.pt``); running again resumes from it, and the run is deterministic for a seed (data order
-and flips come from ``numpy.random.default_rng([seed, epoch])``, so a resumed run equals an uninterrupted one).
+and flips come from ``numpy.random.default_rng([seed, epoch])``, so an interrupted and resumed run equals an
+uninterrupted one). Resuming with a larger ``epochs`` continues training; the learning-rate schedule is then
+recomputed for the new total.
 At the end the artifact (:mod:`lmmiqa.distill.artifact`) is written to the same folder.
 """
 
@@ -393,7 +395,7 @@ def train_student(
                     sums[key] += float(losses[key].detach())
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(losses['loss']):.4f}")
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(losses['loss'].detach()):.4f}")
             entry: dict[str, Any] = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()},
                                      "lr_end": opt.param_groups[0]["lr"]}
             if len(val_idx):

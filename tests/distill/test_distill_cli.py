@@ -1,0 +1,64 @@
+"""``lmmiqa distill teach|train|calibrate|info`` and ``lmmiqa score --method leaf`` end to end, in process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_leaf_scorer import labels_csv
+
+from lmmiqa.cli import main
+
+pytest.importorskip("torch")
+
+
+def test_distill_pipeline_end_to_end(blur_set, tmp_path, capsys):
+    images = blur_set[0].parent
+    teach_dir, student = tmp_path / "teach", tmp_path / "student"
+    assert main(["distill", "teach", "--teacher", "sharpness", "--images", str(images), "--pairs", "20",
+                 "--out", str(teach_dir)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_points"] == 12 and out["n_pairs"] == 20 and out["pair_mode"] == "derived"
+
+    assert main(["distill", "train", "--teacher-labels", str(teach_dir), "--student", "small_cnn",
+                 "--student-option", "channels=[8,16]", "--image-size", "32", "--batch-size", "4", "--epochs", "2",
+                 "--workers", "0", "--out", str(student)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["student"] == "small-cnn" and len(out["history"]) == 2
+
+    assert main(["distill", "calibrate", str(student), "--labels", str(labels_csv(images)), "--root", str(images),
+                 "--n", "6", "--kind", "isotonic"]) == 0
+    text = capsys.readouterr().out
+    assert "calibration: isotonic" in text and "held-out 6 image(s)" in text
+
+    assert main(["score", str(images), "--method", "leaf", "--student", str(student), "--format", "jsonl"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 12 and all(r["details"]["calibrated"] for r in rows)
+
+    assert main(["distill", "info", str(student)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["calibrated"] is True and info["student"] == "small-cnn"
+    assert info["teacher"]["method"] == "sharpness"
+
+
+def test_train_help_lists_the_students(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["distill", "train", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("small-cnn", "convnext-base", "convnext-tiny", "resnet-50"):
+        assert name in text
+
+
+def test_usage_and_data_errors(tmp_path, capsys):
+    assert main(["distill", "train", "--teacher-labels", str(tmp_path), "--out", str(tmp_path / "s")]) == 1
+    assert "not a teacher cache" in capsys.readouterr().err
+    assert main(["distill", "train", "--teacher-labels", str(tmp_path), "--student", "vit-huge",
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "known: convnext-base" in capsys.readouterr().err
+    assert main(["score", str(tmp_path), "--method", "leaf"]) == 2
+    assert "--student DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["distill", "calibrate", str(tmp_path), "--labels", "x.csv", "--fraction", "0.1", "--n", "5"])
+    assert exc.value.code == 2
+    assert main(["distill"]) == 2
