@@ -1,5 +1,8 @@
-"""Fixtures for the AgenticIQA tests: an isolated user cache (no refitted tool maps), no downloads, and the
-official NIQE/BRISQUE parameter files from ``../shared/data/params`` when present."""
+"""Fixtures for the AgenticIQA tests: an isolated user cache (no refitted tool maps), no downloads, and
+``$LMMIQA_ASSETS`` = ``<shared_dir>/data/params`` (the official NIQE/BRISQUE parameter files) when present.
+
+No test depends on those files: without them NIQE/BRISQUE report an error in ``details.tools`` and the agent
+goes on with the other evidence."""
 
 from __future__ import annotations
 
@@ -19,12 +22,3 @@ def tool_env(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     else:
         monkeypatch.delenv("LMMIQA_ASSETS", raising=False)
 
-
-@pytest.fixture()
-def assets(shared_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
-    """``$LMMIQA_ASSETS`` = ``<shared_dir>/data/params`` (skips when the parameter files are absent)."""
-    path = shared_dir / "data" / "params"
-    if not (path / "niqe_pris_params.npz").is_file():
-        pytest.skip(f"official parameter files not found in {path}")
-    monkeypatch.setenv("LMMIQA_ASSETS", str(path))
-    return path
