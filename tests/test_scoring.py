@@ -158,3 +158,15 @@ def test_multi_image_prompts_batch_like_single(arch_model):
     batched = scorer.backend.level_logprobs([two, one], cands)
     single = np.vstack([scorer.backend.level_logprobs([p], cands) for p in (two, one)])
     np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_backend_from_loaded_model_scores_like_from_path(tiny_model_path):
+    from lmmiqa.backends.transformers_local import TransformersBackend
+    from lmmiqa.methods.q_align import QAlign, QAlignConfig
+
+    path = str(tiny_model_path("qwen2_5_vl"))
+    by_path = lmmiqa.create_scorer("q-align", model=path, device="cpu")
+    wrapped = TransformersBackend.from_loaded(by_path.backend.model, by_path.backend.processor, model_id="mine")
+    scorer = QAlign(QAlignConfig(model="mine"), backend=wrapped)
+    img = make_image(48, 48, 7)
+    assert scorer.score([img])[0].score == pytest.approx(by_path.score([img])[0].score, abs=1e-9)

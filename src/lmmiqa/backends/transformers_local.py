@@ -93,19 +93,47 @@ class TransformersBackend(Backend):
     name: ClassVar[str] = "transformers"
     supports_hidden_states = True
 
-    def __init__(self, config: TransformersConfig) -> None:
+    def __init__(self, config: TransformersConfig, *, model: Any = None, processor: Any = None) -> None:
         super().__init__()
         self.config = config
         self.model_id = config.model
         self._lock = threading.RLock()
         self._token_cache: dict[tuple[tuple[str, ...], str], list[int]] = {}
-        self._load()
+        if model is not None and processor is not None:
+            self._adopt(model, processor)
+        else:
+            self._load()
 
     @classmethod
     def from_options(cls, **options: Any) -> TransformersBackend:
         if options.get("model") is None:
             options["model"] = DEFAULT_MODEL
         return cls(build_config(TransformersConfig, options, what="the transformers backend"))
+
+    @classmethod
+    def from_loaded(cls, model: Any, processor: Any, *, model_id: str = "<in-memory>", **options: Any) -> TransformersBackend:
+        """Wrap a model and processor already in memory (e.g. built with ``from_config`` for a benchmark, or
+        fine-tuned in this process); ``options`` are the remaining :class:`TransformersConfig` fields."""
+        cfg = build_config(TransformersConfig, {"model": model_id, **options}, what="the transformers backend")
+        return cls(cfg, model=model, processor=processor)
+
+    def _adopt(self, model: Any, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+        param = next(model.parameters())
+        self.device = param.device
+        self.dtype = param.dtype
+        self.model.eval()
+        self._setup_tokenizer()
+
+    def _setup_tokenizer(self) -> None:
+        tok = getattr(self.processor, "tokenizer", None)
+        if tok is None:
+            raise ModelLoadError(f"{self.config.model}: the processor has no tokenizer")
+        self.tokenizer = tok
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -139,13 +167,7 @@ class TransformersBackend(Backend):
             raise ModelLoadError(self._load_hint(cfg.model, err)) from err
         self.model.to(self.device)
         self.model.eval()
-        tok = getattr(self.processor, "tokenizer", None)
-        if tok is None:
-            raise ModelLoadError(f"{cfg.model}: the processor has no tokenizer")
-        self.tokenizer = tok
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._setup_tokenizer()
         log.info("loaded %s on %s (%s)", cfg.model, self.device, self.dtype)
 
     @staticmethod
@@ -237,26 +259,40 @@ class TransformersBackend(Backend):
             self._token_cache[key] = resolve_token_ids(self.tokenizer, candidates, context)
         return self._token_cache[key]
 
-    def last_logits(self, prompts: Sequence[Prompt]) -> Any:
-        """float32 log-softmax over the vocabulary at the answer position, [B, V] (torch tensor on CPU)."""
+    def _forward_last(self, prompts: Sequence[Prompt], select: Any = None) -> Any:
+        """Log-softmax at the answer position per chunk; ``select(chunk_start, logp_on_device)`` may reduce each
+        chunk on the device (e.g. to a few candidate columns) before it is copied to the CPU."""
         import torch
 
         outs = []
+        start = 0
         with self._lock, torch.inference_mode():
             for chunk in self._chunks(prompts):
                 inputs = self.encode(chunk)
                 logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
-                outs.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                outs.append((select(start, logp) if select is not None else logp).cpu())
+                start += len(chunk)
         return torch.cat(outs, dim=0)
+
+    def last_logits(self, prompts: Sequence[Prompt]) -> Any:
+        """float32 log-softmax over the vocabulary at the answer position, [B, V] (torch tensor on CPU)."""
+        return self._forward_last(prompts)
 
     def level_logprobs(self, prompts: Sequence[Prompt], candidates: Sequence[str]) -> np.ndarray:
         if not prompts:
             return np.zeros((0, len(candidates)))
+        import torch
+
         prefixes = {p.answer_prefix for p in prompts}
         ids_per_prefix = {pre: self.token_ids(candidates, pre) for pre in prefixes}
-        logp = self.last_logits(prompts)
-        rows = [logp[i, ids_per_prefix[p.answer_prefix]].numpy() for i, p in enumerate(prompts)]
-        return np.asarray(rows, dtype=np.float64)
+        ids = torch.tensor([ids_per_prefix[p.answer_prefix] for p in prompts], dtype=torch.long)
+
+        def select(start: int, logp: Any) -> Any:
+            # only the C candidate columns leave the device, not the whole [B, V] matrix
+            return torch.gather(logp, 1, ids[start : start + logp.shape[0]].to(logp.device))
+
+        return self._forward_last(prompts, select).numpy().astype(np.float64)
 
     def top_logprobs(self, prompts: Sequence[Prompt], k: int = 20) -> list[list[tuple[str, float]]]:
         """The k most probable next tokens (decoded text, log-probability) per prompt."""
