@@ -21,12 +21,12 @@ from lmmiqa.backends.base import Backend
 from lmmiqa.config import build_config
 from lmmiqa.errors import ConfigError, ModelLoadError, UnsupportedError, require
 from lmmiqa.levels import resolve_token_ids
+from lmmiqa.torch_utils import DTYPES, pick_device
 from lmmiqa.types import Prompt
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -139,7 +139,6 @@ class TransformersBackend(Backend):
     def _load(self) -> None:
         require("torch", "hf", "the transformers backend")
         transformers = require("transformers", "hf", "the transformers backend")
-        import torch
 
         from lmmiqa.backends.hf_processor import load_processor
 
@@ -147,8 +146,8 @@ class TransformersBackend(Backend):
         local_only = cfg.local_files_only
         if local_only is None:
             local_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-        self.device = self._pick_device(torch, cfg.device)
-        self.dtype = self._pick_dtype(torch, cfg.dtype, self.device, cfg.model)
+        self.device = pick_device(cfg.device)
+        self.dtype = self._pick_dtype(cfg.dtype, self.device, cfg.model)
         common = {"local_files_only": local_only, "trust_remote_code": cfg.trust_remote_code}
         if cfg.revision:
             common["revision"] = cfg.revision
@@ -181,25 +180,13 @@ class TransformersBackend(Backend):
         )
 
     @staticmethod
-    def _pick_device(torch: Any, device: str) -> Any:
-        if device == "auto":
-            if torch.cuda.is_available():
-                return torch.device("cuda")
-            return torch.device("cpu")
-        try:
-            dev = torch.device(device)
-        except RuntimeError as err:
-            raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from err
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' requested but CUDA is not available on this machine")
-        return dev
+    def _pick_dtype(dtype: str, device: Any, model: str) -> Any:
+        from lmmiqa.torch_utils import pick_dtype
 
-    @staticmethod
-    def _pick_dtype(torch: Any, dtype: str, device: Any, model: str) -> Any:
-        if dtype != "auto":
-            return getattr(torch, dtype)
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if dtype != "auto" or device.type == "cuda":
+            return pick_dtype(dtype, device)
+        import torch
+
         # CPU: fp32 unless fp32 weights would not fit in half the RAM (weights are usually stored in bf16)
         stored = _weights_bytes(model)
         ram = _ram_bytes()

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lmmiqa.errors import ConfigError, ModelLoadError, UnsupportedError, require
+from lmmiqa.torch_utils import pick_device, pick_dtype
 
 log = logging.getLogger(__name__)
 
@@ -180,24 +181,7 @@ def _torch_transformers() -> tuple[Any, Any]:
     return torch, transformers
 
 
-def _pick_device(torch: Any, device: str) -> Any:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available on this machine")
-    return dev
 
-
-def _pick_dtype(torch: Any, dtype: str, device: Any) -> Any:
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 def _local_only(flag: bool | None) -> bool:
@@ -238,10 +222,10 @@ class HFImageEncoder(Encoder):
 
     def __init__(self, spec: EncoderSpec, config: EncoderConfig | None = None) -> None:
         super().__init__(spec, config)
-        torch, transformers = _torch_transformers()
+        _, transformers = _torch_transformers()
         self._lock = threading.Lock()
-        self.device = _pick_device(torch, self.config.device)
-        self.dtype = _pick_dtype(torch, self.config.dtype, self.device)
+        self.device = pick_device(self.config.device)
+        self.dtype = pick_dtype(self.config.dtype, self.device)
         common = {"local_files_only": _local_only(self.config.local_files_only)}
         try:
             self.processor = transformers.AutoImageProcessor.from_pretrained(spec.model, **common)

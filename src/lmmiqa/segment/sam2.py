@@ -191,13 +191,9 @@ class Sam2Segmenter(Segmenter):
         torch = require("torch", "hf", "SAM 2 segmentation")
         transformers = require("transformers", "hf", "SAM 2 segmentation")
         cfg: Sam2SegmenterConfig = self.config
-        if cfg.device == "auto":
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        else:
-            try:
-                device = torch.device(cfg.device)
-            except RuntimeError as err:
-                raise ConfigError(f"invalid device {cfg.device!r}: {err}") from err
+        from lmmiqa.torch_utils import pick_device
+
+        device = pick_device(cfg.device)
         dtype = getattr(torch, cfg.dtype)
         if self._model is None:
             model_cls = getattr(transformers, "Sam2Model", None)
