@@ -38,7 +38,8 @@ def create_scorer(method: str = "q-align", **options: Any) -> Scorer:
     """Create a scorer by method name.
 
     Args:
-        method: a registered method name (see :func:`list_methods`), e.g. ``"q-align"``, ``"standard-guided"``.
+        method: a registered method name (see :func:`list_methods`), e.g. ``"q-align"``, ``"standard-guided"``,
+            or ``"package.module:Class"`` for a plugin's Scorer subclass.
         **options: method options, e.g. ``model=``, ``backend=``, ``levels=``, ``readout=``, ``batch_size=``.
 
     Raises:
@@ -47,8 +48,7 @@ def create_scorer(method: str = "q-align", **options: Any) -> Scorer:
     """
     from lmmiqa import registry
 
-    cls = registry.resolve("method", method)
-    return cls.from_options(**options)
+    return registry.resolve_method(method).from_options(**options)
 
 
 def score(images: Any, method: str = "q-align", **options: Any) -> list[ScoreResult]:

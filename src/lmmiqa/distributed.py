@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sys
@@ -101,18 +100,9 @@ def scorer_spec(method: Any, options: Mapping[str, Any] | None = None) -> tuple[
         return type(method), method.config
     if not isinstance(method, str):
         raise ConfigError(f"method must be a name or a Scorer, got {type(method).__name__}")
-    if ":" in method:
-        module_name, _, attr = method.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"cannot import scorer class {method!r}: {err}") from err
-        if not (isinstance(cls, type) and issubclass(cls, Scorer)):
-            raise ConfigError(f"{method!r} is not a Scorer subclass")
-    else:
-        from lmmiqa import registry
+    from lmmiqa import registry
 
-        cls = registry.resolve("method", method)
+    cls = registry.resolve_method(method)
     opts = {k: v for k, v in (options or {}).items() if v is not None}
     return cls, build_config(cls.config_cls, opts, what=f"method {cls.name!r}")
 

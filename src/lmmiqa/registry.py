@@ -134,3 +134,21 @@ def resolve(kind: str, name: str) -> Any:
         module = importlib.import_module(module_name)
         _cache[target] = getattr(module, attr)
     return _cache[target]
+
+
+def resolve_method(method: str) -> Any:
+    """The Scorer class for a registered method name, or for ``package.module:Class`` (a plugin's subclass)."""
+    if ":" not in method:
+        return resolve("method", method)
+    from lmmiqa.errors import ConfigError
+    from lmmiqa.methods.base import Scorer
+
+    module_name, _, attr = method.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"cannot import scorer class {method!r}: {err}") from err
+    if not (isinstance(cls, type) and issubclass(cls, Scorer)):
+        raise ConfigError(f"{method!r} is not a Scorer subclass")
+    return cls
+

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import importlib
 import json
 import logging
 import os
@@ -351,20 +350,9 @@ def _clear_outputs(rundir: Path) -> None:
 
 def make_scorer(method: str, **options: Any) -> Any:
     """A scorer from a registered method name, or from ``package.module:Class`` (a plugin's Scorer subclass)."""
-    if ":" in method:
-        module_name, _, attr = method.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"cannot import scorer class {method!r}: {err}") from err
-        from lmmiqa.methods.base import Scorer
+    from lmmiqa import registry
 
-        if not (isinstance(cls, type) and issubclass(cls, Scorer)):
-            raise ConfigError(f"{method!r} is not a Scorer subclass")
-        return cls.from_options(**options)
-    import lmmiqa
-
-    return lmmiqa.create_scorer(method, **options)
+    return registry.resolve_method(method).from_options(**options)
 
 
 # --------------------------------------------------------------------------- metrics from predictions
