@@ -156,3 +156,15 @@ def test_mllm_teacher_points_distributions_and_two_order_pairs(tiny_vlm, blur_se
     assert meta["levels"]["words"] == ["bad", "poor", "fair", "good", "excellent"]
     labels = load_teacher_labels(tmp_path / "t")
     assert labels.probs.shape == (4, 5) and labels.level_values == (1.0, 2.0, 3.0, 4.0, 5.0)
+
+
+def test_runtime_options_do_not_change_the_teacher_identity():
+    from types import SimpleNamespace
+
+    from lmmiqa.distill.teacher import _identity
+
+    scorer = SimpleNamespace(name="q-align", model_name="m")
+    a = _identity(TeacherConfig(options={"model": "m", "device": "cpu", "batch_size": 2}), scorer, "prompt")
+    b = _identity(TeacherConfig(options={"model": "m", "device": "cuda"}), scorer, "prompt")
+    c = _identity(TeacherConfig(options={"model": "m", "readout": "argmax"}), scorer, "prompt")
+    assert a == b and a != c

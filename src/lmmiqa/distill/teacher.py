@@ -60,6 +60,8 @@ PAIRS_FILE = "pairs.jsonl"
 PAIR_MODES = ("auto", "prompt", "derived")
 #: pairs per image when ``pairs`` is not given
 DEFAULT_PAIRS_PER_IMAGE = 4
+#: teacher options that do not change judgments (a cache may be resumed with other values)
+RUNTIME_OPTIONS = frozenset({"device", "batch_size", "decode_workers", "workers", "max_batch", "max_pixels", "max_bytes"})
 
 
 @dataclass
@@ -187,13 +189,13 @@ def resolve_pair_mode(config: TeacherConfig, scorer: Any) -> str:
 
 
 def _identity(config: TeacherConfig, scorer: Any, pair_mode: str) -> dict[str, Any]:
-    """What must match for a cache to be resumed."""
+    """What must match for a cache to be resumed (the teacher, its judgment-relevant options, the pair settings)."""
     return json_safe(
         {
             "method": config.method,
             "name": getattr(scorer, "name", config.method),
             "model": getattr(scorer, "model_name", None),
-            "options": config.options,
+            "options": {k: v for k, v in config.options.items() if k not in RUNTIME_OPTIONS},
             "pair_mode": pair_mode,
             "derived_model": config.derived_model if pair_mode == "derived" else None,
             "point_reliability": config.point_reliability,
@@ -314,27 +316,66 @@ def teach(
         ConfigError: bad options, or a non-path input. DataError: the cache in ``out`` was made by a different
         teacher/settings, or no image could be scored.
     """
-    from lmmiqa.images import expand_inputs
-
     config = config or TeacherConfig()
     t_start = time.perf_counter()
     root = Path(out)
-    if restart and root.exists():
+    if restart:
         for name in (TEACHER_FILE, POINTS_FILE, PAIRS_FILE):
-            if (root / name).exists():
-                (root / name).unlink()
+            (root / name).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
+    paths = _image_paths(images)
+    teacher = scorer if scorer is not None else make_teacher(config)
+    pair_mode = resolve_pair_mode(config, teacher)
+    meta = _open_meta(root, config, teacher, pair_mode)
+
+    levels = _judge_points(teacher, paths, root, config)
+    points = _read_points(root, restrict=set(paths))
+    if not points:
+        raise DataError(f"the teacher could not score any of the {len(paths)} image(s); see {root / POINTS_FILE}")
+    negs = {bool(r.get("negated", False)) for r in points.values()}
+    if len(negs) > 1:
+        raise DataError(f"{root / POINTS_FILE}: the teacher reported both score directions; cannot orient scores")
+    negated = negs.pop()
+    meta["orientation"] = {
+        "higher_is_better": True,
+        "negated": negated,
+        "note": "scores are oriented so that higher is better"
+        + ("; the teacher's raw scores were negated" if negated else ""),
+    }
+    if levels is not None:
+        meta["levels"] = levels
+
+    n_pairs = DEFAULT_PAIRS_PER_IMAGE * len(points) if config.pairs is None else int(config.pairs)
+    _judge_pairs(teacher, points, n_pairs, pair_mode, root, config)
+    counts = _finish_meta(meta, root, n_pairs, pair_mode)
+    return TeachSummary(
+        out=str(root),
+        n_images=len(paths),
+        n_points=counts["points"],
+        n_point_failures=counts["point_failures"],
+        n_pairs=counts["pairs"],
+        n_pair_failures=counts["pair_failures"],
+        pair_mode=pair_mode,
+        negated=negated,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _image_paths(images: Any) -> list[str]:
+    """Absolute, sorted, unique image paths of the inputs (in-memory images are refused)."""
+    from lmmiqa.images import expand_inputs
 
     inputs = expand_inputs(images)
-    bad = [x for x in inputs if not isinstance(x, str)]
-    if bad:
+    if any(not isinstance(x, str) for x in inputs):
         raise ConfigError("the teacher pass needs image files (paths, folders, @lists), not in-memory images")
     paths = sorted({os.path.abspath(p) for p in inputs})
     if not paths:
         raise DataError(f"no images found in {images!r}")
+    return paths
 
-    teacher = scorer if scorer is not None else make_teacher(config)
-    pair_mode = resolve_pair_mode(config, teacher)
+
+def _open_meta(root: Path, config: TeacherConfig, teacher: Any, pair_mode: str) -> dict[str, Any]:
+    """Load (checking the teacher's identity) or start ``teacher.json``, and write it back."""
     identity = _identity(config, teacher, pair_mode)
     meta_path = root / TEACHER_FILE
     meta: dict[str, Any] = {}
@@ -355,67 +396,55 @@ def teach(
         }
     )
     _write_json(meta_path, meta)
+    return meta
 
-    # ---- points
-    done_points = {r["image"] for r in read_jsonl(root / POINTS_FILE) if r.get("error") is None and r.get("score") is not None}
-    todo = [p for p in paths if p not in done_points]
-    if done_points and todo:
-        log.info("teacher: %d image(s) already judged; %d to go", len(done_points & set(paths)), len(todo))
+
+def _judge_points(teacher: Any, paths: list[str], root: Path, config: TeacherConfig) -> dict[str, Any] | None:
+    """Score the images not judged yet, appending rows per batch; return the level table seen (or None)."""
+    done = {r["image"] for r in read_jsonl(root / POINTS_FILE) if r.get("error") is None and r.get("score") is not None}
+    todo = [p for p in paths if p not in done]
+    if done and todo:
+        log.info("teacher: %d image(s) already judged; %d to go", len(paths) - len(todo), len(todo))
     appender = _Appender(root / POINTS_FILE)
-    new_levels = None
+    levels = None
     try:
         for batch in teacher.iter_score(todo, batch_size=config.batch_size, progress=config.progress):
             appender.write(_point_rows(batch, config.point_reliability))
-            if new_levels is None:
-                new_levels = _levels_from(batch)
+            if levels is None:
+                levels = _levels_from(batch)
     finally:
         appender.close()
+    return levels
 
-    labels_now = _read_points(root, restrict=set(paths))
-    if not labels_now:
-        raise DataError(f"the teacher could not score any of the {len(paths)} image(s); see {root / POINTS_FILE}")
-    negs = {bool(r.get("negated", False)) for r in labels_now.values()}
-    if len(negs) > 1:
-        raise DataError(f"{root / POINTS_FILE}: the teacher reported both score directions; cannot orient scores")
-    negated = negs.pop()
-    meta["orientation"] = {
-        "higher_is_better": True,
-        "negated": negated,
-        "note": "scores are oriented so that higher is better" + ("; the teacher's raw scores were negated" if negated else ""),
-    }
-    if new_levels is not None:
-        meta["levels"] = new_levels
 
-    # ---- pairs
-    n_pairs_target = (
-        DEFAULT_PAIRS_PER_IMAGE * len(labels_now) if config.pairs is None else int(config.pairs)
-    )
-    pair_paths = sorted(labels_now)
-    scores = np.array([labels_now[p]["score"] for p in pair_paths], dtype=np.float64)
+def _judge_pairs(
+    teacher: Any, points: dict[str, dict[str, Any]], n_pairs: int, pair_mode: str, root: Path, config: TeacherConfig
+) -> None:
+    """Sample the pair plan and judge the pairs not judged yet (up to ``n_pairs`` in the cache), per batch."""
+    paths = sorted(points)
+    scores = np.array([points[p]["score"] for p in paths], dtype=np.float64)
     sigma = float(np.std(scores))
-    plan, close = sample_pairs(
-        scores, n_pairs_target, close_fraction=config.close_fraction, window=config.close_window, seed=config.seed
-    )
-    done_pairs = {
-        _pair_key(r["a"], r["b"]) for r in read_jsonl(root / PAIRS_FILE) if r.get("error") is None and r.get("p") is not None
-    }
-    in_set = set(pair_paths)
-    n_done_here = sum(1 for k in done_pairs if k[0] in in_set and k[1] in in_set)
-    todo_pairs = [
-        (int(i), int(j), bool(c)) for (i, j), c in zip(plan, close) if _pair_key(pair_paths[i], pair_paths[j]) not in done_pairs
-    ][: max(0, n_pairs_target - n_done_here)]
-    if pair_mode == "derived" and todo_pairs and not sigma > 0:
+    plan, close = sample_pairs(scores, n_pairs, close_fraction=config.close_fraction, window=config.close_window,
+                               seed=config.seed)
+    done = {_pair_key(r["a"], r["b"]) for r in read_jsonl(root / PAIRS_FILE)
+            if r.get("error") is None and r.get("p") is not None}
+    known = set(paths)
+    n_done = sum(1 for a, b in done if a in known and b in known)
+    todo = [(int(i), int(j), bool(c)) for (i, j), c in zip(plan, close)
+            if _pair_key(paths[i], paths[j]) not in done][: max(0, n_pairs - n_done)]
+    if pair_mode == "derived" and todo and not sigma > 0:
         raise DataError("the teacher gave every image the same score; there is nothing to rank or distill")
+    limits = _limits(teacher)
     appender = _Appender(root / PAIRS_FILE)
-    bar = _bar(len(todo_pairs), config, "teacher pairs")
+    bar = _bar(len(todo), config, "teacher pairs")
     try:
         bs = max(1, int(config.batch_size) // 2) if pair_mode == "prompt" else 4096
-        for start in range(0, len(todo_pairs), bs):
-            chunk = todo_pairs[start : start + bs]
+        for start in range(0, len(todo), bs):
+            chunk = todo[start : start + bs]
             if pair_mode == "derived":
-                rows = _derived_rows(chunk, pair_paths, scores, sigma, config.derived_model)
+                rows = _derived_rows(chunk, paths, scores, sigma, config.derived_model)
             else:
-                rows = _prompt_rows(teacher, chunk, pair_paths, teacher._limits())
+                rows = _prompt_rows(teacher, chunk, paths, limits)
             appender.write(rows)
             if bar is not None:
                 bar.update(len(chunk))
@@ -424,32 +453,35 @@ def teach(
         if bar is not None:
             bar.close()
 
-    # ---- summary
+
+def _finish_meta(meta: dict[str, Any], root: Path, n_pairs: int, pair_mode: str) -> dict[str, int]:
+    """Counts and statistics of the whole cache into ``teacher.json``; return the counts."""
     points_all = read_jsonl(root / POINTS_FILE)
     pairs_all = read_jsonl(root / PAIRS_FILE)
     ok_points = _read_points(root)
     ok_pairs = {_pair_key(r["a"], r["b"]) for r in pairs_all if r.get("error") is None and r.get("p") is not None}
     failed_points = {r["image"] for r in points_all if r.get("error") is not None} - set(ok_points)
-    n_pair_fail = sum(1 for r in pairs_all if r.get("error") is not None)
     rel = np.array([r.get("reliability", 1.0) for r in ok_points.values()], dtype=np.float64)
     prel = np.array([r.get("reliability", 1.0) for r in pairs_all if r.get("error") is None], dtype=np.float64)
-    meta["counts"] = {
+    scores = np.array([r["score"] for r in ok_points.values()], dtype=np.float64)
+    counts = {
         "images": len(ok_points) + len(failed_points),
         "points": len(ok_points),
         "point_failures": len(failed_points),
         "pairs": len(ok_pairs),
-        "pair_failures": n_pair_fail,
+        "pair_failures": sum(1 for r in pairs_all if r.get("error") is not None),
     }
+    meta["counts"] = counts
     meta["statistics"] = {
-        "score_mean": float(np.mean([r["score"] for r in ok_points.values()])),
-        "score_std": float(np.std([r["score"] for r in ok_points.values()])),
+        "score_mean": float(np.mean(scores)),
+        "score_std": float(np.std(scores)),
         "point_reliability_mean": float(np.mean(rel)) if rel.size else None,
         "pair_reliability_mean": float(np.mean(prel)) if prel.size else None,
     }
     meta["sampling"] = {
         "scheme": "rank neighbours within close_window with different scores (close_fraction of the pairs) + "
         "uniform random pairs; random A/B order",
-        "requested_pairs": n_pairs_target,
+        "requested_pairs": n_pairs,
     }
     if pair_mode == "prompt":
         from lmmiqa import prompts
@@ -462,17 +494,17 @@ def teach(
             "candidates": pair_candidates(),
             "both_orders": True,
         }
-    _write_json(meta_path, meta)
-    return TeachSummary(
-        out=str(root),
-        n_images=len(paths),
-        n_points=len(ok_points),
-        n_point_failures=len(failed_points),
-        n_pairs=len(ok_pairs),
-        n_pair_failures=n_pair_fail,
-        pair_mode=pair_mode,
-        negated=negated,
-        seconds=time.perf_counter() - t_start,
+    _write_json(root / TEACHER_FILE, meta)
+    return counts
+
+
+def _limits(teacher: Any) -> Any:
+    from lmmiqa.images import ImageLimits
+
+    cfg = getattr(teacher, "config", None)
+    return ImageLimits(
+        max_pixels=int(getattr(cfg, "max_pixels", ImageLimits.max_pixels)),
+        max_bytes=int(getattr(cfg, "max_bytes", ImageLimits.max_bytes)),
     )
 
 

@@ -318,7 +318,9 @@ def train_student(
     fingerprint = _fingerprint(config, labels)
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if ckpt_path.exists() and not restart:
+    if restart:
+        ckpt_path.unlink(missing_ok=True)
+    if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         if state.get("fingerprint") != fingerprint:
             raise DataError(
