@@ -164,7 +164,7 @@ def _register_train(dsub: Any) -> None:
                    help="hold out this share of images to report student-vs-teacher SRCC per epoch (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0): the run is deterministic for it")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
-    p.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
+    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: CPU count, at most 8)")
     p.add_argument("--cache-mb", type=int, default=2048, help="memory for decoded images (default 2048)")
     p.add_argument("--out", required=True, metavar="DIR", help="student folder (artifact + checkpoints)")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and train from scratch")

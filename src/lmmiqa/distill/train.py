@@ -76,7 +76,8 @@ class TrainConfig:
         seed: seed of initialization, data order and flips.
         device: ``auto``, ``cpu``, ``cuda``, …
         cache_mb: memory for decoded, resized images (beyond it images are decoded again each epoch).
-        workers: threads decoding images.
+        workers: threads decoding images (default: the CPU count, at most 8); the next step's images are decoded
+            in the background while the current step runs.
         progress: progress bar on stderr (default: when stderr is a terminal).
     """
 
@@ -101,7 +102,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     cache_mb: int = 2048
-    workers: int = 2
+    workers: int | None = None
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -132,6 +133,8 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.pair_prob not in PAIR_PROBABILITIES:
             raise ConfigError(f"unknown pair probability {self.pair_prob!r}; known: {', '.join(PAIR_PROBABILITIES)}")
+        if self.workers is None:
+            self.workers = min(8, os.cpu_count() or 1)
         if int(self.cache_mb) < 0 or int(self.workers) < 0:
             raise ConfigError("cache_mb and workers must be >= 0")
 
@@ -272,7 +275,7 @@ def train_student(
     """
     torch = require("torch", "hf", "training LEAF students")
     from lmmiqa.distill.artifact import pick_device, save_artifact
-    from lmmiqa.distill.losses import cosine_lr, joint_loss
+    from lmmiqa.distill.losses import cosine_lr
     from lmmiqa.distill.students import build_network, get_student
     from lmmiqa.distill.teacher import TeacherLabels, load_teacher_labels
 
@@ -342,12 +345,7 @@ def train_student(
     pair_stream = PairStream(m, per_step, int(config.seed))
     total_steps = steps * int(config.epochs)
     warmup = round(float(config.warmup_fraction) * total_steps)
-    t_pt = torch.from_numpy(z.astype(np.float32))
-    t_rel = torch.from_numpy(labels.point_reliability.astype(np.float32))
-    t_probs = torch.from_numpy(probs.astype(np.float32)) if probs is not None else None
-    t_pair_p = torch.from_numpy(pair_p.astype(np.float32))
-    t_pair_w = torch.from_numpy(pair_w.astype(np.float32))
-
+    targets = _Targets.build(z, labels, probs, pair_p, pair_w, device, torch)
     bar = _bar((int(config.epochs) - start_epoch) * steps, config)
     try:
         for epoch in range(start_epoch, int(config.epochs)):
@@ -356,39 +354,16 @@ def train_student(
             order = train_idx[rng.permutation(n_train)]
             net.train()
             sums = {"loss": 0.0, "point": 0.0, "kl": 0.0, "pair": 0.0}
-            for step in range(steps):
+            plan = _step_plan(order, steps, int(config.batch_size), pair_stream, epoch, pairs)
+            for step, (pts, sel, need, arr) in enumerate(_prefetched(plan, bank)):
                 global_step = epoch * steps + step
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(global_step, total_steps, lr, warmup)
-                pts = order[step * config.batch_size : (step + 1) * config.batch_size]
-                sel = pair_stream.batch(global_step)
-                pa, pb = pairs[sel, 0], pairs[sel, 1]
-                need = np.unique(np.concatenate([pts, pa, pb]))
-                arr = bank.arrays(need)
                 if config.flip:
                     flip = rng.random(len(need)) < 0.5
                     arr[flip] = arr[flip][:, :, ::-1]
                 x = torch.from_numpy(preprocess.normalize(arr)).to(device)
-                score, logits = net(x)
-                ip = torch.from_numpy(np.searchsorted(need, pts)).to(device)
-                ia = torch.from_numpy(np.searchsorted(need, pa)).to(device)
-                ib = torch.from_numpy(np.searchsorted(need, pb)).to(device)
-                ipts = torch.from_numpy(pts)
-                losses = joint_loss(
-                    score=score[ip],
-                    target=t_pt[ipts].to(device),
-                    point_weights=t_rel[ipts].to(device),
-                    logits=logits[ip] if logits is not None else None,
-                    target_probs=t_probs[ipts].to(device) if t_probs is not None else None,
-                    score_a=score[ia],
-                    score_b=score[ib],
-                    pair_target=t_pair_p[torch.from_numpy(sel)].to(device),
-                    pair_weights=t_pair_w[torch.from_numpy(sel)].to(device),
-                    w_point=float(config.w_point),
-                    w_kl=float(config.w_kl),
-                    w_pair=float(config.w_pair),
-                    pair_kind=config.pair_prob,
-                )
+                losses = _step_losses(net, x, pts, sel, need, pairs, targets, config, device, torch)
                 opt.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -444,6 +419,78 @@ def train_student(
         n_pairs=m,
         history=history,
         seconds=time.perf_counter() - t_start,
+    )
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """The teacher's judgments as tensors on the training device."""
+
+    z: Any
+    reliability: Any
+    probs: Any | None
+    pair_p: Any
+    pair_w: Any
+
+    @classmethod
+    def build(cls, z: np.ndarray, labels: Any, probs: np.ndarray | None, pair_p: np.ndarray, pair_w: np.ndarray,
+              device: Any, torch: Any) -> _Targets:
+        def t(a: np.ndarray) -> Any:
+            return torch.from_numpy(np.asarray(a, dtype=np.float32)).to(device)
+
+        return cls(t(z), t(labels.point_reliability), t(probs) if probs is not None else None, t(pair_p), t(pair_w))
+
+
+def _step_plan(order: np.ndarray, steps: int, batch_size: int, pair_stream: PairStream, epoch: int,
+               pairs: np.ndarray) -> Any:
+    """Per step of an epoch: (point indices, pair indices, sorted union of the images they need)."""
+    for step in range(steps):
+        pts = order[step * batch_size : (step + 1) * batch_size]
+        sel = pair_stream.batch(epoch * steps + step)
+        need = np.unique(np.concatenate([pts, pairs[sel, 0], pairs[sel, 1]]))
+        yield pts, sel, need
+
+
+def _prefetched(plan: Any, bank: ImageBank) -> Any:
+    """``(pts, sel, need, images)`` per step, decoding the next step's images in a background thread."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        it = iter(plan)
+        nxt = next(it, None)
+        fut = pool.submit(bank.arrays, nxt[2]) if nxt is not None else None
+        while nxt is not None:
+            cur, arr = nxt, fut.result()  # type: ignore[union-attr]
+            nxt = next(it, None)
+            fut = pool.submit(bank.arrays, nxt[2]) if nxt is not None else None
+            yield (*cur, arr)
+
+
+def _step_losses(net: Any, x: Any, pts: np.ndarray, sel: np.ndarray, need: np.ndarray, pairs: np.ndarray,
+                 targets: _Targets, config: TrainConfig, device: Any, torch: Any) -> dict[str, Any]:
+    """One forward over the step's images and the joint loss of its points and pairs."""
+    from lmmiqa.distill.losses import joint_loss
+
+    score, logits = net(x)
+
+    def pos(idx: np.ndarray) -> Any:
+        return torch.from_numpy(np.searchsorted(need, idx)).to(device)
+
+    ip = pos(pts)
+    ipts = torch.from_numpy(pts).to(device)
+    isel = torch.from_numpy(sel).to(device)
+    return joint_loss(
+        score=score[ip],
+        target=targets.z[ipts],
+        point_weights=targets.reliability[ipts],
+        logits=logits[ip] if logits is not None else None,
+        target_probs=targets.probs[ipts] if targets.probs is not None else None,
+        score_a=score[pos(pairs[sel, 0])],
+        score_b=score[pos(pairs[sel, 1])],
+        pair_target=targets.pair_p[isel],
+        pair_weights=targets.pair_w[isel],
+        w_point=float(config.w_point),
+        w_kl=float(config.w_kl),
+        w_pair=float(config.w_pair),
+        pair_kind=config.pair_prob,
     )
 
 
