@@ -324,7 +324,7 @@ def train_student(
     if restart:
         ckpt_path.unlink(missing_ok=True)
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
         if state.get("fingerprint") != fingerprint:
             raise DataError(
                 f"{root} holds a checkpoint of a different run (other teacher labels or options); use another "
@@ -332,7 +332,7 @@ def train_student(
             )
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location moved it; the CPU generator needs a CPU tensor
         history = list(state["history"])
         start_epoch = int(state["epoch"])
         log.info("resuming %s from epoch %d", root, start_epoch)
