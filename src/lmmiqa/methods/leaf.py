@@ -114,7 +114,8 @@ class LEAF(Scorer):
                 from lmmiqa.levels import level_details
 
                 probabilities, lvl = level_details(probs[i], level_scale)
-                details.update({"level_" + k if k == "expected" else k: v for k, v in lvl.items()})
+                lvl["level_expected"] = lvl.pop("expected")  # the head's expected level, not the score
+                details.update(lvl)
             out.append(
                 ScoreResult(
                     image=it.key,
