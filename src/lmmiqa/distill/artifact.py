@@ -37,7 +37,8 @@ TRAINING_FILE = "training.json"
 CALIBRATION_FILE = "calibration.json"
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON-safe ``data`` atomically (a temporary file, then a rename): readers never see half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -94,9 +95,9 @@ def save_artifact(
         },
         "weights": WEIGHTS_FILE,
     }
-    _write_json(root / CONFIG_FILE, config)
-    _write_json(root / TEACHER_FILE, teacher)
-    _write_json(root / TRAINING_FILE, training)
+    write_json(root / CONFIG_FILE, config)
+    write_json(root / TEACHER_FILE, teacher)
+    write_json(root / TRAINING_FILE, training)
     stale = root / CALIBRATION_FILE
     if stale.exists():
         stale.unlink()

@@ -21,7 +21,6 @@ accordingly.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -38,7 +37,6 @@ from lmmiqa.types import json_safe
 log = logging.getLogger(__name__)
 
 CALIBRATION_KINDS = ("logistic", "isotonic", "linear")
-CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass(frozen=True)
@@ -323,7 +321,7 @@ def calibrate_student(student: str | os.PathLike[str], dataset: Any, config: Cal
     Returns:
         The :class:`CalibrationReport` (also written into ``calibration.json`` under ``report``).
     """
-    from lmmiqa.distill.artifact import StudentArtifact
+    from lmmiqa.distill.artifact import CALIBRATION_FILE, StudentArtifact, write_json
     from lmmiqa.methods.leaf import LEAF, LEAFConfig
 
     config = config or CalibrateConfig()
@@ -354,9 +352,6 @@ def calibrate_student(student: str | os.PathLike[str], dataset: Any, config: Cal
         extra={"subset": {"fraction": config.fraction, "n": config.n, "seed": config.seed,
                           "images": [dataset.items[i].id for i in info["indices"]]}},
     )
-    path = Path(art.path) / CALIBRATION_FILE
     data = {**calib.to_dict(), "report": {k: v for k, v in report.to_dict().items() if k != "calibration"}}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(Path(art.path) / CALIBRATION_FILE, data)
     return report

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from lmmiqa.config import config_to_dict
+from lmmiqa.distill.artifact import write_json
 from lmmiqa.distill.judgments import (
     DERIVED_PAIR_MODELS,
     POINT_RELIABILITIES,
@@ -395,7 +396,7 @@ def _open_meta(root: Path, config: TeacherConfig, teacher: Any, pair_mode: str) 
             "config": config_to_dict(config),
         }
     )
-    _write_json(meta_path, meta)
+    write_json(meta_path, meta)
     return meta
 
 
@@ -494,7 +495,7 @@ def _finish_meta(meta: dict[str, Any], root: Path, n_pairs: int, pair_mode: str)
             "candidates": pair_candidates(),
             "both_orders": True,
         }
-    _write_json(root / TEACHER_FILE, meta)
+    write_json(root / TEACHER_FILE, meta)
     return counts
 
 
@@ -579,12 +580,6 @@ def _read_points(root: Path, restrict: set[str] | None = None) -> dict[str, dict
         if r.get("error") is None and r.get("score") is not None and (restrict is None or r["image"] in restrict):
             out[r["image"]] = r
     return out
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _bar(total: int, config: TeacherConfig, desc: str) -> Any:
