@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lmmiqa.errors import ConfigError, DataError, require
+from lmmiqa.errors import DataError, require
 from lmmiqa.types import json_safe
 
 ARTIFACT_KIND = "lmmiqa-leaf-student"
@@ -213,20 +213,6 @@ class StudentArtifact:
         return StudentPredictor(self, device)
 
 
-def pick_device(device: str) -> Any:
-    """``auto`` → CUDA when available, else CPU; otherwise ``torch.device(device)`` (checked)."""
-    torch = require("torch", "hf", "LEAF students")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available on this machine")
-    return dev
-
-
 class StudentPredictor:
     """The student network ready for inference: ``predict(images) -> (raw scores, level probabilities)``."""
 
@@ -234,6 +220,7 @@ class StudentPredictor:
         torch = require("torch", "hf", "LEAF students")
         safetensors_torch = require("safetensors.torch", "hf", "loading LEAF students")
         from lmmiqa.distill.students import build_network, get_student
+        from lmmiqa.torch_utils import pick_device
 
         self.artifact = artifact
         self.device = pick_device(device)

@@ -164,9 +164,9 @@ class _Appender:
 
 def make_teacher(config: TeacherConfig) -> Any:
     """The teacher scorer named by ``config`` (registered method or ``package.module:Class``)."""
-    from lmmiqa.evaluation.runner import make_scorer
+    from lmmiqa import registry
 
-    return make_scorer(config.method, **config.options)
+    return registry.resolve_method(config.method).from_options(**config.options)
 
 
 def _is_mllm(scorer: Any) -> bool:

@@ -274,10 +274,11 @@ def train_student(
         different run (use ``restart``).
     """
     torch = require("torch", "hf", "training LEAF students")
-    from lmmiqa.distill.artifact import pick_device, save_artifact
+    from lmmiqa.distill.artifact import save_artifact
     from lmmiqa.distill.losses import cosine_lr
     from lmmiqa.distill.students import build_network, get_student
     from lmmiqa.distill.teacher import TeacherLabels, load_teacher_labels
+    from lmmiqa.torch_utils import pick_device
 
     config = config or TrainConfig()
     t_start = time.perf_counter()
