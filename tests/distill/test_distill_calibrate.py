@@ -32,6 +32,20 @@ def test_logistic_falls_back_to_a_line_with_too_few_labels_and_says_so():
     assert cal.scale == (1.0, 3.0)  # the label range when no scale is given
 
 
+def test_a_near_step_logistic_is_refitted_smooth():
+    from lmmiqa.distill.calibrate import MIN_LOGISTIC_SCALE
+
+    x = np.array([0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0])
+    y = np.array([1.0, 1.0, 1.0, 1.0, 5.0, 5.0, 5.0, 5.0])  # least squares alone would give a step
+    cal = fit_calibration(x, y, "logistic")
+    assert cal.params["optimizer"] == "trf-min-scale" and "near-step" in cal.params["note"]
+    assert cal.params["params"][3] >= MIN_LOGISTIC_SCALE * np.std(x) * (1 - 1e-9)
+    grid = cal.apply(np.linspace(3, 10, 8))
+    assert np.all(np.diff(grid) > 0) and len(np.unique(np.round(grid, 3))) == 8  # smooth, not two values
+    back = Calibration.from_dict(cal.to_dict())
+    np.testing.assert_allclose(back.apply(x), cal.apply(x))
+
+
 def test_isotonic_is_monotone_and_clips_outside_the_fitted_range():
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, 50)

@@ -249,6 +249,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
           + f" -> {args.student}/calibration.json")
     if fit and fit.get("fallback"):
         print(f"  note: the logistic fit fell back to {fit['fallback']}")
+    if fit and fit.get("note"):
+        print(f"  note: {fit['note']}")
     print(f"  scale {list(cal.scale) if cal.scale else None}, higher_is_better={cal.higher_is_better}")
     print(f"  fitted on {report.n_calibration} labelled image(s): SRCC {report.calibration_fit['srcc']:.4f}  "
           f"PLCC {report.calibration_fit['plcc']:.4f}  RMSE {report.calibration_fit['rmse']:.4f}")

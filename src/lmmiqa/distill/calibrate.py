@@ -8,7 +8,9 @@ Maps (:data:`CALIBRATION_KINDS`), all increasing in the student's quality direct
 
 * ``logistic`` (default): the 4-parameter logistic of :func:`lmmiqa.evaluation.logistic.fit_logistic4`; when
   that fit cannot be used (too few labels, no convergence) it returns its documented least-squares line, and
-  the calibration records ``converged: false`` and why;
+  the calibration records ``converged: false`` and why. When few labels make the fit collapse into a near-step
+  (scale below ``MIN_LOGISTIC_SCALE`` = 0.1 standard deviations of the outputs), it is refitted with that floor
+  (``optimizer: trf-min-scale`` and a ``note`` in the stored parameters);
 * ``isotonic``: scikit-learn's isotonic regression (piecewise linear between its thresholds, clipped outside);
 * ``linear``: a least-squares line.
 
@@ -37,6 +39,8 @@ from lmmiqa.types import json_safe
 log = logging.getLogger(__name__)
 
 CALIBRATION_KINDS = ("logistic", "isotonic", "linear")
+#: smallest scale |β4| of a calibration logistic, in standard deviations of the student outputs
+MIN_LOGISTIC_SCALE = 0.1
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,12 @@ def fit_calibration(
         from lmmiqa.evaluation.logistic import fit_logistic4
 
         fit = fit_logistic4(x, y)
+        if fit.kind == "logistic4" and fit.params[3] < MIN_LOGISTIC_SCALE * float(np.std(x)):
+            fit = _refit_min_scale(x, y, fit)
         params = fit.to_dict()
+        if fit.optimizer == "trf-min-scale":
+            params["note"] = (f"the unbounded fit was a near-step; refitted with its scale bounded below by "
+                              f"{MIN_LOGISTIC_SCALE} x the std of the student outputs")
         increasing = _increasing(fit.predict, x)
     elif kind == "isotonic":
         sklearn_iso = require("sklearn.isotonic", "train", "isotonic calibration")
@@ -173,6 +182,36 @@ def fit_calibration(
         )
     return Calibration(kind=kind, params=params, input_sign=sign, higher_is_better=higher_is_better,
                        scale=(float(scale[0]), float(scale[1])))
+
+
+def _refit_min_scale(x: np.ndarray, y: np.ndarray, fit: Any) -> Any:
+    """Refit the 4-parameter logistic with its scale ``|β4|`` ≥ :data:`MIN_LOGISTIC_SCALE`·std(x).
+
+    With few labels the least-squares 4PL can collapse into a step (every image then gets one of two scores);
+    the bounded fit keeps the map smooth. Returns ``fit`` unchanged when the bounded fit fails.
+    """
+    import warnings
+
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    from lmmiqa.evaluation.logistic import FitResult, logistic4
+
+    mx, sx, my, sy = float(np.mean(x)), float(np.std(x)), float(np.mean(y)), float(np.std(y))
+    u, v = (x - mx) / sx, (y - my) / sy
+    lo = MIN_LOGISTIC_SCALE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            popt, _ = curve_fit(logistic4, u, v, p0=[float(np.max(v)), float(np.min(v)), 0.0, max(0.25, lo)],
+                                bounds=([-50.0, -50.0, -50.0, lo], [50.0, 50.0, 50.0, 50.0]), method="trf",
+                                max_nfev=20_000)
+    except (RuntimeError, ValueError) as err:
+        log.warning("bounded logistic refit failed (%s); keeping the near-step fit", err)
+        return fit
+    c1, c2, c3, c4 = (float(p) for p in popt)
+    params = (my + sy * c1, my + sy * c2, mx + sx * c3, sx * c4)
+    sse = float(np.sum((y - logistic4(x, *params)) ** 2))
+    return FitResult("logistic4", params, True, None, int(x.size), sse, "logistic4", "trf-min-scale")
 
 
 def _increasing(predict: Any, x: np.ndarray) -> bool:
