@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def _crops(n_crops: int) -> list[tuple[str, Any]]:
     for name, img in builtin_images():
         w, h = img.size
         side = min(w, h) // 2 if n_crops > 1 else min(w, h)
-        rng = np.random.default_rng(abs(hash(name)) % (2**32))
+        rng = np.random.default_rng(zlib.crc32(name.encode()))  # stable across processes (unlike hash())
         for k in range(n_crops):
             x0 = int(rng.integers(0, w - side + 1))
             y0 = int(rng.integers(0, h - side + 1))
