@@ -80,3 +80,18 @@ def test_demo_runs_offline(tmp_path):
     rows = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
     assert len(rows) >= 3 and all(row["error"] is None for row in rows)
     assert "RANDOM weights" in r.stderr
+
+
+def test_out_file_with_torn_last_line_resumes_cleanly(tmp_path, sample_images, tiny_model_path, capsys):
+    model = str(tiny_model_path("qwen2_5_vl"))
+    out = tmp_path / "s.jsonl"
+    first = str(sample_images[0])
+    assert main(["score", first, "--model", model, "--device", "cpu", "--out", str(out), "--format", "jsonl"]) == 0
+    with out.open("a") as f:
+        f.write('{"image": "' + str(sample_images[1]) + '", "sco')  # a run killed mid-write
+    capsys.readouterr()
+    assert main(["score", first, str(sample_images[1]), "--model", model, "--device", "cpu", "--out", str(out),
+                 "--format", "jsonl"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["image"] for r in rows] == [first, str(sample_images[1])]
+    assert all(r["error"] is None for r in rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -41,21 +40,10 @@ def register(sub: Any) -> None:
 
 
 def _done_keys(path: Path) -> set[str]:
-    done: set[str] = set()
-    if not path.exists():
-        return done
-    with path.open("r", encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from an interrupted run
-            if rec.get("error") is None and rec.get("score") is not None:
-                done.add(rec["image"])
-    return done
+    """Images already scored successfully in a results file (failed ones are tried again)."""
+    from lmmiqa.jsonl import read_jsonl
+
+    return {r["image"] for r in read_jsonl(path) if r.get("error") is None and r.get("score") is not None}
 
 
 def _fmt_num(x: Any, nd: int = 4) -> str:
@@ -172,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
             skip = _done_keys(out_path)
             if skip:
                 print(f"lmmiqa score: {len(skip)} image(s) already scored in {out_path}; skipping them", file=sys.stderr)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_f = out_path.open("a", encoding="utf-8")
+        from lmmiqa.jsonl import JsonlAppender
+
+        out_f = JsonlAppender(out_path)
     n_ok = n_total = 0
     collected: list[dict[str, Any]] = []
     first = True
@@ -190,9 +179,7 @@ def run(args: argparse.Namespace) -> int:
             n_total += len(dicts)
             n_ok += sum(1 for d in dicts if d["error"] is None)
             if out_f is not None:
-                out_f.write("".join(json.dumps(d) + "\n" for d in dicts))
-                out_f.flush()
-                os.fsync(out_f.fileno())
+                out_f.write(dicts)
             if args.format == "json":
                 collected.extend(dicts)
             else:

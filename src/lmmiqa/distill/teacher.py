@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from lmmiqa.distill.judgments import (
     sample_pairs,
 )
 from lmmiqa.errors import ConfigError, DataError, LmmiqaError, UnsupportedError
+from lmmiqa.jsonl import JsonlAppender, read_jsonl
 from lmmiqa.types import json_safe
 
 log = logging.getLogger(__name__)
@@ -118,45 +119,6 @@ class TeacherConfig:
 
 
 # --------------------------------------------------------------------------- JSONL helpers
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a torn last line (interrupted write) is skipped."""
-    rows: list[dict[str, Any]] = []
-    if not path.exists():
-        return rows
-    with path.open("r", encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("%s: skipping a torn line (interrupted write)", path)
-    return rows
-
-
-class _Appender:
-    """Append JSON rows to a file, flushed and synced per batch; a torn last line is cut off first."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if path.exists() and path.stat().st_size > 0:
-            data = path.read_bytes()
-            if not data.endswith(b"\n"):
-                cut = data.rfind(b"\n") + 1
-                with path.open("r+b") as f:
-                    f.truncate(cut)
-        self._f = path.open("a", encoding="utf-8")
-
-    def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        self._f.write("".join(json.dumps(json_safe(r)) + "\n" for r in rows))
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
 
 
 # --------------------------------------------------------------------------- the teacher
@@ -406,7 +368,7 @@ def _judge_points(teacher: Any, paths: list[str], root: Path, config: TeacherCon
     todo = [p for p in paths if p not in done]
     if done and todo:
         log.info("teacher: %d image(s) already judged; %d to go", len(paths) - len(todo), len(todo))
-    appender = _Appender(root / POINTS_FILE)
+    appender = JsonlAppender(root / POINTS_FILE)
     levels = None
     try:
         for batch in teacher.iter_score(todo, batch_size=config.batch_size, progress=config.progress):
@@ -436,7 +398,7 @@ def _judge_pairs(
     if pair_mode == "derived" and todo and not sigma > 0:
         raise DataError("the teacher gave every image the same score; there is nothing to rank or distill")
     limits = _limits(teacher)
-    appender = _Appender(root / PAIRS_FILE)
+    appender = JsonlAppender(root / PAIRS_FILE)
     bar = _bar(len(todo), config, "teacher pairs")
     try:
         bs = max(1, int(config.batch_size) // 2) if pair_mode == "prompt" else 4096

@@ -56,11 +56,8 @@ class MLLMConfig(ScorerConfig):
         return opts
 
 
-class LevelScorer(Scorer):
-    """A scorer whose items are prompts answered by one level token (Q-Align, standard-guided, IQARAG ...).
-
-    Subclasses provide :attr:`scale` (a :class:`LevelScale`) and :meth:`build_prompt`.
-    """
+class MLLMScorer(Scorer):
+    """A scorer that talks to one MLLM backend, created lazily from ``model``/``backend`` options or passed in."""
 
     config_cls = MLLMConfig
 
@@ -75,6 +72,13 @@ class LevelScorer(Scorer):
             cfg = self.config
             self._backend = create_backend(cfg.backend, cfg.model, **cfg.backend_kwargs())
         return self._backend
+
+
+class LevelScorer(MLLMScorer):
+    """A scorer whose items are prompts answered by one level token (Q-Align, standard-guided, IQARAG ...).
+
+    Subclasses provide :attr:`scale` (a :class:`LevelScale`) and :meth:`build_prompt`.
+    """
 
     @property
     def level_scale(self) -> LevelScale:

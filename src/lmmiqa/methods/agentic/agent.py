@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from lmmiqa.backends.base import Backend, create_backend
+from lmmiqa.backends.base import Backend
 from lmmiqa.errors import ConfigError
 from lmmiqa.images import ImageItem, load_item
 from lmmiqa.levels import LETTER_SCALE, level_details
@@ -55,8 +55,7 @@ from lmmiqa.methods.agentic.executor import Executor, cues_detail, tools_detail
 from lmmiqa.methods.agentic.planner import run_planner
 from lmmiqa.methods.agentic.state import ItemState
 from lmmiqa.methods.agentic.summarizer import Summary, run_summarizer
-from lmmiqa.methods.base import Scorer
-from lmmiqa.methods.mllm import MLLMConfig
+from lmmiqa.methods.mllm import MLLMConfig, MLLMScorer
 from lmmiqa.prompts import AGENTIC_DEFAULT_QUERY
 from lmmiqa.types import ScoreResult
 
@@ -142,7 +141,7 @@ def canonical_tools(tools: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-class AgenticIQA(Scorer):
+class AgenticIQA(MLLMScorer):
     """AgenticIQA: planner → executor → summarizer over classical IQA tools (METHODS §5).
 
     Args:
@@ -161,18 +160,9 @@ class AgenticIQA(Scorer):
     request_options: ClassVar[tuple[str, ...]] = ("query", "eta", "max_replans", "max_retries")
 
     def __init__(self, config: AgenticConfig | None = None, backend: Backend | None = None) -> None:
-        super().__init__(config)
-        self._backend = backend
+        super().__init__(config, backend)
         #: backend calls made by the last run (all items together); see also ``details.backend_calls``
         self.last_backend_calls = 0
-
-    @property
-    def backend(self) -> Backend:
-        """The VLM backend (created on first use, shared with other scorers of the same model)."""
-        if self._backend is None:
-            cfg = self.config
-            self._backend = create_backend(cfg.backend, cfg.model, **cfg.backend_kwargs())
-        return self._backend
 
     @property
     def scale(self) -> tuple[float, float]:
