@@ -17,8 +17,6 @@ from typing import Any
 
 from lmmiqa.cli._data_args import add_data_args, dataset_from_args
 
-_BARE_PARTS = ("train", "val", "test")
-
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -103,13 +101,6 @@ def _no_method(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _normalize_split(spec: str | None) -> str | None:
-    """``train``/``val``/``test`` alone mean the dataset's official split."""
-    if spec is not None and spec.strip().lower() in _BARE_PARTS:
-        return f"official:{spec.strip().lower()}"
-    return spec
-
-
 def _num(x: Any) -> str:
     """A metric for display (``nan`` when undefined: fewer than 3 items, or constant predictions)."""
     return "nan" if x is None else f"{x:.4f}"
@@ -155,12 +146,11 @@ def run_q_scorer(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.val_split is not None and args.val_fraction is not None:
         raise UsageError("give --val-split or --val-fraction, not both")
-    args.split = _normalize_split(args.split)
     train = dataset_from_args(args)
     val = None
     if args.val_split is not None:
         val_args = argparse.Namespace(**vars(args))
-        val_args.split = _normalize_split(args.val_split)
+        val_args.split = args.val_split
         val = dataset_from_args(val_args)
         overlap = set(train.paths()) & set(val.paths())
         if overlap:
