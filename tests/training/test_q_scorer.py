@@ -125,11 +125,11 @@ def test_configs_validate():
 
 
 def test_cli_split_shorthand_and_head_dims():
-    from lmmiqa.cli.train import _head_dims, _normalize_split
+    from lmmiqa.cli.train import _head_dims
+    from lmmiqa.data.splits import parse_split
 
-    assert _normalize_split("train") == "official:train"
-    assert _normalize_split("seed:0:train") == "seed:0:train"
-    assert _normalize_split(None) is None
+    assert str(parse_split("train")) == "official:train"  # the issue's `--split train`
+    assert str(parse_split("seed:0:train")) == "seed:0:train"
     assert _head_dims("2048,1024") == (2048, 1024)
     assert _head_dims("none") == ()
 
