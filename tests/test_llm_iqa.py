@@ -172,7 +172,7 @@ def test_cli_explain_image(tmp_path, sample_images, tiny_model_path, capsys):
     from lmmiqa.cli import main
 
     model = str(tiny_model_path("qwen2_5_vl"))
-    common = ["--model", model, "--device", "cpu", "--option", "segmenter=felzenszwalb", "--format", "jsonl"]
+    common = ["--model", model, "--device", "cpu", "--segmenter", "felzenszwalb", "--format", "jsonl"]
     out_dir = tmp_path / "pictures"
     assert (
         main(

@@ -41,6 +41,7 @@ def add_method_args(parser: argparse.ArgumentParser, default_method: str = "q-al
     g.add_argument("--levels", type=int, default=None, dest="opt_levels", help="number of levels K for standard-guided/llm-iqa (3, 5, 7, 9)")
     g.add_argument("--readout", default=None, dest="opt_readout", choices=["expected", "argmax"], help="expected (default) or argmax")
     g.add_argument("--pad-to-square", action="store_const", const=True, default=None, dest="opt_pad_to_square", help="q-align: pad to a square like Q-Align's preprocessing")
+    g.add_argument("--segmenter", default=None, dest="opt_segmenter", metavar="NAME", help="llm-iqa: sam2 (default, the paper's) or felzenszwalb (weight-free fallback)")
     g.add_argument("--bank", default=None, dest="opt_bank", metavar="DIR", help="iqarag: reference bank folder (lmmiqa bank build)")
     g.add_argument("--top-k", type=int, default=None, dest="opt_top_k", metavar="K", help="iqarag: nearest bank items considered (default 50)")
     g.add_argument("--adapter", default=None, dest="opt_adapter", metavar="DIR", help="q-scorer: adapter folder (lmmiqa train q-scorer) or merged export")
