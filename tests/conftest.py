@@ -55,6 +55,36 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., p
     return factory
 
 
+#: Real checkpoints whose non-weight files are in ``../shared/data/hf`` (see lmmiqa.testing.REAL_FILE_CHECKPOINTS).
+REAL_FILE_NAMES = ("Qwen2.5-VL-7B-Instruct", "Qwen3-VL-8B-Instruct")
+
+
+@pytest.fixture(scope="session")
+def real_file_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., pathlib.Path]:
+    """Factory ``real_file_model(name, seed=0) -> Path``: a shrunken random-weight model with the real tokenizer,
+    chat template and processor settings of ``name`` (one of :data:`REAL_FILE_NAMES`), built once per session.
+
+    Skips the test when ``../shared/data/hf`` is absent or torch/transformers are missing.
+    """
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from lmmiqa.testing import make_real_file_vlm, shared_hf_folder
+
+    root = tmp_path_factory.mktemp("real_file_vlm")
+    built: dict[tuple[str, int], pathlib.Path] = {}
+
+    def factory(name: str = REAL_FILE_NAMES[1], seed: int = 0) -> pathlib.Path:
+        folder = shared_hf_folder(name, REPO_ROOT.parent / "shared" / "data" / "hf")
+        if folder is None:
+            pytest.skip(f"real checkpoint files of {name} not found under {REPO_ROOT.parent / 'shared/data/hf'}")
+        key = (name, seed)
+        if key not in built:
+            built[key] = make_real_file_vlm(folder, root / f"{name}-seed{seed}", seed=seed)
+        return built[key]
+
+    return factory
+
+
 @pytest.fixture()
 def tiny_vlm(request: pytest.FixtureRequest, tiny_model_path: Callable[..., pathlib.Path]) -> pathlib.Path:
     """Path of a tiny VLM; Qwen2.5-VL unless parametrized indirectly.

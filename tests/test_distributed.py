@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -83,11 +84,18 @@ def ray_cluster():
     """A local two-CPU Ray instance for this module (no dashboard, no auth token written to $HOME)."""
     saved = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    # Ray Data logs at DEBUG to the root handlers: keep its dumps out of pytest's failure reports
+    quiet = [logging.getLogger(n) for n in ("ray", "ray.data")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.WARNING)
     try:
         yield
     finally:
         ray.shutdown()
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
         if saved is None:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
@@ -139,7 +147,8 @@ def test_eval_ray_engine_resumes_a_local_run(ray_cluster, tiny_model_path, image
     opts = {"model": model, "device": "cpu"}
     common = {"labels": labels, "root": good[0].parent, "n_boot": 0, "plot": False}
 
-    reference = evaluate("q-align", method_options=opts, **common)  # in memory, local engine
+    ref_run = tmp_path / "reference"
+    reference = evaluate("q-align", method_options=opts, out=ref_run, **common)  # local engine, one go
     run = tmp_path / "run"
     evaluate("q-align", method_options=opts, out=run, limit=4, **common)  # interrupted after 4 items
     assert len(_records(run / PREDICTIONS_FILE)) == 4
@@ -148,5 +157,18 @@ def test_eval_ray_engine_resumes_a_local_run(ray_cluster, tiny_model_path, image
     recs = _records(run / PREDICTIONS_FILE)
     assert len(recs) == len(good) and len({r["image"] for r in recs}) == len(good)
     assert report.n == reference.n == len(good)
-    assert report.srcc == pytest.approx(reference.srcc, abs=1e-9)
-    assert report.plcc == pytest.approx(reference.plcc, abs=1e-6)
+    # Ray batches the remaining items differently (other padding), which moves float32 logits by ~1e-7: the
+    # scores agree to that tolerance, not bit for bit ...
+    ref_scores = {r["image"]: r["score"] for r in _records(ref_run / PREDICTIONS_FILE)}
+    for r in recs:
+        assert r["score"] == pytest.approx(ref_scores[r["image"]], abs=1e-5)
+    assert report.srcc == pytest.approx(reference.srcc, abs=1e-9)  # ... so the ranks are the same
+    # ... and the report's correlations are exactly those of the predictions the resumed run holds (a random
+    # model's scores span ~1e-3, so PLCC itself would amplify the 1e-7 noise: compare it with its own inputs)
+    from scipy.stats import pearsonr
+
+    mos = {p.name: 1 + i * 0.5 for i, p in enumerate(good)}
+    xs = [r["score"] for r in recs]
+    ys = [mos[Path(r["image"]).name] for r in recs]
+    sign = -1.0 if report.oriented.get("negated_predictions") else 1.0
+    assert report.plcc == pytest.approx(sign * pearsonr(xs, ys).statistic, abs=1e-12)

@@ -43,7 +43,10 @@ __all__ = [
     "ForceLevelHook",
     "force_token",
     "make_image",
+    "make_real_file_vlm",
     "make_tiny_vlm",
+    "real_file_vlm_cached",
+    "shared_hf_folder",
     "tiny_vlm_cached",
 ]
 
@@ -513,6 +516,143 @@ def tiny_vlm_cached(arch: str, *, seed: int = 0) -> pathlib.Path:
                 _CACHE_DIR = tempfile.TemporaryDirectory(prefix="lmmiqa-tiny-vlm-")
             _CACHE[key] = make_tiny_vlm(arch, pathlib.Path(_CACHE_DIR.name) / f"{arch}-seed{seed}", seed=seed)
         return _CACHE[key]
+
+
+# --------------------------------------------------------------------------- real-file shrunken models
+
+#: Checkpoint folders of ``shared/data/hf`` (real tokenizer, chat template, processor settings and config,
+#: no weights) and the architecture each one is.
+REAL_FILE_CHECKPOINTS: dict[str, str] = {
+    "Qwen2.5-VL-7B-Instruct": "qwen2_5_vl",
+    "Qwen3-VL-8B-Instruct": "qwen3_vl",
+}
+
+# Files of a checkpoint folder that describe the model itself: replaced by the shrunken model's own.
+_WEIGHT_SIDE_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def shared_hf_folder(name: str, root: str | os.PathLike[str] | None = None) -> pathlib.Path | None:
+    """The folder of a real checkpoint's non-weight files, or None when it is not on this machine.
+
+    Args:
+        name: a key of :data:`REAL_FILE_CHECKPOINTS` (e.g. ``"Qwen3-VL-8B-Instruct"``).
+        root: the folder holding the checkpoint folders; default ``$LMMIQA_HF_FILES``, else
+            ``../shared/data/hf`` beside the current directory's repository (the project's test data).
+    """
+    if name not in REAL_FILE_CHECKPOINTS:
+        raise UnknownNameError("real-file checkpoint", name, tuple(REAL_FILE_CHECKPOINTS))
+    candidates = []
+    if root is not None:
+        candidates.append(pathlib.Path(root))
+    elif os.environ.get("LMMIQA_HF_FILES"):
+        candidates.append(pathlib.Path(os.environ["LMMIQA_HF_FILES"]))
+    else:
+        here = pathlib.Path.cwd().resolve()
+        candidates += [p / "shared" / "data" / "hf" for p in (here, *here.parents)]
+    for base in candidates:
+        folder = base / name
+        if (folder / "config.json").is_file() and (folder / "vocab.json").is_file():
+            return folder
+    return None
+
+
+def _shrink_config(config: Any, arch: str) -> Any:
+    """Shrink a published config in place (text hidden 64, 2 layers; vision depth 2, hidden 64), keeping its
+    token ids, vocabulary size, patch/merge sizes and rope type (recipe of ``shared/data/hf/README.md``)."""
+    text = config.text_config
+    text.hidden_size = _HIDDEN
+    text.intermediate_size = _INTERMEDIATE
+    text.num_hidden_layers = _LAYERS
+    text.num_attention_heads = _HEADS
+    text.num_key_value_heads = _KV_HEADS
+    text.head_dim = _HEAD_DIM
+    if getattr(text, "max_window_layers", None) is not None:
+        text.max_window_layers = _LAYERS
+    if getattr(text, "layer_types", None) is not None:
+        text.layer_types = list(text.layer_types)[:_LAYERS]
+    rope = dict(getattr(text, "rope_parameters", None) or {})
+    rope["mrope_section"] = [2, 3, 3] if arch == "qwen2_5_vl" else [4, 2, 2]
+    text.rope_parameters = rope
+    vision = config.vision_config
+    vision.depth = 2
+    vision.hidden_size = 64
+    vision.intermediate_size = 128
+    vision.num_heads = 4
+    vision.out_hidden_size = _HIDDEN
+    if arch == "qwen2_5_vl":
+        vision.fullatt_block_indexes = [1]
+    else:
+        vision.deepstack_visual_indexes = [0, 1]
+    return config
+
+
+def make_real_file_vlm(
+    folder: str | os.PathLike[str], path: str | os.PathLike[str], *, seed: int = 0, tie_word_embeddings: bool = False
+) -> pathlib.Path:
+    """A shrunken random-weight model that uses a real checkpoint's tokenizer, chat template and processor.
+
+    ``folder`` holds every non-weight file of a hub checkpoint (``config.json``, ``preprocessor_config.json``,
+    ``chat_template.json``, ``vocab.json`` + ``merges.txt`` ...). The config is shrunk (text hidden 64, 2 layers;
+    vision depth 2, hidden 64) with the real vocabulary and special-token ids, random weights are drawn with
+    ``seed``, and the real files are copied beside them, so token ids, rendered prompts and image-token counts
+    are exactly the real checkpoint's. About 20 M parameters (the 152k-token embedding dominates).
+
+    Args:
+        folder: the real checkpoint's files (e.g. ``shared/data/hf/Qwen3-VL-8B-Instruct``).
+        path: output folder (created).
+        seed: torch seed of the weights.
+        tie_word_embeddings: tie input and output embeddings (halves the size).
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`; it loads with ``from_pretrained`` like the real checkpoint.
+    """
+    import shutil
+
+    torch, transformers = _require_hf()
+    src = pathlib.Path(folder)
+    if not (src / "config.json").is_file():
+        raise ConfigError(f"{src} holds no config.json: not a checkpoint folder")
+    config = transformers.AutoConfig.from_pretrained(src)
+    arch = config.model_type
+    if arch not in ("qwen2_5_vl", "qwen3_vl"):
+        raise ConfigError(f"make_real_file_vlm knows qwen2_5_vl and qwen3_vl, not {arch!r}")
+    _shrink_config(config, arch)
+    config.tie_word_embeddings = bool(tie_word_embeddings)
+    config.text_config.tie_word_embeddings = bool(tie_word_embeddings)
+    out = pathlib.Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    for item in src.iterdir():
+        if item.is_file() and item.name not in _WEIGHT_SIDE_FILES and item.name != "SHA256SUMS":
+            shutil.copyfile(item, out / item.name)
+    # the fast tokenizer is rebuilt from vocab.json + merges.txt (1-3 s); save it once so reloads are quick
+    tokenizer = transformers.AutoTokenizer.from_pretrained(src)
+    tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    return out
+
+
+_REAL_CACHE: dict[tuple[str, int], pathlib.Path] = {}
+
+
+def real_file_vlm_cached(name: str, *, seed: int = 0, root: str | os.PathLike[str] | None = None) -> pathlib.Path | None:
+    """:func:`make_real_file_vlm` once per process for a checkpoint of :data:`REAL_FILE_CHECKPOINTS`, into a
+    temporary folder removed at exit; None when the real files are not on this machine (see
+    :func:`shared_hf_folder`)."""
+    global _CACHE_DIR
+    folder = shared_hf_folder(name, root)
+    if folder is None:
+        return None
+    with _CACHE_LOCK:
+        key = (name, seed)
+        if key not in _REAL_CACHE:
+            if _CACHE_DIR is None:
+                _CACHE_DIR = tempfile.TemporaryDirectory(prefix="lmmiqa-tiny-vlm-")
+            _REAL_CACHE[key] = make_real_file_vlm(folder, pathlib.Path(_CACHE_DIR.name) / f"{name}-seed{seed}", seed=seed)
+        return _REAL_CACHE[key]
 
 
 # ------------------------------------------------------------------------------------------- force hook
