@@ -27,7 +27,9 @@ Result: ``score`` in [1, 5]; ``probabilities`` are the fused weights ``α_c p_c 
 ``score = Σ p·c``); ``details`` has ``plan``, ``distortions``, ``analysis``, ``tool_selection``, ``tools``
 (``name → {raw, normalized, ...}``), ``fusion`` (``p``, ``alpha``, ``weights``, ``q_bar``, ``eta``,
 ``p_source``), ``explanation``, ``explanation_source`` (``model`` or ``template``), ``replans``,
-``parse_failures``, ``backend_calls``, ``sources``, ``notes`` and a ``trace`` of stages with timings. A stage
+``parse_failures``, ``backend_calls``, ``sources``, ``notes``, ``level_name`` (the level nearest to the score,
+half-way rounding up: :func:`~lmmiqa.methods.agentic.fusion.nearest_level`) and a ``trace`` of stages with
+timings. A stage
 run for a whole batch reports the batch's wall time split evenly over its items (``seconds``, with ``batch`` the
 number of items); ``backend_calls`` counts every call an item took part in (a batched call once per item), and
 :attr:`AgenticIQA.last_backend_calls` the calls of the last run in total.
@@ -52,6 +54,7 @@ from lmmiqa.errors import ConfigError
 from lmmiqa.images import ImageItem, load_item
 from lmmiqa.levels import LETTER_SCALE, level_details
 from lmmiqa.methods.agentic.executor import Executor, cues_detail, tools_detail
+from lmmiqa.methods.agentic.fusion import level_name
 from lmmiqa.methods.agentic.planner import run_planner
 from lmmiqa.methods.agentic.state import ItemState
 from lmmiqa.methods.agentic.summarizer import Summary, run_summarizer
@@ -274,6 +277,7 @@ class AgenticIQA(MLLMScorer):
             return replace(self.failure(s.key, summ.error or "nothing to score", timings), details=self._details(s, summ, infos))
         fusion = summ.fusion
         probabilities, level = level_details(list(fusion.weights), LETTER_SCALE)
+        level["level_name"] = level_name(fusion.score, LETTER_SCALE.values, LETTER_SCALE.words)
         details = {**level, **self._details(s, summ, infos)}
         return ScoreResult(
             image=s.key,
@@ -292,6 +296,8 @@ class AgenticIQA(MLLMScorer):
         fusion = {**summ.fusion.to_dict(), "p_source": summ.p_source} if summ.fusion is not None else None
         if fusion is not None:
             fusion.pop("score", None)
+            if summ.p_fallback is not None:
+                fusion["p_fallback"] = summ.p_fallback
         return {
             "query": s.query,
             "query_given": s.query_given,

@@ -15,6 +15,10 @@ times; every one is marked ``source = "fallback"`` in the result):
 - **tool selection** → the evidence/mapping table (:data:`NR_TABLE` / :data:`FR_TABLE`): the first allowed tool
   listed for the distortion, else the first allowed general-purpose tool (:data:`GENERAL_TOOLS`).
 
+A tool that fails — an error result, or any exception it raises (CUDA out of memory, an unreadable file) — is
+recorded for that tool (``details.tools[name].error`` and a note) and left out of the fusion; the item keeps the
+VLM's answers and the other tools' scores.
+
 When the plan asks for tool execution without tool selection, tools come from the same table and are marked
 ``source = "table"`` (a planned default, not a fallback). Tools of the item's mode are offered (full-reference
 tools when a reference was given); if the allow-list has none of that kind, the other kind is used and a note
@@ -177,9 +181,12 @@ class Executor:
     def run_tools(self, jobs: Iterable[tuple[ItemState, str]], into: str = "tool_results") -> float:
         """Run (item, tool) pairs concurrently; results go to ``state.<into>[tool]``. Returns the wall time.
 
-        A no-reference tool already measured as a cue on the same item is not measured again.
+        A no-reference tool already measured as a cue on the same item is not measured again. A tool that raises
+        (``RuntimeError`` such as CUDA out of memory, ``OSError``, ...) gives that tool an error result
+        (``"<ExceptionType>: message"``); the item goes on with the other tools' scores and the VLM's answers,
+        and fusion leaves the failed tool out.
         """
-        from lmmiqa.tools import run_tool
+        from lmmiqa.tools import ToolResult, run_tool
 
         todo: list[tuple[ItemState, str]] = []
         for state, name in jobs:
@@ -194,7 +201,12 @@ class Executor:
             def one(job: tuple[ItemState, str]) -> Any:
                 state, name = job
                 ref = state.ref if self.infos[name].kind == FR else None
-                return run_tool(name, state.image, ref=ref)
+                t_start = time.perf_counter()
+                try:
+                    return run_tool(name, state.image, ref=ref)
+                except Exception as err:  # one tool's failure (CUDA OOM, OSError) is its own
+                    return ToolResult(name, state.key, None, None, f"{type(err).__name__}: {err}", {},
+                                      time.perf_counter() - t_start)
 
             workers = max(1, min(self.tool_workers, len(todo)))
             if workers == 1:
@@ -455,6 +467,9 @@ class Executor:
         for s in asked:
             names = list(dict.fromkeys(v["tool"] for v in s.selection.values() if v["tool"]))
             s.sources["tools"] = "executed"
+            for n in names:
+                if not s.tool_results[n].ok:
+                    s.notes.append(f"tool execution: {n} failed ({s.tool_results[n].error}); fused without it")
             s.record(
                 "tool_execution", round_, sum(s.tool_results[n].seconds or 0.0 for n in names),
                 batch=len(asked), backend_calls=0, wall_seconds=wall, tools=names,
