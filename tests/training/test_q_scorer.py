@@ -259,6 +259,10 @@ def test_training_lowers_the_loss_and_reload_reproduces_scores_exactly(trained_k
     spec = json.loads((result.out / "qscorer.json").read_text())
     assert spec["registered_name"] == "q-scorer" and spec["schema_version"] == 1 and spec["k"] == 5
     assert spec["mos_range"] == [1.0, 5.0] and spec["base_model"] == cfg.model
+    # score-token bins over the training split's MOS min-max (Q-Align), not the 1-5 range (issue 13 §2)
+    val_paths = set(result.val_predictions["paths"])
+    train_mos = [m for p, m in labelled["pairs"] if p not in val_paths]
+    assert spec["bin_range"] == [min(train_mos), max(train_mos)] and spec["bin_source"] == "training min-max"
 
     scorer = QScorer.from_options(adapter=str(result.out), device="cpu", batch_size=cfg.eval_batch_size)
     paths = result.val_predictions["paths"]
@@ -272,6 +276,9 @@ def test_training_lowers_the_loss_and_reload_reproduces_scores_exactly(trained_k
         assert abs(sum(r.probabilities.values()) - 1) < 1e-9
         assert r.details["level_words"]["3"] == "<score3>" and 0 < r.details["covered_mass"] <= 1
         assert 1.0 <= r.details["token_mos"] <= 5.0
+        assert r.details["bin_range"] == spec["bin_range"]
+        centres = bin_centers(*spec["bin_range"], 5)  # the bins the tokens were trained on
+        assert r.details["token_mos"] == pytest.approx(float(np.dot(list(r.probabilities.values()), centres)))
     # batching does not change results beyond float noise
     single = scorer.score(paths, batch_size=1)
     np.testing.assert_allclose([r.details["head_raw"] for r in single], result.val_predictions["mos_pred"], atol=1e-5)
