@@ -141,6 +141,8 @@ class Executor:
         max_retries: JSON retries per stage.
         max_new_tokens: generation budget per reply.
         tool_workers: threads running tools.
+        tool_maps: refitted maps chosen for this run (:class:`lmmiqa.tools.maps.MapSet`); every other tool is
+            normalized with its shipped map, never with a refitted map from the user cache.
     """
 
     def __init__(
@@ -151,8 +153,10 @@ class Executor:
         max_retries: int,
         max_new_tokens: int,
         tool_workers: int,
+        tool_maps: Any = None,
     ) -> None:
         self.backend = backend
+        self.tool_maps = tool_maps
         self.max_retries = int(max_retries)
         self.max_new_tokens = int(max_new_tokens)
         self.tool_workers = int(tool_workers)
@@ -160,6 +164,8 @@ class Executor:
         from lmmiqa.tools import tool_catalog
 
         self.infos = {i.name: i for i in tool_catalog(names=list(allowed))}
+        self._defaults: dict[str, Any] = {}
+        self._cache_notes: dict[str, str | None] = {}
         self.allowed = list(allowed)
         self.calls = 0
 
@@ -215,8 +221,42 @@ class Executor:
                 with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agentic-tool") as pool:
                     results = list(pool.map(one, todo))
             for (state, name), res in zip(todo, results):
-                getattr(state, into)[name] = res
+                getattr(state, into)[name] = self.apply_map(name, res)
+                note = self.unused_cache_note(name)
+                if note and note not in state.notes:
+                    state.notes.append(note)
         return time.perf_counter() - t0
+
+    def unused_cache_note(self, name: str) -> str | None:
+        """A note when the user cache holds a refitted map of ``name`` that this run does not use (it was not
+        chosen with ``tool_maps``): refitted maps are never a silent default, and never silently ignored."""
+        if name not in self._cache_notes:
+            from lmmiqa.tools.maps import fitted_map_path
+
+            path = fitted_map_path(name)
+            chosen = self.tool_maps is not None and name in self.tool_maps.maps
+            self._cache_notes[name] = (
+                f"{name}: the refitted map {path} was not used (the shipped map was); choose refitted maps with "
+                f"--tool-maps FILE (option tool_maps)" if path.is_file() and not chosen else None
+            )
+        return self._cache_notes[name]
+
+    def apply_map(self, name: str, res: Any) -> Any:
+        """``res`` normalized with the map this run uses for ``name`` (the chosen refitted one, else the shipped
+        one), with ``details.map`` recording it (source, file, what it was fitted on)."""
+        from dataclasses import replace
+
+        from lmmiqa.tools import get_tool
+        from lmmiqa.tools.maps import select_map
+
+        if name not in self._defaults:
+            self._defaults[name] = get_tool(name).default_map
+        m, record = select_map(name, self.tool_maps, self._defaults[name])
+        details = {k: v for k, v in res.details.items() if k != "map_note"}
+        details["map"] = record
+        if not res.ok:
+            return replace(res, details=details)
+        return replace(res, normalized=None if m is None else m.apply(res.raw), details=details)
 
     def measure_cues(self, states: Sequence[ItemState], categories_of: dict[int, list[str]]) -> float:
         """Measure the allowed cue tools of the given categories (per item index) for a fallback."""
@@ -497,7 +537,7 @@ def tools_detail(s: ItemState, infos: dict[str, Any]) -> dict[str, dict[str, Any
             "for": [t for t, v in s.selection.items() if v["tool"] == name],
             "seconds": r.seconds,
             "error": r.error,
-            "map": r.details.get("map"),
+            "map": r.details.get("map"),  # source, file and (refitted) what it was fitted on
         }
     return out
 
