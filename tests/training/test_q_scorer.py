@@ -361,7 +361,7 @@ def test_cli_train_score_eval_export(tmp_path, tiny_model_path, labelled, capsys
     root, labels = str(labelled["root"]), str(labelled["labels"])
     out = tmp_path / "adapter"
     rc = main(["train", "q-scorer", "--model", model, "--labels", labels, "--root", root, "--lower-better",
-               "--score-range", "1", "5", "--tokens", "5", "--epochs", "1", "--batch-size", "4", "--head-dims", "16",
+               "--score-range", "1", "5", "--bin-range", "1", "4.6", "--tokens", "5", "--epochs", "1", "--batch-size", "4", "--head-dims", "16",
                "--val-fraction", "0.25", "--device", "cpu", "--decode-workers", "0", "--no-progress",
                "--format", "json", "--out", str(out)])
     assert rc == 0
@@ -369,6 +369,9 @@ def test_cli_train_score_eval_export(tmp_path, tiny_model_path, labelled, capsys
     assert summary["complete"] and summary["last_epoch"]["val"]["n"] == 2
     spec = json.loads((out / "qscorer.json").read_text())
     assert spec["source_higher_is_better"] is False and spec["head"]["dims"] == [16]
+    # a fixed bin range in the labels' (DMOS) units, flipped with them onto higher-is-better
+    assert spec["bin_range"] == pytest.approx([1.4, 5.0]) and spec["bin_source"] == "fixed"
+    assert summary["bin_range"] == spec["bin_range"] and summary["bin_source"] == "fixed"
 
     rc = main(["score", root, "--method", "q-scorer", "--adapter", str(out), "--device", "cpu", "--format", "json"])
     assert rc == 0

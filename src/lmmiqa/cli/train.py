@@ -165,6 +165,9 @@ def run_q_scorer(args: argparse.Namespace) -> int:
     if not result.main_process:
         return 0  # `accelerate launch`: the main process reports
     last = result.history[-1] if result.history else None
+    from lmmiqa.training.q_scorer_model import is_artifact, read_spec
+
+    spec = read_spec(result.out) if is_artifact(result.out) else None
     summary = {
         "out": str(result.out),
         "complete": result.complete,
@@ -172,6 +175,8 @@ def run_q_scorer(args: argparse.Namespace) -> int:
         "resumed_from": result.resumed_from,
         "epochs": len(result.history),
         "last_epoch": last,
+        "bin_range": list(spec.bins) if spec is not None and spec.k > 1 else None,
+        "bin_source": spec.bin_source if spec is not None and spec.k > 1 else None,
     }
     if args.format == "json":
         json.dump(summary, sys.stdout, indent=2, default=str)
@@ -182,5 +187,8 @@ def run_q_scorer(args: argparse.Namespace) -> int:
         if last and last.get("val"):
             val_m = last["val"]
             line += f"; last validation SRCC {_num(val_m['srcc'])} PLCC {_num(val_m['plcc'])} (n={val_m['n']})"
+        if summary["bin_range"] is not None:
+            lo, hi = summary["bin_range"]
+            line += f"; score tokens binned over [{lo:g}, {hi:g}] ({summary['bin_source']})"
         print(line)
     return 0
