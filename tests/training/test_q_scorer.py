@@ -259,6 +259,10 @@ def test_training_lowers_the_loss_and_reload_reproduces_scores_exactly(trained_k
     spec = json.loads((result.out / "qscorer.json").read_text())
     assert spec["registered_name"] == "q-scorer" and spec["schema_version"] == 1 and spec["k"] == 5
     assert spec["mos_range"] == [1.0, 5.0] and spec["base_model"] == cfg.model
+    # score-token bins over the training split's MOS min-max (Q-Align), not the 1-5 range (issue 13 §2)
+    val_paths = set(result.val_predictions["paths"])
+    train_mos = [m for p, m in labelled["pairs"] if p not in val_paths]
+    assert spec["bin_range"] == [min(train_mos), max(train_mos)] and spec["bin_source"] == "training min-max"
 
     scorer = QScorer.from_options(adapter=str(result.out), device="cpu", batch_size=cfg.eval_batch_size)
     paths = result.val_predictions["paths"]
@@ -272,6 +276,9 @@ def test_training_lowers_the_loss_and_reload_reproduces_scores_exactly(trained_k
         assert abs(sum(r.probabilities.values()) - 1) < 1e-9
         assert r.details["level_words"]["3"] == "<score3>" and 0 < r.details["covered_mass"] <= 1
         assert 1.0 <= r.details["token_mos"] <= 5.0
+        assert r.details["bin_range"] == spec["bin_range"]
+        centres = bin_centers(*spec["bin_range"], 5)  # the bins the tokens were trained on
+        assert r.details["token_mos"] == pytest.approx(float(np.dot(list(r.probabilities.values()), centres)))
     # batching does not change results beyond float noise
     single = scorer.score(paths, batch_size=1)
     np.testing.assert_allclose([r.details["head_raw"] for r in single], result.val_predictions["mos_pred"], atol=1e-5)
@@ -354,7 +361,7 @@ def test_cli_train_score_eval_export(tmp_path, tiny_model_path, labelled, capsys
     root, labels = str(labelled["root"]), str(labelled["labels"])
     out = tmp_path / "adapter"
     rc = main(["train", "q-scorer", "--model", model, "--labels", labels, "--root", root, "--lower-better",
-               "--score-range", "1", "5", "--tokens", "5", "--epochs", "1", "--batch-size", "4", "--head-dims", "16",
+               "--score-range", "1", "5", "--bin-range", "1", "4.6", "--tokens", "5", "--epochs", "1", "--batch-size", "4", "--head-dims", "16",
                "--val-fraction", "0.25", "--device", "cpu", "--decode-workers", "0", "--no-progress",
                "--format", "json", "--out", str(out)])
     assert rc == 0
@@ -362,6 +369,9 @@ def test_cli_train_score_eval_export(tmp_path, tiny_model_path, labelled, capsys
     assert summary["complete"] and summary["last_epoch"]["val"]["n"] == 2
     spec = json.loads((out / "qscorer.json").read_text())
     assert spec["source_higher_is_better"] is False and spec["head"]["dims"] == [16]
+    # a fixed bin range in the labels' (DMOS) units, flipped with them onto higher-is-better
+    assert spec["bin_range"] == pytest.approx([1.4, 5.0]) and spec["bin_source"] == "fixed"
+    assert summary["bin_range"] == spec["bin_range"] and summary["bin_source"] == "fixed"
 
     rc = main(["score", root, "--method", "q-scorer", "--adapter", str(out), "--device", "cpu", "--format", "json"])
     assert rc == 0

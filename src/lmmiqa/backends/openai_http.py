@@ -6,6 +6,18 @@ vLLM and SGLang accept). For a server that cannot continue a message, the prefix
 (``prefix_mode == "folded"``; results say so in ``details.prefix_mode``). Candidates absent from the top-k get
 probability 0 (log-probability ``-inf``); the covered probability mass is reported by the scorer.
 
+Which listed tokens count for a candidate (``candidate_match``, reported in ``details.candidate_match``):
+
+* ``exact`` — the token text equals the candidate as produced in context (``" good"`` after
+  ``"... is"``): one vocabulary entry per level, exactly what the in-process backends read (one token id per
+  candidate), so both backends give the same distribution. The default when the answer prefix is continued.
+* ``surface`` — every surface variant of the word (case and surrounding whitespace: ``" good"``, ``"good"``,
+  ``"Good"``) is summed. Used when the prefix had to be folded into the instruction (the reply then starts
+  fresh, usually capitalised, so the in-context form does not exist), or when asked for.
+
+The chosen token (``logprobs.content[0]``) is counted once: OpenAI-compatible servers (OpenAI, vLLM, SGLang)
+already list it among its ``top_logprobs``; it is added only when a server leaves it out.
+
 Model string: ``"http://127.0.0.1:8000/v1#served-model-name"`` (the part after ``#`` is the model name; without
 it, the server's first listed model is used).
 """
@@ -33,6 +45,8 @@ from lmmiqa.types import Prompt
 log = logging.getLogger(__name__)
 
 PREFIX_MODES = ("auto", "continue", "fold")
+#: how listed tokens are matched to level candidates (see the module docstring)
+CANDIDATE_MATCHES = ("auto", "exact", "surface")
 
 
 @dataclass
@@ -48,6 +62,9 @@ class OpenAIConfig:
         top_logprobs: how many alternatives to request (servers usually cap this at 20).
         prefix_mode: ``auto`` (continue, and fold if the server refuses), ``continue`` or ``fold``.
         image_format: ``png`` (lossless, default) or ``jpeg`` (smaller requests).
+        candidate_match: ``auto`` (``exact`` when the answer prefix is continued, ``surface`` when it is folded),
+            ``exact`` (the in-context token only, as the in-process backends) or ``surface`` (sum case and
+            whitespace variants of each level word).
     """
 
     model: str = "http://127.0.0.1:8000/v1"
@@ -58,8 +75,13 @@ class OpenAIConfig:
     top_logprobs: int = 20
     prefix_mode: str = "auto"
     image_format: str = "png"
+    candidate_match: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.candidate_match not in CANDIDATE_MATCHES:
+            raise ConfigError(
+                f"unknown candidate_match {self.candidate_match!r}; known: {', '.join(CANDIDATE_MATCHES)}"
+            )
         if self.prefix_mode not in PREFIX_MODES:
             raise ConfigError(f"unknown prefix_mode {self.prefix_mode!r}; known: {', '.join(PREFIX_MODES)}")
         if self.image_format not in ("png", "jpeg"):
@@ -105,19 +127,39 @@ def fold_prefix(prompt: Prompt) -> Prompt:
     return Prompt(tuple(msgs), "")
 
 
-def match_candidates(top: Sequence[tuple[str, float]], candidates: Sequence[str]) -> np.ndarray:
-    """Log-probability of each candidate from a top-k list; surface variants (case, leading space) are summed.
+def match_candidates(
+    top: Sequence[tuple[str, float]], candidates: Sequence[str], rule: str = "surface"
+) -> np.ndarray:
+    """Log-probability of each candidate from a top-k list.
 
-    Returns ``-inf`` for candidates not present in ``top``.
+    Args:
+        top: (token text, log-probability) pairs, each token listed once.
+        candidates: the level candidates as produced in context (``" good"``).
+        rule: ``"exact"`` — a token counts only when its text equals the candidate (one vocabulary entry, as the
+            in-process backends read); ``"surface"`` — surface variants (case, surrounding whitespace) are summed.
+
+    Returns:
+        ``-inf`` for candidates not present in ``top``.
     """
+    if rule not in ("exact", "surface"):
+        raise ConfigError(f"unknown candidate rule {rule!r}; known: exact, surface")
     out = np.full(len(candidates), -np.inf)
-    norm = [c.strip().lower() for c in candidates]
+    norm = list(candidates) if rule == "exact" else [c.strip().lower() for c in candidates]
     for token, lp in top:
-        key = token.strip().lower()
+        key = token if rule == "exact" else token.strip().lower()
         for j, c in enumerate(norm):
             if key == c and lp is not None and math.isfinite(lp):
                 out[j] = np.logaddexp(out[j], lp)
     return out
+
+
+def top_from_content(first: Any) -> list[tuple[str, float]]:
+    """(token, log-probability) pairs of one ``logprobs.content`` entry: its ``top_logprobs``, plus the chosen
+    token only when the server did not list it there (so that it is never counted twice)."""
+    top = [(t.token, t.logprob) for t in (getattr(first, "top_logprobs", None) or [])]
+    if first.token not in {t for t, _ in top}:
+        top.append((first.token, first.logprob))
+    return top
 
 
 class OpenAIBackend(Backend):
@@ -204,14 +246,19 @@ class OpenAIBackend(Backend):
         content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
         if not content:
             raise BackendError(f"{self.base_url}: the server returned no log-probabilities (does it support logprobs?)")
-        first = content[0]
-        top = [(t.token, t.logprob) for t in (first.top_logprobs or [])]
-        top.append((first.token, first.logprob))
-        return top
+        return top_from_content(content[0])
+
+    @property
+    def candidate_match(self) -> str:
+        """The matching rule in force (``exact`` or ``surface``); reported in ``details.candidate_match``."""
+        if self.config.candidate_match != "auto":
+            return self.config.candidate_match
+        return "surface" if self.prefix_mode == "folded" else "exact"
 
     def level_logprobs(self, prompts: Sequence[Prompt], candidates: Sequence[str]) -> np.ndarray:
         tops = list(self._pool.map(self._top, prompts))
-        return np.stack([match_candidates(t, candidates) for t in tops]) if tops else np.zeros((0, len(candidates)))
+        rule = self.candidate_match  # after the requests: an ``auto`` fold during them switches the rule
+        return np.stack([match_candidates(t, candidates, rule) for t in tops]) if tops else np.zeros((0, len(candidates)))
 
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         def one(p: Prompt) -> str:
@@ -221,7 +268,8 @@ class OpenAIBackend(Backend):
         return list(self._pool.map(one, prompts))
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model_id, "prefix_mode": self.prefix_mode}
+        return {"backend": self.name, "model": self.model_id, "prefix_mode": self.prefix_mode,
+                "candidate_match": self.candidate_match}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -46,6 +46,9 @@ def add_method_args(parser: argparse.ArgumentParser, default_method: str = "q-al
     g.add_argument("--top-k", type=int, default=None, dest="opt_top_k", metavar="K", help="iqarag: nearest bank items considered (default 50)")
     g.add_argument("--adapter", default=None, dest="opt_adapter", metavar="DIR", help="q-scorer: adapter folder (lmmiqa train q-scorer) or merged export")
     g.add_argument("--student", default=None, dest="opt_student", metavar="DIR", help="leaf: student folder (lmmiqa distill train)")
+    g.add_argument("--tool-maps", default=None, dest="opt_tool_maps", metavar="FILE",
+                   help="agentic-iqa: refitted tool maps to use (a file from `lmmiqa tools fit`, a bundle, or a folder "
+                   "of them); default: the shipped maps, never the user cache's refitted ones")
     g.add_argument("--batch-size", type=int, default=None, help="images per batch (default 8)")
     g.add_argument("--option", action="append", type=_key_value, default=[], metavar="KEY=VALUE", help="any other method option (repeatable)")
 

@@ -50,6 +50,21 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return format(x, spec)
 
 
+def score_level_name(score: Any, level_words: dict[str, str]) -> str | None:
+    """The name printed after a score: the level nearest to the score, half-way rounding up — the same rule
+    (:func:`lmmiqa.methods.agentic.fusion.nearest_level`) as the agent's ``details.level_name`` and its
+    templated explanation. None when the method names no levels."""
+    from lmmiqa.methods.agentic.fusion import level_name
+
+    try:
+        values = [float(k) for k in level_words]
+    except (TypeError, ValueError):
+        return None
+    if score is None or len(values) < 2:
+        return None
+    return level_name(float(score), values, list(level_words.values()))
+
+
 def format_text(d: dict[str, Any], stream: TextIO) -> None:
     """A readable rendering of one result: score, explanation, then the evidence and bookkeeping."""
     if d.get("error"):
@@ -57,9 +72,7 @@ def format_text(d: dict[str, Any], stream: TextIO) -> None:
         return
     det = d.get("details") or {}
     scale = d.get("scale") or [1, 5]
-    words = det.get("level_words") or {}
-    argmax = det.get("argmax")
-    word = words.get(str(int(argmax))) if argmax is not None else None
+    word = score_level_name(d.get("score"), det.get("level_words") or {})
     stream.write(f"{d['image']}: {d['score']:.2f} / {scale[1]:g}" + (f" ({word})" if word else "") + "\n")
     if "explanation" not in det:  # a method without explanations
         return

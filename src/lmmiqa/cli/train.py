@@ -36,7 +36,8 @@ def register(sub: Any) -> None:
         "`accelerate launch -m lmmiqa.cli train q-scorer ...`. Data: --dataset NAME --root DIR or --labels CSV "
         "--root DIR; --split/--val-split train, val or test alone mean the official split (KonIQ); the MOS range "
         "is the dataset's (override with --score-range LO HI); lower-is-better labels are flipped onto the same "
-        "range, so scores are always higher-is-better.",
+        "range, so scores are always higher-is-better. Score tokens: <score1>..<score5> by equal-width bins of the "
+        "training split's MOS min-max (Q-Align), or of --bin-range LO HI.",
     )
     q.add_argument("--out", "-o", required=True, metavar="DIR", help="adapter folder to write (resumed when it holds this run)")
     q.add_argument("--overwrite", action="store_true", help="start over, discarding the run DIR holds (needed when it holds one with other data or options)")
@@ -51,6 +52,9 @@ def register(sub: Any) -> None:
                    "synthetic sets) for validation; default 0 = no validation")
     m = q.add_argument_group("model")
     m.add_argument("--tokens", type=int, choices=(1, 5), default=None, help="score tokens: 1 (<score>) or 5 (<score1>..<score5>); default 5")
+    m.add_argument("--bin-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="MOS range cut into the 5 score tokens' equal-width bins, in the labels' units (default: the "
+                   "training split's MOS min-max, as Q-Align; stored in the adapter and used at inference)")
     m.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 16)")
     m.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 32)")
     m.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout (default 0.05)")
@@ -134,6 +138,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     opts: dict[str, Any] = {f: getattr(args, f) for f in _FLAG_FIELDS if getattr(args, f, None) is not None}
     if args.head_dims is not None:
         opts["head_dims"] = _head_dims(args.head_dims)
+    if getattr(args, "bin_range", None) is not None:
+        opts["bin_range"] = tuple(args.bin_range)
     if opts.get("max_grad_norm") == 0:
         opts["max_grad_norm"] = None
     return build_config(QScorerTrainConfig, opts, what="lmmiqa train q-scorer")
@@ -159,6 +165,9 @@ def run_q_scorer(args: argparse.Namespace) -> int:
     if not result.main_process:
         return 0  # `accelerate launch`: the main process reports
     last = result.history[-1] if result.history else None
+    from lmmiqa.training.q_scorer_model import is_artifact, read_spec
+
+    spec = read_spec(result.out) if is_artifact(result.out) else None
     summary = {
         "out": str(result.out),
         "complete": result.complete,
@@ -166,6 +175,8 @@ def run_q_scorer(args: argparse.Namespace) -> int:
         "resumed_from": result.resumed_from,
         "epochs": len(result.history),
         "last_epoch": last,
+        "bin_range": list(spec.bins) if spec is not None and spec.k > 1 else None,
+        "bin_source": spec.bin_source if spec is not None and spec.k > 1 else None,
     }
     if args.format == "json":
         json.dump(summary, sys.stdout, indent=2, default=str)
@@ -176,5 +187,8 @@ def run_q_scorer(args: argparse.Namespace) -> int:
         if last and last.get("val"):
             val_m = last["val"]
             line += f"; last validation SRCC {_num(val_m['srcc'])} PLCC {_num(val_m['plcc'])} (n={val_m['n']})"
+        if summary["bin_range"] is not None:
+            lo, hi = summary["bin_range"]
+            line += f"; score tokens binned over [{lo:g}, {hi:g}] ({summary['bin_source']})"
         print(line)
     return 0

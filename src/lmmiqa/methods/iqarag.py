@@ -201,8 +201,10 @@ class IQARAG(LevelScorer):
             return self._encoder
 
     def check_overlap(self, paths: Sequence[str]) -> int:
-        """How many of ``paths`` are images of the bank (the evaluation runner's leakage guard calls this)."""
-        return self.bank.overlap(paths)
+        """How many of ``paths`` are images of the bank — the same file, or the same pixels under another name
+        (the evaluation runner's leakage guard calls this; :meth:`Bank.overlap_report`)."""
+        limits = ImageLimits(max_pixels=self.config.max_pixels, max_bytes=self.config.max_bytes)
+        return self.bank.overlap(paths, limits=limits, workers=4)
 
     def reference_image(self, path: str) -> Any:
         """A reference image, decoded (and downscaled with ``reference_max_side``) once and then cached."""

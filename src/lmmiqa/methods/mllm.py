@@ -138,6 +138,8 @@ class LevelScorer(MLLMScorer):
             details["covered_mass"] = float(mass[i])
             if getattr(self.backend, "prefix_mode", "continue") != "continue":
                 details["prefix_mode"] = self.backend.prefix_mode
+            if getattr(self.backend, "candidate_match", None) is not None:  # servers: which tokens counted
+                details["candidate_match"] = self.backend.candidate_match
             if extra_details is not None:
                 details.update(extra_details[i])
             out.append(

@@ -9,7 +9,8 @@ runs **one forward pass** per batch up to the position that predicts the score t
   (``details.head_raw`` holds the unclamped value, ``details.clamped`` says whether clamping changed it);
 * ``probabilities`` — for k = 5, the distribution over ``<score1>`` … ``<score5>`` (keys ``"1"``..``"5"``, the
   bin index; ``details.level_words`` names the tokens, ``details.argmax``/``std``/``expected`` describe it in bin
-  units, ``details.token_mos`` is its expectation mapped to the MOS of the bin centres and
+  units, ``details.token_mos`` is its expectation mapped to the MOS of the centres of the bins the adapter was
+  trained with (``details.bin_range``: the training split's MOS min–max unless a fixed range was given) and
   ``details.covered_mass`` the full-vocabulary probability of the five tokens). For k = 1 ``probabilities`` is
   ``None`` and ``details.score_token_prob`` is the full-vocabulary probability of ``<score>``.
 
@@ -129,7 +130,8 @@ class QScorer(Scorer):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         spec = self.spec
-        d.update({"base_model": spec.base_model, "k": spec.k, "mos_range": list(spec.mos_range), "merged": spec.merged})
+        d.update({"base_model": spec.base_model, "k": spec.k, "mos_range": list(spec.mos_range), "merged": spec.merged,
+                  "bin_range": list(spec.bins), "bin_source": spec.bin_source})
         return d
 
     # -------------------------------------------------------------------------------------------------
@@ -169,7 +171,8 @@ class QScorer(Scorer):
             probs = closed_set_probs(token_lp[None])[0]
             probabilities, level = level_details(probs, _token_scale(spec))
             details.update(level)
-            details["token_mos"] = float(probs @ bin_centers(lo, hi, spec.k))
+            details["token_mos"] = float(probs @ bin_centers(*spec.bins, spec.k))
+            details["bin_range"] = list(spec.bins)
             details["covered_mass"] = float(covered_mass(token_lp[None])[0])
         return ScoreResult(
             image=key,

@@ -265,9 +265,41 @@ class Bank:
                 self._by_hash.setdefault(it.content_hash, i)
         return self._by_hash.get(digest)
 
-    def overlap(self, paths: Sequence[str]) -> int:
-        """How many of ``paths`` are bank items (same file path)."""
-        return sum(1 for p in set(paths) if isinstance(p, str) and self.row_of_path(p) is not None)
+    def overlap(self, paths: Sequence[str], *, limits: Any = None, workers: int = 0) -> int:
+        """How many of ``paths`` are bank items: the same file, or the same picture under another name or in
+        another folder (same :func:`content_hash` of the decoded pixels). See :meth:`overlap_report`."""
+        return int(self.overlap_report(paths, limits=limits, workers=workers)["n"])
+
+    def overlap_report(self, paths: Sequence[str], *, limits: Any = None, workers: int = 0) -> dict[str, Any]:
+        """The leakage check behind ``lmmiqa eval``'s guard: which of ``paths`` are bank items.
+
+        A path that is a bank item's file counts at once; every other file is decoded (``limits``, ``workers``
+        threads) and counts when its pixels hash to a bank item's ``content_hash`` — a copy, a re-encoded
+        lossless file or a renamed file of a bank image would otherwise leak its own score into an evaluation.
+
+        Returns:
+            ``{"n", "by_path", "by_content", "unreadable", "examples"}`` (counts of distinct paths; up to five
+            overlapping paths; unreadable files cannot be compared and are not counted).
+        """
+        from lmmiqa.images import load_many
+
+        uniq = list(dict.fromkeys(p for p in paths if isinstance(p, (str, os.PathLike))))
+        uniq = [os.fspath(p) for p in uniq]
+        by_path = [p for p in uniq if self.row_of_path(p) is not None]
+        rest = [p for p in uniq if self.row_of_path(p) is None]
+        by_content: list[str] = []
+        unreadable = 0
+        step = 64  # decode in chunks: bounded memory on large evaluation sets
+        for start in range(0, len(rest), step):
+            chunk = rest[start : start + step]
+            for p, it in zip(chunk, load_many(chunk, limits, workers=int(workers))):
+                if not it.ok:
+                    unreadable += 1
+                elif self.row_of_hash(content_hash(it.image)) is not None:
+                    by_content.append(p)
+        found = by_path + by_content
+        return {"n": len(found), "by_path": len(by_path), "by_content": len(by_content), "unreadable": unreadable,
+                "examples": found[:5]}
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod

@@ -4,7 +4,10 @@ Every map is the standard five-parameter logistic ``q̂ = β1·(1/2 − 1/(1 + e
 (:func:`lmmiqa.evaluation.logistic.logistic5`), clipped to [1, 5]. Where a map comes from, in order of use:
 
 1. **fitted** — refitted by the user on a labeled set (``lmmiqa tools fit``), stored as JSON in
-   ``$XDG_CACHE_HOME/lmmiqa/maps/<tool>.json`` and used automatically afterwards;
+   ``$XDG_CACHE_HOME/lmmiqa/maps/<tool>.json`` and used by the tools themselves afterwards (:func:`active_map`).
+   The AgenticIQA agent never picks them up silently: it uses refitted maps only when they are chosen
+   (``--tool-maps FILE``, option ``tool_maps``; :func:`load_map_set`, :func:`select_map`), and its results
+   record which maps ran and what they were fitted on;
 2. **paper** — the β printed by AgenticIQA (fitted on KADID-10k MOS) for the tools it shares with lmmiqa:
    NIQE, BRISQUE, SSIM, GMSD, Q-Align (and FSIM, VIF, LPIPS for the pyiqa adapter);
 3. **synthetic** — fitted by ``scripts/fit_tool_maps.py`` on a synthetic distortion ladder whose pseudo-MOS
@@ -20,6 +23,7 @@ the data (e.g. at very strong noise). The paper's maps are used as printed, with
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -350,3 +354,143 @@ def default_map(tool: str) -> ToolMap | None:
 def active_map(tool: str) -> ToolMap | None:
     """The map in use: the user's refitted one when present, else :func:`default_map`."""
     return load_fitted_map(tool) or default_map(tool)
+
+
+# --------------------------------------------------------------------------- explicitly chosen maps (the agent)
+
+#: the facts about a refitted map's data that results record (``fitted_on``)
+FITTED_ON_KEYS = ("dataset", "labels", "root", "split", "n", "synthetic", "score_range", "higher_is_better", "created")
+
+
+@dataclass(frozen=True)
+class MapSet:
+    """Refitted tool maps chosen explicitly for a run (``--tool-maps FILE``; the agent's ``tool_maps`` option).
+
+    Refitted maps are never a silent global default for the agent: without a map set it uses the shipped maps
+    (:func:`default_map`) whatever the user cache holds.
+
+    Attributes:
+        maps: tool name -> map.
+        path: the file or folder they were read from.
+        files: tool name -> the file that held its map.
+        sha256: digest of the maps' content (tool names and parameters), to tell map sets apart in results.
+    """
+
+    maps: dict[str, ToolMap]
+    path: str
+    files: dict[str, str]
+    sha256: str
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-safe record for results and run configs: where the maps came from and what they were fitted on."""
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "tools": {name: map_record(m, self.files.get(name)) for name, m in sorted(self.maps.items())},
+        }
+
+
+def _map_entry(data: Any, where: str, tool: str | None = None) -> tuple[str, ToolMap]:
+    if not isinstance(data, Mapping):
+        raise DataError(f"{where}: expected a JSON object")
+    if int(data.get("schema_version", 0)) != SCHEMA_VERSION:
+        raise DataError(f"{where}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    name = str(data.get("tool") or tool or "")
+    if not name or "map" not in data:
+        raise DataError(f"{where}: expected {{'schema_version', 'tool', 'map'}} as written by `lmmiqa tools fit`")
+    return name, ToolMap.from_dict(data["map"])
+
+
+def load_map_set(path: str | os.PathLike[str]) -> MapSet:
+    """Read refitted maps chosen for a run.
+
+    ``path`` is one map file as ``lmmiqa tools fit`` writes it (``{"schema_version", "tool", "map"}``), a bundle
+    ``{"schema_version": 1, "maps": {tool: map, ...}}``, or a folder of map files (e.g. the user cache,
+    :func:`maps_dir`).
+
+    Raises:
+        ConfigError: ``path`` does not exist, or a tool name is not a registered tool.
+        DataError: a file is not a valid map file.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"tool maps {p} not found (a file written by `lmmiqa tools fit`, a bundle, or a folder)")
+    files = sorted(p.glob("*.json")) if p.is_dir() else [p]
+    if not files:
+        raise ConfigError(f"tool maps folder {p} holds no map file (*.json)")
+    maps: dict[str, ToolMap] = {}
+    sources: dict[str, str] = {}
+    for f in files:
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+            if isinstance(data, Mapping) and "maps" in data:
+                if int(data.get("schema_version", 0)) != SCHEMA_VERSION:
+                    raise DataError(f"schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+                entries = [(str(t), ToolMap.from_dict(m)) for t, m in dict(data["maps"]).items()]
+            else:
+                entries = [_map_entry(data, str(f))]
+        except (OSError, ValueError, KeyError, TypeError, ConfigError, DataError) as err:
+            raise DataError(f"cannot use the tool maps in {f}: {err}") from err
+        for name, m in entries:
+            if name in maps:
+                raise DataError(f"tool maps: {name!r} is defined twice ({sources[name]} and {f})")
+            maps[name] = m
+            sources[name] = str(f)
+    _check_tool_names(list(maps), str(p))
+    digest = hashlib.sha256(
+        json.dumps({n: m.to_dict() for n, m in sorted(maps.items())}, sort_keys=True, default=str).encode()
+    ).hexdigest()
+    return MapSet(maps, str(p), sources, digest)
+
+
+def _check_tool_names(names: Sequence[str], where: str) -> None:
+    from lmmiqa import registry
+    from lmmiqa.errors import UnknownNameError
+
+    known = set(registry.names("tool"))
+    for name in names:
+        if name not in known and not name.startswith("pyiqa:"):
+            raise UnknownNameError("tool", f"{name} (in {where})", sorted(known))
+
+
+def save_map_set(path: str | os.PathLike[str], maps: Mapping[str, ToolMap]) -> Path:
+    """Write several maps as one bundle file that :func:`load_map_set` reads."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"schema_version": SCHEMA_VERSION, "maps": {n: m.to_dict() for n, m in sorted(maps.items())}}
+    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def map_record(tool_map: ToolMap | None, file: str | None = None) -> dict[str, Any] | None:
+    """What a result records about the map that ran: source, file and, for a refitted map, its data."""
+    if tool_map is None:
+        return None
+    rec: dict[str, Any] = {"source": tool_map.source}
+    if tool_map.source == "fitted":
+        rec["file"] = file
+        rec["fitted_on"] = {k: tool_map.fit.get(k) for k in FITTED_ON_KEYS if k in tool_map.fit}
+    else:
+        rec["note"] = tool_map.note
+    return rec
+
+
+_SHIPPED = object()
+
+
+def select_map(
+    tool: str, chosen: MapSet | None = None, default: Any = _SHIPPED
+) -> tuple[ToolMap | None, dict[str, Any] | None]:
+    """The map a run that chose ``chosen`` uses for ``tool`` and its record (:func:`map_record`): the chosen
+    one, else the shipped default — never the user cache.
+
+    Args:
+        tool: the tool name.
+        chosen: the explicitly chosen maps, or None.
+        default: the tool's shipped map (``Tool.default_map``; pyiqa tools name theirs differently); default
+            :func:`default_map` of ``tool``.
+    """
+    if chosen is not None and tool in chosen.maps:
+        return chosen.maps[tool], map_record(chosen.maps[tool], chosen.files.get(tool))
+    m = default_map(tool) if default is _SHIPPED else default
+    return m, map_record(m)

@@ -2,7 +2,8 @@
 
 Each training image is asked "How would you rate the quality of this image?" and the answer
 "The quality of the image is <scoreX>" is appended after the model's generation prompt, where ``<scoreX>`` is
-the equal-width bin of the image's MOS (k = 5) or the single ``<score>`` (k = 1). The loss is
+the equal-width bin of the image's MOS (k = 5; bins over the training split's MOS min–max as in Q-Align, or a
+fixed ``bin_range``; stored in the artifact) or the single ``<score>`` (k = 1). The loss is
 
     ce_weight · CE(answer tokens) + mse_weight · MSE(head output, normalized MOS)
 
@@ -50,6 +51,7 @@ from lmmiqa.training.q_scorer_model import (
     _check_k,
     _check_range,
     _write_json,
+    data_bin_range,
     mos_bins,
     normalize_mos,
 )
@@ -87,6 +89,9 @@ class QScorerTrainConfig:
         tune_projector: also train the vision-language projector (the vision tower stays frozen).
         head_dims, head_activation, head_dropout: the MLP head (reference 2048, 1024, ReLU).
         mos_range: ``(lo, hi)`` of the MOS; default: the dataset's published range, else the training min/max.
+        bin_range: ``(lo, hi)`` cut into the k score tokens' equal-width bins, in the labels' own units; default
+            (None): the min–max of the training split's MOS, as Q-Align does (bins over a published range the
+            data does not fill leave tokens without images). Stored in the artifact.
         val_fraction: hold out this fraction of the training groups for validation when no validation set is
             given (0 = no validation).
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30 % slower).
@@ -126,6 +131,7 @@ class QScorerTrainConfig:
     head_activation: str = "relu"
     head_dropout: float = 0.0
     mos_range: tuple[float, float] | None = None
+    bin_range: tuple[float, float] | None = None
     val_fraction: float = 0.0
     gradient_checkpointing: bool = False
     device: str = "auto"
@@ -162,6 +168,8 @@ class QScorerTrainConfig:
             raise ConfigError("ce_weight and mse_weight must be >= 0 and not both 0")
         if self.mos_range is not None:
             self.mos_range = _check_range(*self.mos_range)
+        if self.bin_range is not None:
+            self.bin_range = _check_range(*self.bin_range)
         if not 0.0 <= float(self.val_fraction) < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.device not in TRAIN_DEVICES:
@@ -238,6 +246,37 @@ def _samples(data: Any, what: str) -> tuple[_Samples, bool, tuple[float, float] 
         raise ConfigError(f"{what} must be a lmmiqa.data.Dataset or (path, MOS) pairs: {err}") from err
     s = _Samples([p for p, _ in pairs], np.array([m for _, m in pairs], dtype=np.float64), [p for p, _ in pairs])
     return s, True, None, {"name": "pairs", "n": len(pairs)}
+
+
+def resolve_bin_range(
+    quality: Any,
+    k: int,
+    fixed: tuple[float, float] | None,
+    mos_range: tuple[float, float],
+    higher_is_better: bool = True,
+) -> tuple[tuple[float, float] | None, str]:
+    """The score-token bin range of a training run and where it came from.
+
+    Args:
+        quality: the training split's MOS, higher-is-better (DMOS already flipped onto ``mos_range``).
+        k: number of score tokens (k = 1 has no bins: ``(None, "mos_range")``).
+        fixed: a fixed range in the labels' own units (flipped like the labels for DMOS), or None for the
+            training min–max (Q-Align).
+        mos_range: the MOS range ``(lo, hi)`` (used to flip a fixed DMOS range).
+        higher_is_better: direction of the labels.
+
+    Returns:
+        ``((lo, hi), "training min-max" | "fixed")``, or ``(None, "mos_range")`` for k = 1.
+    """
+    if int(k) == 1:
+        return None, "mos_range"
+    if fixed is not None:
+        b_lo, b_hi = _check_range(*fixed)
+        if not higher_is_better:
+            lo, hi = mos_range
+            b_lo, b_hi = lo + hi - b_hi, lo + hi - b_lo
+        return (b_lo, b_hi), "fixed"
+    return data_bin_range(quality), "training min-max"
 
 
 def _fingerprint(config: QScorerTrainConfig, train: _Samples, val: _Samples | None, mos_range: tuple[float, float]) -> str:
@@ -413,6 +452,8 @@ def build_trainable(
     source_higher_is_better: bool = True,
     head_bias: float | None = None,
     dataset: dict[str, Any] | None = None,
+    bin_range: tuple[float, float] | None = None,
+    bin_source: str = "mos_range",
 ) -> TrainableQScorer:
     """Load the base model and make it a trainable Q-Scorer (the set-up :func:`train_q_scorer` uses).
 
@@ -428,6 +469,8 @@ def build_trainable(
         source_higher_is_better: recorded in the spec (false when DMOS labels were flipped).
         head_bias: initial bias of the head's last layer (normalized units), or None for torch's default.
         dataset: data summary recorded in the spec.
+        bin_range, bin_source: the score-token bin range and its origin (:func:`resolve_bin_range`); None =
+            ``mos_range``.
     """
     import torch
 
@@ -446,7 +489,7 @@ def build_trainable(
     spec = QScorerSpec(
         base_model=config.model, k=config.tokens, mos_range=mos_range, hidden_size=hidden, token_ids=tuple(token_ids),
         n_base_tokens=n_base, head=config.head_config(), lora=config.lora_settings(),
-        source_higher_is_better=source_higher_is_better, dataset=dataset,
+        source_higher_is_better=source_higher_is_better, dataset=dataset, bin_range=bin_range, bin_source=bin_source,
     )
     answer_lens = _answer_lengths(backend, spec)
     if config.gradient_checkpointing:
@@ -500,7 +543,7 @@ def batch_loss(
     spec = tq.spec
     lo, hi = spec.mos_range
     q = np.asarray(quality, dtype=np.float64)
-    bins = mos_bins(q, lo, hi, spec.k) if spec.k > 1 else np.zeros(len(q), dtype=np.int64)
+    bins = mos_bins(q, *spec.bins, spec.k) if spec.k > 1 else np.zeros(len(q), dtype=np.int64)
     prompts = [Prompt.simple([im, spec.question], answer_prefix=spec.answer(int(b))) for im, b in zip(images, bins)]
     inputs = tq.backend.encode(prompts)
     ids = inputs["input_ids"]
@@ -602,6 +645,7 @@ def train_q_scorer(
         tr.quality = lo + hi - tr.quality
         if va is not None:
             va.quality = lo + hi - va.quality
+    bins, bin_source = resolve_bin_range(tr.quality, config.tokens, config.bin_range, (lo, hi), hib)
     fingerprint = _fingerprint(config, tr, va, (lo, hi))
 
     # ---------------------------------------------------------------- out folder / resume
@@ -636,6 +680,7 @@ def train_q_scorer(
     u_train = normalize_mos(tr.quality, lo, hi)
     tq = build_trainable(
         config, device=str(acc.device), dtype=load_dtype, mos_range=(lo, hi), source_higher_is_better=hib,
+        bin_range=bins, bin_source=bin_source,
         head_bias=float(u_train.mean()),  # the head starts at the mean training score
         dataset={"train": tr_summary, "val": va_summary, "n_train": len(tr), "n_val": len(va) if va is not None else 0},
     )

@@ -7,8 +7,11 @@ MLLM fine-tuned with LoRA).
   the position that predicts it is the last position of the inference prompt (which ends with the prefix).
   Their input *and* output embedding rows are set deterministically to the mean of the rows of the original
   vocabulary (a random row would not be saved with the adapter and would break reloads); with tied
-  embeddings the one shared row is set once. MOS → token by equal-width bins of the MOS range
-  (:func:`mos_bins`).
+  embeddings the one shared row is set once. MOS → token by equal-width bins (:func:`mos_bins`) of the
+  **bin range**: by default the min–max of the training split's MOS, as Q-Align does (on KonIQ-10k, whose
+  published 1–5 range the data only spans from 1.10 to 4.31, bins over the published range leave
+  ``<score5>`` without a single image; over the data's min–max it gets 17.6 %), or a fixed range when asked
+  (``bin_range``). The range is stored in ``qscorer.json`` and used at inference (``details.token_mos``).
 * **LoRA** (peft) on ``.*language_model.*\\.(q|k|v|o|gate|up|down)_proj`` by default; the vision tower is frozen,
   its projector optionally trained in full (``tune_projector``); the new token rows are trainable through
   peft's ``trainable_token_indices`` (only those rows are saved).
@@ -65,6 +68,8 @@ LORA_TARGET = r".*language_model.*\.(q|k|v|o|gate|up|down)_proj"
 #: numbers of score tokens supported
 TOKEN_COUNTS = (1, 5)
 HEAD_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+#: where a Q-Scorer's score-token bin range came from (``QScorerSpec.bin_source``)
+BIN_SOURCES = ("training min-max", "fixed", "mos_range")
 #: module names of vision-language projectors (``tune_projector``), matched as a name or a dotted suffix
 PROJECTOR_NAMES = (
     "multi_modal_projector",  # LLaVA(-OneVision), InternVL (transformers), Idefics-style
@@ -111,6 +116,25 @@ def mos_bins(mos: Any, lo: float, hi: float, k: int) -> np.ndarray:
     k = _check_k(k)
     u = (np.asarray(mos, dtype=np.float64) - lo) / (hi - lo)
     return np.clip(np.floor(u * k), 0, k - 1).astype(np.int64)
+
+
+def data_bin_range(quality: Any) -> tuple[float, float]:
+    """The bin range Q-Align uses: min and max of the (training) MOS.
+
+    Raises:
+        ConfigError: no finite score, or every score is the same (no range to bin: give a fixed one).
+    """
+    q = np.asarray(quality, dtype=np.float64)
+    q = q[np.isfinite(q)]
+    if q.size == 0:
+        raise ConfigError("no finite training score to take the score-token bin range from")
+    lo, hi = float(q.min()), float(q.max())
+    if not hi > lo:
+        raise ConfigError(
+            f"every training score is {lo:g}: the score tokens' bins need a range; pass a fixed one "
+            "(bin_range=(LO, HI), CLI --bin-range LO HI)"
+        )
+    return lo, hi
 
 
 def bin_centers(lo: float, hi: float, k: int) -> np.ndarray:
@@ -216,6 +240,11 @@ class QScorerSpec:
         base_model: the model id/path the adapter was trained on.
         k: number of score tokens (1 or 5).
         mos_range: ``(lo, hi)`` of the MOS the head predicts (higher is better).
+        bin_range: ``(lo, hi)`` over which the MOS is cut into the k score tokens' equal-width bins (training
+            targets; ``details.token_mos`` at inference); None = ``mos_range`` (artifacts written before the bin
+            range was recorded).
+        bin_source: where ``bin_range`` came from: ``"training min-max"`` (default), ``"fixed"`` or
+            ``"mos_range"``.
         hidden_size: width of the hidden state the head reads.
         token_ids: vocabulary ids of the score tokens (checked on load).
         n_base_tokens: tokenizer length before the score tokens were added.
@@ -243,10 +272,16 @@ class QScorerSpec:
     merged: bool = False
     merged_from: str | None = None
     dataset: dict[str, Any] | None = None
+    bin_range: tuple[float, float] | None = None
+    bin_source: str = "mos_range"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", _check_k(self.k))
         object.__setattr__(self, "mos_range", _check_range(*self.mos_range))
+        if self.bin_range is not None:
+            object.__setattr__(self, "bin_range", _check_range(*self.bin_range))
+        if self.bin_source not in BIN_SOURCES:
+            raise ConfigError(f"unknown bin_source {self.bin_source!r}; known: {', '.join(BIN_SOURCES)}")
         object.__setattr__(self, "token_ids", tuple(int(i) for i in self.token_ids))
         if len(self.token_ids) != self.k:
             raise ConfigError(f"{self.k} score tokens need {self.k} token ids, got {list(self.token_ids)}")
@@ -254,6 +289,11 @@ class QScorerSpec:
     @property
     def tokens(self) -> tuple[str, ...]:
         return score_tokens(self.k)
+
+    @property
+    def bins(self) -> tuple[float, float]:
+        """The range the score tokens' bins cut: ``bin_range``, else ``mos_range``."""
+        return self.bin_range if self.bin_range is not None else self.mos_range
 
     def answer(self, token_index: int) -> str:
         """The training answer for score token ``token_index`` (0-based)."""
@@ -274,6 +314,8 @@ class QScorerSpec:
                 "token_ids": list(self.token_ids),
                 "n_base_tokens": self.n_base_tokens,
                 "mos_range": list(self.mos_range),
+                "bin_range": list(self.bins),
+                "bin_source": self.bin_source if self.bin_range is not None else "mos_range",
                 "higher_is_better": True,
                 "source_higher_is_better": self.source_higher_is_better,
                 "hidden_size": self.hidden_size,
@@ -308,6 +350,8 @@ class QScorerSpec:
                 merged=bool(d.get("merged", False)),
                 merged_from=d.get("merged_from"),
                 dataset=d.get("dataset"),
+                bin_range=(float(d["bin_range"][0]), float(d["bin_range"][1])) if d.get("bin_range") else None,
+                bin_source=str(d.get("bin_source", "mos_range")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise DataError(f"malformed {SPEC_FILE}: {type(err).__name__}: {err}") from err

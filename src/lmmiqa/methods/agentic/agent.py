@@ -27,7 +27,10 @@ Result: ``score`` in [1, 5]; ``probabilities`` are the fused weights ``α_c p_c 
 ``score = Σ p·c``); ``details`` has ``plan``, ``distortions``, ``analysis``, ``tool_selection``, ``tools``
 (``name → {raw, normalized, ...}``), ``fusion`` (``p``, ``alpha``, ``weights``, ``q_bar``, ``eta``,
 ``p_source``), ``explanation``, ``explanation_source`` (``model`` or ``template``), ``replans``,
-``parse_failures``, ``backend_calls``, ``sources``, ``notes`` and a ``trace`` of stages with timings. A stage
+``parse_failures``, ``backend_calls``, ``sources``, ``notes``, ``tool_maps`` (the explicitly chosen refitted
+maps, or None for the shipped ones; each tool's map is in ``tools[name].map``), ``level_name`` (the level nearest to the score,
+half-way rounding up: :func:`~lmmiqa.methods.agentic.fusion.nearest_level`) and a ``trace`` of stages with
+timings. A stage
 run for a whole batch reports the batch's wall time split evenly over its items (``seconds``, with ``batch`` the
 number of items); ``backend_calls`` counts every call an item took part in (a batched call once per item), and
 :attr:`AgenticIQA.last_backend_calls` the calls of the last run in total.
@@ -42,6 +45,7 @@ Example::
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -52,6 +56,7 @@ from lmmiqa.errors import ConfigError
 from lmmiqa.images import ImageItem, load_item
 from lmmiqa.levels import LETTER_SCALE, level_details
 from lmmiqa.methods.agentic.executor import Executor, cues_detail, tools_detail
+from lmmiqa.methods.agentic.fusion import level_name
 from lmmiqa.methods.agentic.planner import run_planner
 from lmmiqa.methods.agentic.state import ItemState
 from lmmiqa.methods.agentic.summarizer import Summary, run_summarizer
@@ -77,6 +82,10 @@ class AgenticConfig(MLLMConfig):
         query: the user's free-text query for :meth:`AgenticIQA.score` (default: the quality question).
         max_new_tokens: generation budget of each JSON reply.
         tool_workers: threads running tools concurrently.
+        tool_maps: refitted tool maps to use (a file written by ``lmmiqa tools fit``, a bundle, or a folder of
+            them; CLI ``--tool-maps FILE``). Default None: the shipped maps (paper β, else synthetic), never a
+            refitted map from the user cache. Results record the maps that ran (``details.tools[name].map``,
+            ``details.tool_maps``).
     """
 
     eta: float = 1.0
@@ -86,6 +95,7 @@ class AgenticConfig(MLLMConfig):
     query: str | None = None
     max_new_tokens: int = 256
     tool_workers: int = 4
+    tool_maps: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -113,6 +123,13 @@ class AgenticConfig(MLLMConfig):
             self.query = self.query.strip() or None
         if self.tools is not None:
             self.tools = canonical_tools(self.tools)
+        if self.tool_maps is not None:
+            if not isinstance(self.tool_maps, (str, os.PathLike)) or not str(self.tool_maps).strip():
+                raise ConfigError(f"tool_maps must be a path, got {self.tool_maps!r}")
+            from lmmiqa.tools.maps import load_map_set
+
+            self.tool_maps = os.fspath(self.tool_maps)
+            load_map_set(self.tool_maps)  # fail at configuration time, not on the first image
 
 
 def canonical_tools(tools: str | Sequence[str]) -> tuple[str, ...]:
@@ -163,6 +180,16 @@ class AgenticIQA(MLLMScorer):
         super().__init__(config, backend)
         #: backend calls made by the last run (all items together); see also ``details.backend_calls``
         self.last_backend_calls = 0
+        self._tool_maps: Any = None
+
+    @property
+    def tool_maps(self) -> Any:
+        """The explicitly chosen refitted maps (:class:`lmmiqa.tools.maps.MapSet`), or None (shipped maps)."""
+        if self._tool_maps is None and self.config.tool_maps:
+            from lmmiqa.tools.maps import load_map_set
+
+            self._tool_maps = load_map_set(self.config.tool_maps)
+        return self._tool_maps
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -231,7 +258,7 @@ class AgenticIQA(MLLMScorer):
         backend = self.backend
         executor = Executor(
             backend, self.allowed_tools, max_retries=cfg.max_retries, max_new_tokens=cfg.max_new_tokens,
-            tool_workers=cfg.tool_workers,
+            tool_workers=cfg.tool_workers, tool_maps=self.tool_maps,
         )
         calls = 0
         active = list(states)
@@ -274,6 +301,7 @@ class AgenticIQA(MLLMScorer):
             return replace(self.failure(s.key, summ.error or "nothing to score", timings), details=self._details(s, summ, infos))
         fusion = summ.fusion
         probabilities, level = level_details(list(fusion.weights), LETTER_SCALE)
+        level["level_name"] = level_name(fusion.score, LETTER_SCALE.values, LETTER_SCALE.words)
         details = {**level, **self._details(s, summ, infos)}
         return ScoreResult(
             image=s.key,
@@ -287,11 +315,12 @@ class AgenticIQA(MLLMScorer):
             timings=timings,
         )
 
-    @staticmethod
-    def _details(s: ItemState, summ: Summary, infos: dict[str, Any]) -> dict[str, Any]:
+    def _details(self, s: ItemState, summ: Summary, infos: dict[str, Any]) -> dict[str, Any]:
         fusion = {**summ.fusion.to_dict(), "p_source": summ.p_source} if summ.fusion is not None else None
         if fusion is not None:
             fusion.pop("score", None)
+            if summ.p_fallback is not None:
+                fusion["p_fallback"] = summ.p_fallback
         return {
             "query": s.query,
             "query_given": s.query_given,
@@ -302,6 +331,7 @@ class AgenticIQA(MLLMScorer):
             "analysis": s.analysis,
             "tool_selection": s.selection,
             "tools": tools_detail(s, infos),
+            "tool_maps": self.tool_maps.describe() if self.tool_maps is not None else None,
             "cues": cues_detail(s),
             "fusion": fusion,
             "summary_letter": summ.letter,
@@ -321,6 +351,7 @@ class AgenticIQA(MLLMScorer):
         d = super().describe()
         d["scale"] = LETTER_SCALE.to_dict()
         d["tools"] = self.allowed_tools
+        d["tool_maps"] = self.tool_maps.describe() if self.tool_maps is not None else None
         return d
 
 

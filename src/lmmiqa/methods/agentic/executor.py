@@ -15,6 +15,10 @@ times; every one is marked ``source = "fallback"`` in the result):
 - **tool selection** → the evidence/mapping table (:data:`NR_TABLE` / :data:`FR_TABLE`): the first allowed tool
   listed for the distortion, else the first allowed general-purpose tool (:data:`GENERAL_TOOLS`).
 
+A tool that fails — an error result, or any exception it raises (CUDA out of memory, an unreadable file) — is
+recorded for that tool (``details.tools[name].error`` and a note) and left out of the fusion; the item keeps the
+VLM's answers and the other tools' scores.
+
 When the plan asks for tool execution without tool selection, tools come from the same table and are marked
 ``source = "table"`` (a planned default, not a fallback). Tools of the item's mode are offered (full-reference
 tools when a reference was given); if the allow-list has none of that kind, the other kind is used and a note
@@ -137,6 +141,8 @@ class Executor:
         max_retries: JSON retries per stage.
         max_new_tokens: generation budget per reply.
         tool_workers: threads running tools.
+        tool_maps: refitted maps chosen for this run (:class:`lmmiqa.tools.maps.MapSet`); every other tool is
+            normalized with its shipped map, never with a refitted map from the user cache.
     """
 
     def __init__(
@@ -147,8 +153,10 @@ class Executor:
         max_retries: int,
         max_new_tokens: int,
         tool_workers: int,
+        tool_maps: Any = None,
     ) -> None:
         self.backend = backend
+        self.tool_maps = tool_maps
         self.max_retries = int(max_retries)
         self.max_new_tokens = int(max_new_tokens)
         self.tool_workers = int(tool_workers)
@@ -156,6 +164,8 @@ class Executor:
         from lmmiqa.tools import tool_catalog
 
         self.infos = {i.name: i for i in tool_catalog(names=list(allowed))}
+        self._defaults: dict[str, Any] = {}
+        self._cache_notes: dict[str, str | None] = {}
         self.allowed = list(allowed)
         self.calls = 0
 
@@ -177,9 +187,12 @@ class Executor:
     def run_tools(self, jobs: Iterable[tuple[ItemState, str]], into: str = "tool_results") -> float:
         """Run (item, tool) pairs concurrently; results go to ``state.<into>[tool]``. Returns the wall time.
 
-        A no-reference tool already measured as a cue on the same item is not measured again.
+        A no-reference tool already measured as a cue on the same item is not measured again. A tool that raises
+        (``RuntimeError`` such as CUDA out of memory, ``OSError``, ...) gives that tool an error result
+        (``"<ExceptionType>: message"``); the item goes on with the other tools' scores and the VLM's answers,
+        and fusion leaves the failed tool out.
         """
-        from lmmiqa.tools import run_tool
+        from lmmiqa.tools import ToolResult, run_tool
 
         todo: list[tuple[ItemState, str]] = []
         for state, name in jobs:
@@ -194,7 +207,12 @@ class Executor:
             def one(job: tuple[ItemState, str]) -> Any:
                 state, name = job
                 ref = state.ref if self.infos[name].kind == FR else None
-                return run_tool(name, state.image, ref=ref)
+                t_start = time.perf_counter()
+                try:
+                    return run_tool(name, state.image, ref=ref)
+                except Exception as err:  # one tool's failure (CUDA OOM, OSError) is its own
+                    return ToolResult(name, state.key, None, None, f"{type(err).__name__}: {err}", {},
+                                      time.perf_counter() - t_start)
 
             workers = max(1, min(self.tool_workers, len(todo)))
             if workers == 1:
@@ -203,8 +221,42 @@ class Executor:
                 with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agentic-tool") as pool:
                     results = list(pool.map(one, todo))
             for (state, name), res in zip(todo, results):
-                getattr(state, into)[name] = res
+                getattr(state, into)[name] = self.apply_map(name, res)
+                note = self.unused_cache_note(name)
+                if note and note not in state.notes:
+                    state.notes.append(note)
         return time.perf_counter() - t0
+
+    def unused_cache_note(self, name: str) -> str | None:
+        """A note when the user cache holds a refitted map of ``name`` that this run does not use (it was not
+        chosen with ``tool_maps``): refitted maps are never a silent default, and never silently ignored."""
+        if name not in self._cache_notes:
+            from lmmiqa.tools.maps import fitted_map_path
+
+            path = fitted_map_path(name)
+            chosen = self.tool_maps is not None and name in self.tool_maps.maps
+            self._cache_notes[name] = (
+                f"{name}: the refitted map {path} was not used (the shipped map was); choose refitted maps with "
+                f"--tool-maps FILE (option tool_maps)" if path.is_file() and not chosen else None
+            )
+        return self._cache_notes[name]
+
+    def apply_map(self, name: str, res: Any) -> Any:
+        """``res`` normalized with the map this run uses for ``name`` (the chosen refitted one, else the shipped
+        one), with ``details.map`` recording it (source, file, what it was fitted on)."""
+        from dataclasses import replace
+
+        from lmmiqa.tools import get_tool
+        from lmmiqa.tools.maps import select_map
+
+        if name not in self._defaults:
+            self._defaults[name] = get_tool(name).default_map
+        m, record = select_map(name, self.tool_maps, self._defaults[name])
+        details = {k: v for k, v in res.details.items() if k != "map_note"}
+        details["map"] = record
+        if not res.ok:
+            return replace(res, details=details)
+        return replace(res, normalized=None if m is None else m.apply(res.raw), details=details)
 
     def measure_cues(self, states: Sequence[ItemState], categories_of: dict[int, list[str]]) -> float:
         """Measure the allowed cue tools of the given categories (per item index) for a fallback."""
@@ -455,6 +507,9 @@ class Executor:
         for s in asked:
             names = list(dict.fromkeys(v["tool"] for v in s.selection.values() if v["tool"]))
             s.sources["tools"] = "executed"
+            for n in names:
+                if not s.tool_results[n].ok:
+                    s.notes.append(f"tool execution: {n} failed ({s.tool_results[n].error}); fused without it")
             s.record(
                 "tool_execution", round_, sum(s.tool_results[n].seconds or 0.0 for n in names),
                 batch=len(asked), backend_calls=0, wall_seconds=wall, tools=names,
@@ -482,7 +537,7 @@ def tools_detail(s: ItemState, infos: dict[str, Any]) -> dict[str, dict[str, Any
             "for": [t for t, v in s.selection.items() if v["tool"] == name],
             "seconds": r.seconds,
             "error": r.error,
-            "map": r.details.get("map"),
+            "map": r.details.get("map"),  # source, file and (refitted) what it was fitted on
         }
     return out
 

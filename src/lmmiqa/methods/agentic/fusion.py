@@ -46,6 +46,31 @@ def _check_eta(eta: float) -> float:
     return eta
 
 
+def nearest_level(score: float, levels: Sequence[float] | None = None) -> int:
+    """Index of the level nearest to ``score`` (level order); exactly half-way goes to the higher level
+    (rounding half up: 2.5 → 3, 2.4 → 2). The one rule that names a score's level everywhere (the summarizer's
+    templated explanation, ``details.level_name``, ``lmmiqa assess``).
+
+    Raises:
+        ValueError: ``score`` is not finite.
+    """
+    v = _levels(levels)
+    x = float(score)
+    if not math.isfinite(x):
+        raise ValueError(f"score must be finite, got {score!r}")
+    d = np.abs(v - x)
+    best = float(d.min())
+    ties = np.flatnonzero(d <= best + 1e-9)
+    return int(ties[np.argmax(v[ties])])
+
+
+def level_name(score: float, levels: Sequence[float], words: Sequence[str]) -> str:
+    """The word of the level nearest to ``score`` (:func:`nearest_level`)."""
+    if len(words) != len(levels):
+        raise ValueError(f"{len(words)} words for {len(levels)} levels")
+    return str(words[nearest_level(score, levels)])
+
+
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     """Log-softmax of one row; ``-inf`` entries stay ``-inf``; a row of all ``-inf`` raises."""
     x = np.asarray(x, dtype=np.float64)

@@ -11,17 +11,20 @@ single-quoted strings and ``True``/``False``/``None``. :func:`extract_json` acce
    string only where a key or value may start, and closes it only before ``,``, ``:``, ``}``, ``]`` or the
    end, so an apostrophe in ``'it's blurry'`` stays text), and bare ``True``/``False``/``None`` outside
    strings turned into JSON literals;
-3. the first candidate that parses to the expected type (an object by default) wins; if none does,
-   :class:`~lmmiqa.errors.ParseError` says why, quoting the start of the reply.
+3. :func:`extract_json`: the first candidate that parses to the expected type (an object by default) wins; if
+   none does, :class:`~lmmiqa.errors.ParseError` says why, quoting the start of the reply.
 
-:func:`parse_as` then validates the value against a pydantic schema; a validation error is a
-:class:`ParseError` too, so every failure is counted the same way by the agent.
+:func:`parse_as` validates the candidates against a pydantic schema in the same order and returns the **first
+that validates** (a reply that quotes the requested format before its answer, or corrects itself, is read by
+its answer); when none fits, the error of the first one is raised as a :class:`ParseError`, so every failure is
+counted the same way by the agent.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from lmmiqa.errors import ParseError
@@ -173,15 +176,17 @@ def _candidates(text: str) -> list[str]:
     return out
 
 
-def extract_json(text: str, expect: type | tuple[type, ...] = dict) -> Any:
-    """The first JSON value of type ``expect`` (an object by default) found in ``text``.
+def iter_json(text: str, expect: type | tuple[type, ...] = dict) -> Iterator[Any]:
+    """Every JSON value of type ``expect`` found in ``text``, in candidate order (see the module docstring).
 
     Raises:
-        ParseError: no candidate parses to ``expect`` (the message quotes the start of ``text``).
+        ParseError: ``text`` is empty, or no candidate parses to ``expect`` (raised when the iteration ends
+            without having yielded anything; the message quotes the start of ``text``).
     """
     if not isinstance(text, str) or not text.strip():
         raise ParseError("empty reply: expected JSON")
     found_other: type | None = None
+    yielded = False
     for cand in _candidates(text):
         for attempt in (cand, repair_json(cand)):
             try:
@@ -189,19 +194,33 @@ def extract_json(text: str, expect: type | tuple[type, ...] = dict) -> Any:
             except (json.JSONDecodeError, RecursionError):
                 continue
             if isinstance(value, expect):
-                return value
-            found_other = type(value)
+                yielded = True
+                yield value
+            else:
+                found_other = type(value)
             break
+    if yielded:
+        return
     want = expect.__name__ if isinstance(expect, type) else "/".join(t.__name__ for t in expect)
     if found_other is not None:
         raise ParseError(f"expected a JSON {want}, found only a JSON {found_other.__name__} in {_snippet(text)}")
     raise ParseError(f"no JSON {want} found in the reply {_snippet(text)}")
 
 
-def parse_as(text: str, schema: type[T], context: dict[str, Any] | None = None) -> T:
-    """Extract a JSON object from ``text`` and validate it against the pydantic model ``schema``.
+def extract_json(text: str, expect: type | tuple[type, ...] = dict) -> Any:
+    """The first JSON value of type ``expect`` (an object by default) found in ``text``.
 
-    A bare JSON list is accepted when the schema names the key it stands for (``schema.list_key``).
+    Raises:
+        ParseError: no candidate parses to ``expect`` (the message quotes the start of ``text``).
+    """
+    return next(iter_json(text, expect))
+
+
+def parse_as(text: str, schema: type[T], context: dict[str, Any] | None = None) -> T:
+    """The first JSON object in ``text`` that validates against the pydantic model ``schema``.
+
+    Candidates are tried in :func:`iter_json` order; one that does not fit is skipped, so a later object that
+    fits wins. A bare JSON list is accepted when the schema names the key it stands for (``schema.list_key``).
 
     Args:
         text: the model's reply.
@@ -209,16 +228,22 @@ def parse_as(text: str, schema: type[T], context: dict[str, Any] | None = None) 
         context: pydantic validation context (e.g. the tools a selection may name).
 
     Raises:
-        ParseError: no JSON object, or it does not fit ``schema`` (the message lists the problems).
+        ParseError: no JSON object, or none fits ``schema`` (the message lists the first one's problems).
     """
     import pydantic
 
     list_key = getattr(schema, "list_key", None)
-    value = extract_json(text, (dict, list) if list_key else dict)
-    if isinstance(value, list):
-        value = {list_key: value}
-    try:
-        return schema.model_validate(value, context=context)  # type: ignore[attr-defined,no-any-return]
-    except pydantic.ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors())
-        raise ParseError(f"the JSON does not fit {schema.__name__}: {problems}") from err
+    first_error: pydantic.ValidationError | None = None
+    for value in iter_json(text, (dict, list) if list_key else dict):
+        if isinstance(value, list):
+            value = {list_key: value}
+        try:
+            return schema.model_validate(value, context=context)  # type: ignore[attr-defined,no-any-return]
+        except pydantic.ValidationError as err:
+            first_error = first_error or err
+    if first_error is None:  # pragma: no cover - iter_json raises when it yields nothing
+        raise ParseError(f"no JSON object found in the reply {_snippet(text)}")
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in first_error.errors()
+    )
+    raise ParseError(f"the JSON does not fit {schema.__name__}: {problems}") from first_error

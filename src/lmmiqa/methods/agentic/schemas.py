@@ -366,8 +366,37 @@ def _canonical_tool(name: str) -> str:
         return key.lower()
 
 
+#: explanation texts that are the requested format's placeholder, not an answer (compared lower-case)
+_PLACEHOLDER_TEXTS = frozenset({"explanation", "your explanation", "an explanation", "text", "string", "n/a"})
+_LEVEL_WORDS: dict[str, str] = {"excellent": "A", "good": "B", "fair": "C", "poor": "D", "bad": "E"}
+
+
+def is_placeholder(text: str) -> bool:
+    """True for a text with no letter or digit (``"..."``, ``"…"``) or a bare format word (``"explanation"``):
+    what a model writes when it echoes the requested JSON format instead of answering."""
+    t = str(text).strip()
+    return not re.search(r"[^\W_]", t) or t.strip(" .…:-").lower() in _PLACEHOLDER_TEXTS
+
+
+def named_levels(text: str) -> set[str]:
+    """The AgenticIQA letters a level answer names: standalone capital letters A–E, a lone lower-case letter
+    (``"b"``, ``"(c)"``), and level words (``"Good"`` → B)."""
+    s = str(text).strip()
+    named = set(re.findall(r"(?<![A-Za-z])([A-E])(?![A-Za-z])", s))
+    m = re.fullmatch(r"\(?([a-e])[.)]?", s)
+    if m:
+        named.add(m.group(1).upper())
+    named |= {_LEVEL_WORDS[w] for w in re.findall(r"[a-z]+", s.lower()) if w in _LEVEL_WORDS}
+    return named
+
+
 class SummaryOutput(_Schema):
-    """The summarizer's explanation, and the level letter it names (used only when no log-probabilities exist)."""
+    """The summarizer's explanation, and the level letter it names (used only when no log-probabilities exist).
+
+    A reply that echoes the requested format — an explanation that is only a placeholder (``"..."``), or a level
+    that names several levels (``"A, B, C, D or E (Excellent, Good, Fair, Poor, Bad)"``) — does not validate:
+    it is a parse failure (retried, then the template fallback), never level A with a made-up explanation.
+    """
 
     explanation: str = Field(min_length=1)
     level: Literal["A", "B", "C", "D", "E"] | None = None
@@ -376,7 +405,9 @@ class SummaryOutput(_Schema):
     @classmethod
     def _explanation(cls, v: Any) -> Any:
         if isinstance(v, (list, tuple)):
-            return " ".join(str(x) for x in v)
+            v = " ".join(str(x) for x in v)
+        if isinstance(v, str) and v.strip() and is_placeholder(v):
+            raise ValueError(f"explanation {v!r} is the format's placeholder, not an explanation")
         return v
 
     @field_validator("level", mode="before")
@@ -387,11 +418,12 @@ class SummaryOutput(_Schema):
         s = str(v).strip()
         if not s:
             return None
-        words = {"excellent": "A", "good": "B", "fair": "C", "poor": "D", "bad": "E"}
-        m = re.match(r"^\(?([A-Ea-e])\b", s)
-        if m:
-            return m.group(1).upper()
-        w = _norm_words(s).split(" ")[0]
-        if w in words:
-            return words[w]
+        named = named_levels(s)
+        if len(named) == 1:
+            return named.pop()
+        if named:
+            raise ValueError(
+                f"level must name one of A, B, C, D, E; {v!r} names {len(named)} ({', '.join(sorted(named))}), "
+                "which echoes the requested format"
+            )
         raise ValueError(f"level must be one of A, B, C, D, E, got {v!r}")

@@ -14,8 +14,9 @@ Two backend calls per batch:
 Where the level probabilities are not available (a backend without log-probabilities raises
 :class:`~lmmiqa.errors.UnsupportedError`, a server that returns none raises
 :class:`~lmmiqa.errors.BackendError` — a server that is down fails the explanation call right after, loudly —
-and a server whose top log-probabilities contain no letter gives a row of ``-inf``), the reason is kept in the
-item's notes and ``details.fusion.p_source`` says what was used instead: ``"generated"`` (the letter of the parsed
+a server whose top log-probabilities contain no letter gives a row of ``-inf``, and a row with NaN or ``+inf``
+— a broken forward — is not used), the reason is kept in the item's notes and in ``details.fusion.p_fallback``,
+and ``details.fusion.p_source`` says what was used instead: ``"generated"`` (the letter of the parsed
 explanation reply, as a one-hot p), ``"uniform"`` (no letter either, but tool scores exist: q is the tool prior's
 mean), or the item fails with an error when there is neither.
 """
@@ -33,7 +34,7 @@ import numpy as np
 from lmmiqa.backends.base import Backend
 from lmmiqa.errors import BackendError
 from lmmiqa.levels import LETTER_SCALE
-from lmmiqa.methods.agentic.fusion import Fusion, fuse_evidence
+from lmmiqa.methods.agentic.fusion import Fusion, fuse_evidence, level_name
 from lmmiqa.methods.agentic.planner import image_parts
 from lmmiqa.methods.agentic.schemas import SummaryOutput
 from lmmiqa.methods.agentic.state import ItemState, JsonJob, ask_json
@@ -112,8 +113,7 @@ def template_explanation(s: ItemState, fusion: Fusion | None, reason: str) -> st
     """A summary of the measured evidence, used when the model's explanation could not be parsed."""
     parts: list[str] = []
     if fusion is not None:
-        level = round(fusion.score)
-        word = dict(zip(LETTER_SCALE.values, LETTER_SCALE.words))[float(min(5, max(1, level)))]
+        word = level_name(fusion.score, LETTER_SCALE.values, LETTER_SCALE.words)
         parts.append(f"Fused quality score {fusion.score:.2f} on 1-5 (closest level: {word}).")
     seen = [e for e in s.analysis if e.get("severity")]
     if seen:
@@ -155,6 +155,8 @@ class Summary:
     explanation_source: str
     letter: str | None
     error: str | None = None
+    #: why the level probabilities were not used (``p_source`` is not ``logprobs``), else None
+    p_fallback: str | None = None
 
 
 def run_summarizer(
@@ -204,6 +206,10 @@ def run_summarizer(
         letter = out.value.level if out.ok else None
         tool_scores = [r.normalized for r in usable_tools(s).values()]
         error = None
+        reason = unsupported or "no letter candidate was visible"
+        if np.isnan(row).any() or np.isposinf(row).any():  # a broken forward (fp16 overflow, bad server)
+            reason = f"the level log-probabilities are not finite ({', '.join(f'{x:g}' for x in row)})"
+            row = np.full(len(cands), -np.inf)
         if np.isfinite(row).any():
             p_source = "logprobs"
         elif letter is not None:
@@ -216,16 +222,9 @@ def run_summarizer(
             p_source = "none"
         fusion = fuse_evidence(row, tool_scores, eta) if p_source != "none" else None
         if fusion is None:
-            error = (
-                "nothing to score: no level probabilities ("
-                + (unsupported or "no letter candidate among the backend's log-probabilities")
-                + "), no parsable level letter and no tool score"
-            )
+            error = f"nothing to score: no level probabilities ({reason}), no parsable level letter and no tool score"
         if p_source != "logprobs":
-            s.notes.append(
-                f"summarizer: level probabilities unavailable ({unsupported or 'no letter candidate was visible'}); "
-                f"p from {p_source}"
-            )
+            s.notes.append(f"summarizer: level probabilities unavailable ({reason}); p from {p_source}")
         if out.ok:
             explanation, e_source = out.value.explanation, "model"
         else:
@@ -238,5 +237,7 @@ def run_summarizer(
             backend_calls=out.attempts + (0 if unsupported else 1), attempts=out.attempts,
             parse_failures=len(out.errors), errors=out.errors, source=e_source, p_source=p_source,
         )
-        summaries.append(Summary(fusion, p_source, explanation, e_source, letter, error))
+        summaries.append(
+            Summary(fusion, p_source, explanation, e_source, letter, error, None if p_source == "logprobs" else reason)
+        )
     return summaries, calls
