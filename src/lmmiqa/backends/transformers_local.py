@@ -20,13 +20,17 @@ import numpy as np
 from lmmiqa.backends.base import Backend
 from lmmiqa.config import build_config
 from lmmiqa.errors import ConfigError, ModelLoadError, UnsupportedError, require
-from lmmiqa.levels import resolve_token_ids
+from lmmiqa.levels import candidates_in_context, resolve_token_ids
 from lmmiqa.torch_utils import DTYPES, pick_device
 from lmmiqa.types import Prompt
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
+
+#: How many characters of the end of a rendered prompt are used to resolve level tokens in context (cut further
+#: at the last special token inside them, where tokenization restarts).
+LEVEL_CONTEXT_CHARS = 256
 
 
 @dataclass
@@ -131,6 +135,7 @@ class TransformersBackend(Backend):
         if tok is None:
             raise ModelLoadError(f"{self.config.model}: the processor has no tokenizer")
         self.tokenizer = tok
+        self._specials: tuple[int, list[str]] | None = None
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -220,9 +225,16 @@ class TransformersBackend(Backend):
         return texts, [im for ims in per_prompt for im in ims]
 
     def encode(self, prompts: Sequence[Prompt]) -> Any:
-        """Processor outputs (tensors on the model's device) for a batch of prompts, left-padded."""
+        """Processor outputs (tensors on the model's device) for a batch of prompts, left-padded.
+
+        When the chat template already wrote the tokenizer's BOS text, the tokenizer is told not to add its
+        special tokens again (as transformers' own ``processor.apply_chat_template(..., tokenize=True)`` does);
+        otherwise a tokenizer that adds BOS would give the model two.
+        """
         texts, images = self._render(prompts)
         kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+        if self._template_writes_bos(texts):
+            kwargs["add_special_tokens"] = False
         if images:
             kwargs["images"] = images
         inputs = self.processor(**kwargs)
@@ -233,18 +245,68 @@ class TransformersBackend(Backend):
                 inputs[k] = v.to(float_dtype)
         return inputs
 
+    def _template_writes_bos(self, texts: Sequence[str]) -> bool:
+        bos = getattr(self.tokenizer, "bos_token", None)
+        return bool(bos) and any(t.startswith(bos) for t in texts)
+
     def _chunks(self, prompts: Sequence[Prompt]) -> list[Sequence[Prompt]]:
         n = self.config.max_batch
         return [prompts[i : i + n] for i in range(0, len(prompts), n)]
 
     # ------------------------------------------------------------------ protocol
     def token_ids(self, candidates: Sequence[str], context: str) -> list[int]:
-        """Resolve (and cache) candidate token ids in the context of an answer prefix."""
+        """Resolve (and cache) the token ids of ``candidates`` as produced right after the text ``context``."""
         key = (tuple(candidates), context)
         if key not in self._token_cache:
-            # with no answer prefix, the level follows the generation prompt (which ends in a newline in ChatML)
             self._token_cache[key] = resolve_token_ids(self.tokenizer, candidates, context)
         return self._token_cache[key]
+
+    def level_context(self, rendered: str) -> str:
+        """The end of a rendered prompt (chat template + answer prefix) that decides how the next token is
+        tokenized: its last :data:`LEVEL_CONTEXT_CHARS` characters, starting at the last special token among
+        them when there is one (the tokenizer splits special tokens off before BPE, so nothing earlier can
+        merge with the level)."""
+        tail = rendered[-LEVEL_CONTEXT_CHARS:]
+        best: tuple[int, int] | None = None  # (end, -start) of the last special token in the tail
+        for special in self._special_texts():
+            i = tail.rfind(special)
+            if i >= 0:
+                cand = (i + len(special), -i)
+                if best is None or cand > best:
+                    best = cand
+        return tail[-best[1] :] if best is not None else tail  # -best[1] is the start
+
+    def _special_texts(self) -> list[str]:
+        """The texts of the tokenizer's special and added tokens (recomputed when tokens are added, e.g. by
+        Q-Scorer's score tokens)."""
+        tok = self.tokenizer
+        n = len(tok)
+        if self._specials is None or self._specials[0] != n:
+            found = set(getattr(tok, "all_special_tokens", []) or [])
+            try:
+                found.update(tok.get_added_vocab())
+            except Exception:  # noqa: BLE001 - a tokenizer without added tokens
+                pass
+            self._specials = (n, sorted((t for t in found if t), key=len, reverse=True))
+        return self._specials[1]
+
+    def level_token_ids(self, prompts: Sequence[Prompt], candidates: Sequence[str]) -> list[list[int]]:
+        """The token id of each candidate per prompt, resolved in the context the model actually reads: the end of
+        the rendered generation prompt plus the answer prefix (not the prefix alone).
+
+        ``candidates`` are formed as after the answer prefix (``LevelScale.candidates(prefix)``); their leading
+        space is re-formed for the full context (:func:`lmmiqa.levels.candidates_in_context`), so a template
+        ending in ``"Assistant:"`` reads ``" 7"`` where ChatML's ``"assistant\\n"`` reads ``"7"``.
+
+        Raises:
+            TokenizationError: a candidate is not exactly one token in that context (listing its pieces).
+        """
+        texts, _ = self._render(prompts)
+        out: list[list[int]] = []
+        for text in texts:
+            ctx = self.level_context(text)
+            out.append(self.token_ids(candidates_in_context(candidates, ctx), ctx))
+        return out
 
     def _forward_last(self, prompts: Sequence[Prompt], select: Any = None) -> Any:
         """Log-softmax at the answer position per chunk; ``select(chunk_start, logp_on_device)`` may reduce each
@@ -271,9 +333,7 @@ class TransformersBackend(Backend):
             return np.zeros((0, len(candidates)))
         import torch
 
-        prefixes = {p.answer_prefix for p in prompts}
-        ids_per_prefix = {pre: self.token_ids(candidates, pre) for pre in prefixes}
-        ids = torch.tensor([ids_per_prefix[p.answer_prefix] for p in prompts], dtype=torch.long)
+        ids = torch.tensor(self.level_token_ids(prompts, candidates), dtype=torch.long)
 
         def select(start: int, logp: Any) -> Any:
             # only the C candidate columns leave the device, not the whole [B, V] matrix
