@@ -12,11 +12,6 @@ from typing import Any
 
 import pytest
 
-from lmmiqa.testing import REAL_FILE_CHECKPOINTS
-
-#: Both real-file checkpoints; tests parametrize over these names.
-NAMES: tuple[str, ...] = tuple(REAL_FILE_CHECKPOINTS)
-
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden" / "real_prompts.json"
 
 

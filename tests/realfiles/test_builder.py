@@ -8,12 +8,13 @@ import json
 import pathlib
 
 import pytest
-from conftest import NAMES
 
 from lmmiqa.levels import QALIGN_SCALE, standard_scale
 from lmmiqa.prompts import QALIGN_ANSWER_PREFIX, QALIGN_QUESTION
-from lmmiqa.testing import make_image, shared_hf_folder
+from lmmiqa.testing import REAL_FILE_CHECKPOINTS, make_image, shared_hf_folder
 from lmmiqa.types import Prompt
+
+NAMES = tuple(REAL_FILE_CHECKPOINTS)
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

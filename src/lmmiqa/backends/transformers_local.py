@@ -8,6 +8,7 @@ keeps only the last position's logits (``logits_to_keep=1``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -283,10 +284,8 @@ class TransformersBackend(Backend):
         n = len(tok)
         if self._specials is None or self._specials[0] != n:
             found = set(getattr(tok, "all_special_tokens", []) or [])
-            try:
+            with contextlib.suppress(Exception):  # a tokenizer without added tokens
                 found.update(tok.get_added_vocab())
-            except Exception:  # noqa: BLE001 - a tokenizer without added tokens
-                pass
             self._specials = (n, sorted((t for t in found if t), key=len, reverse=True))
         return self._specials[1]
 
