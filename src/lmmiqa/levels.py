@@ -220,7 +220,9 @@ def resolve_token_ids(tokenizer: Any, candidates: Sequence[str], context: str = 
     """Token id of each candidate as produced right after ``context``; fail loudly if not exactly one token.
 
     The id is taken from encoding ``context + candidate`` and checking that it extends the encoding of
-    ``context`` by exactly one token (so merges across the boundary are detected).
+    ``context`` by exactly one token (so merges across the boundary are detected). ``context`` should be what
+    the model reads before the level: the end of the rendered chat template plus the answer prefix (the
+    transformers backend passes it, see ``TransformersBackend.level_token_ids``), not the prefix alone.
 
     Raises:
         TokenizationError: listing the pieces a candidate splits into.

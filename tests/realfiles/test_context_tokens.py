@@ -148,3 +148,13 @@ def test_no_second_bos_when_the_template_writes_it(real_file_model, tmp_path):
     plain.tokenizer.add_bos_token = True
     ids = plain.encode([prompt])["input_ids"][0].tolist()
     assert ids[0] == bos and ids[1] == 151644
+
+
+def test_a_level_that_merges_with_the_context_lists_both_tokenizations(real_backend):
+    from lmmiqa.levels import resolve_token_ids
+
+    tok = real_backend(NAME).tokenizer
+    # a prefix ending in a space: Qwen's BPE glues the space to the word, so "good" is not a token of its own
+    with pytest.raises(TokenizationError, match=r"'good' merges with the end of the context .*"
+                       r"the context ends in \['Ġ'\], context \+ candidate in \['Ġgood'\]"):
+        resolve_token_ids(tok, ["good"], "The quality of the image is ")
