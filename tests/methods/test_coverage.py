@@ -29,7 +29,7 @@ def _rearm():
 
 
 class TopBackend:
-    """Stands in for a backend: a model id and the model's top next tokens."""
+    """Stands in for a backend: a model id and the model's top next tokens of its last level call."""
 
     name = "fake"
     model_id = "fake-model"
@@ -37,9 +37,9 @@ class TopBackend:
     def __init__(self):
         self.asked = []
 
-    def top_logprobs(self, prompts, k=20):
-        self.asked.extend(prompts)
-        return [[("<think>", math.log(0.9)), ("The", math.log(0.05))][:k] for _ in prompts]
+    def last_level_top(self, row, k=8):
+        self.asked.append(row)
+        return [("<think>", math.log(0.9)), ("The", math.log(0.05))][:k]
 
 
 def test_threshold_and_share():
@@ -60,7 +60,7 @@ def test_warns_once_per_run_with_the_top_tokens():
     assert len(rec) == 1 and msg == str(rec[0].message)
     assert msg.startswith("q-align: the level tokens [' bad', ' good'] hold only 0.2 ")
     assert "'<think>' 0.9, 'The' 0.05" in msg and "fake-model" in msg and "67% below 0.5" in msg
-    assert be.asked == ["p0"]  # the lowest-mass prompt is shown to the model again
+    assert be.asked == [0]  # the top tokens of the lowest-mass prompt
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning for the same model and candidates
         assert check_covered_mass([1e-4] * 3, backend=be, prompts=["a"] * 3, candidates=cands) is None

@@ -32,6 +32,8 @@ DEFAULT_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
 #: How many characters of the end of a rendered prompt are used to resolve level tokens in context (cut further
 #: at the last special token inside them, where tokenization restarts).
 LEVEL_CONTEXT_CHARS = 256
+#: How many of the model's top next tokens level_logprobs keeps per prompt (for the covered-mass warning).
+LEVEL_TOP_K = 8
 
 
 @dataclass
@@ -333,12 +335,36 @@ class TransformersBackend(Backend):
         import torch
 
         ids = torch.tensor(self.level_token_ids(prompts, candidates), dtype=torch.long)
+        tops: dict[int, tuple[Any, Any]] = {}
 
         def select(start: int, logp: Any) -> Any:
+            # the model's own top next tokens, kept for the covered-mass warning (no second forward)
+            vals, idx = torch.topk(logp, k=min(LEVEL_TOP_K, logp.shape[-1]), dim=-1)
+            tops[start] = (vals.cpu(), idx.cpu())
             # only the C candidate columns leave the device, not the whole [B, V] matrix
             return torch.gather(logp, 1, ids[start : start + logp.shape[0]].to(logp.device))
 
-        return self._forward_last(prompts, select).numpy().astype(np.float64)
+        out = self._forward_last(prompts, select).numpy().astype(np.float64)
+        order = sorted(tops)
+        self._level_top_local().top = (
+            torch.cat([tops[s][0] for s in order]), torch.cat([tops[s][1] for s in order])
+        ) if order else None
+        return out
+
+    def _level_top_local(self) -> threading.local:
+        local = getattr(self, "_level_top", None)
+        if local is None:
+            local = self._level_top = threading.local()
+        return local
+
+    def last_level_top(self, row: int, k: int = LEVEL_TOP_K) -> list[tuple[str, float]]:
+        """The model's most likely next tokens (decoded text, log-probability) for prompt ``row`` of this thread's
+        last :meth:`level_logprobs` call (what the covered-mass warning lists); empty when there is none."""
+        top = getattr(self._level_top_local(), "top", None)
+        if top is None or not 0 <= row < len(top[0]):
+            return []
+        vals, idx = top
+        return [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(vals[row][:k].tolist(), idx[row][:k].tolist())]
 
     def top_logprobs(self, prompts: Sequence[Prompt], k: int = 20) -> list[list[tuple[str, float]]]:
         """The k most probable next tokens (decoded text, log-probability) per prompt."""

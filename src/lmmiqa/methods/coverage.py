@@ -63,16 +63,18 @@ def is_low(mass: Sequence[float] | np.ndarray, threshold: float = COVERED_MASS_T
     return low_mass_share(mass, threshold) > LOW_SHARE
 
 
-def _top_tokens(backend: Any, prompt: Any, k: int) -> str:
-    top = getattr(backend, "top_logprobs", None)
+def _top_tokens(backend: Any, row: int, k: int) -> str:
+    top = getattr(backend, "last_level_top", None)
     if top is None:
         return f"(the {getattr(backend, 'name', 'this')} backend cannot list them)"
     try:
-        (row,) = top([prompt], k=k)
+        pairs = top(row, k)
     except Exception as err:  # the warning must never sink the scores it warns about
-        log.debug("top_logprobs failed: %s", err)
+        log.debug("last_level_top failed: %s", err)
         return f"(could not be read: {type(err).__name__})"
-    return ", ".join(f"{tok!r} {float(np.exp(lp)):.3g}" for tok, lp in row)
+    if not pairs:
+        return "(not recorded)"
+    return ", ".join(f"{tok!r} {float(np.exp(lp)):.3g}" for tok, lp in pairs)
 
 
 def check_covered_mass(
@@ -88,8 +90,9 @@ def check_covered_mass(
 
     Args:
         mass: covered mass per prompt (:func:`lmmiqa.levels.covered_mass`).
-        backend: the backend that scored the prompts (its ``top_logprobs`` lists the model's likely next tokens).
-        prompts: the prompts, in the order of ``mass``; the lowest-mass one is shown to the model again.
+        backend: the backend that scored the prompts just now, in this thread (its ``last_level_top(row, k)``, kept
+            from that same forward, lists the model's likely next tokens; no second forward).
+        prompts: the prompts, in the order of ``mass``.
         candidates: the level candidates as passed to the backend.
         what: the method name, for the message.
         threshold: the covered mass below which an item counts as low.
@@ -109,7 +112,7 @@ def check_covered_mass(
         _WARNED.add(key)
     finite = np.where(np.isfinite(m), m, -1.0)
     worst = int(np.argmin(finite))
-    tops = _top_tokens(backend, prompts[worst], TOP_K)
+    tops = _top_tokens(backend, worst, TOP_K)
     median = float(np.nanmedian(m)) if np.isfinite(m).any() else float("nan")
     msg = (
         f"{what + ': ' if what else ''}the level tokens {list(candidates)} hold only {median:.3g} of the model's "
