@@ -55,17 +55,39 @@ class LevelScale:
         """Result keys of the levels: the numeric value as a string ("1".."K")."""
         return [_fmt_value(v) for v in self.values]
 
-    def candidates(self, answer_prefix: str) -> list[str]:
-        """Candidate strings as produced right after ``answer_prefix``.
+    def candidates(self, context: str) -> list[str]:
+        """Candidate strings as produced right after ``context``.
 
-        After a non-empty prefix that does not end in whitespace, words carry a leading space (BPE: ``" good"``);
-        with no prefix (the level is the first token of the reply) or a prefix ending in a space, they don't.
+        ``context`` is the text the model reads just before the level: the end of the rendered generation prompt
+        plus the answer prefix where the backend renders the chat template itself (transformers), or the answer
+        prefix alone where it cannot see the template (an OpenAI-compatible server). After a context that does
+        not end in whitespace, the levels carry a leading space (BPE: ``" good"`` after ``"... is"``, ``" 7"``
+        after ``"Assistant:"``); after an empty context or one ending in a space or newline (ChatML's
+        ``"<|im_start|>assistant\\n"``) they don't. See :func:`candidates_in_context`.
         """
-        lead = " " if answer_prefix and not answer_prefix[-1].isspace() else ""
-        return [lead + t for t in self.tokens]
+        return candidates_in_context(self.tokens, context)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "tokens": list(self.tokens), "values": list(self.values), "words": list(self.words)}
+
+
+def leading_space(context: str) -> str:
+    """``" "`` when a word produced right after ``context`` carries a leading space, else ``""``: the context is
+    non-empty and does not end in whitespace (the BPE convention of every supported tokenizer)."""
+    return " " if context and not context[-1].isspace() else ""
+
+
+def candidates_in_context(candidates: Sequence[str], context: str) -> list[str]:
+    """Re-form level candidates for the text the model actually reads before them.
+
+    Each candidate loses one leading space if it has one and gets it back iff :func:`leading_space` says so
+    for ``context``. Candidates formed after an answer prefix (``LevelScale.candidates(prefix)``) are thereby
+    re-formed for the full context (rendered generation prompt + prefix); with a non-empty prefix nothing
+    changes (its last character is the context's last character), with no prefix the end of the chat template
+    decides (``"7"`` after ChatML's ``"assistant\\n"``, ``" 7"`` after ``"Assistant:"``).
+    """
+    lead = leading_space(context)
+    return [lead + (c[1:] if c.startswith(" ") else c) for c in candidates]
 
 
 def _fmt_value(v: float) -> str:
@@ -198,7 +220,9 @@ def resolve_token_ids(tokenizer: Any, candidates: Sequence[str], context: str = 
     """Token id of each candidate as produced right after ``context``; fail loudly if not exactly one token.
 
     The id is taken from encoding ``context + candidate`` and checking that it extends the encoding of
-    ``context`` by exactly one token (so merges across the boundary are detected).
+    ``context`` by exactly one token (so merges across the boundary are detected). ``context`` should be what
+    the model reads before the level: the end of the rendered chat template plus the answer prefix (the
+    transformers backend passes it, see ``TransformersBackend.level_token_ids``), not the prefix alone.
 
     Raises:
         TokenizationError: listing the pieces a candidate splits into.
@@ -220,13 +244,20 @@ def resolve_token_ids(tokenizer: Any, candidates: Sequence[str], context: str = 
                 continue
             pieces = tokenizer.convert_ids_to_tokens(full)
         if pieces is None:
-            problems.append(f"{cand!r} merges with the end of the context {context[-20:]!r}")
+            common = 0
+            while common < min(len(full), len(ctx_ids)) and full[common] == ctx_ids[common]:
+                common += 1
+            problems.append(
+                f"{cand!r} merges with the end of the context {context[-20:]!r}: the context ends in "
+                f"{tokenizer.convert_ids_to_tokens(ctx_ids[common:])}, context + candidate in "
+                f"{tokenizer.convert_ids_to_tokens(full[common:])}"
+            )
         else:
             problems.append(f"{cand!r} -> {len(pieces)} tokens {pieces}")
     if problems:
         raise TokenizationError(
-            "level candidates must each be exactly one token of the model's vocabulary in context: "
-            + "; ".join(problems)
+            "level candidates must each be exactly one token of the model's vocabulary in context "
+            f"(after {context[-40:]!r}): " + "; ".join(problems)
         )
     if len(set(ids)) != len(ids):
         raise TokenizationError(f"level candidates {list(candidates)} map to duplicate token ids {ids}")

@@ -44,8 +44,11 @@ class Backend(ABC):
 
         Args:
             prompts: B prompts; each answer starts right after ``prompt.answer_prefix``.
-            candidates: C candidate strings exactly as they would be produced in context (e.g. ``" good"``
-                after a prefix without a trailing space). Each must be one token.
+            candidates: C candidate strings as they would be produced right after the answer prefix (e.g.
+                ``" good"`` after a prefix without a trailing space; ``LevelScale.candidates(prefix)``). Each must
+                be one token. A backend that renders the chat template itself (transformers) re-forms the leading
+                space from the full context the model reads (template end + prefix;
+                :func:`lmmiqa.levels.candidates_in_context`) and resolves the ids there.
 
         Returns:
             float64 array [B, C]. ``-inf`` marks a candidate the backend could not see (e.g. outside an

@@ -8,6 +8,7 @@ keeps only the last position's logits (``logits_to_keep=1``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -20,13 +21,19 @@ import numpy as np
 from lmmiqa.backends.base import Backend
 from lmmiqa.config import build_config
 from lmmiqa.errors import ConfigError, ModelLoadError, UnsupportedError, require
-from lmmiqa.levels import resolve_token_ids
+from lmmiqa.levels import candidates_in_context, resolve_token_ids
 from lmmiqa.torch_utils import DTYPES, pick_device
 from lmmiqa.types import Prompt
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
+
+#: How many characters of the end of a rendered prompt are used to resolve level tokens in context (cut further
+#: at the last special token inside them, where tokenization restarts).
+LEVEL_CONTEXT_CHARS = 256
+#: How many of the model's top next tokens level_logprobs keeps per prompt (for the covered-mass warning).
+LEVEL_TOP_K = 8
 
 
 @dataclass
@@ -131,6 +138,7 @@ class TransformersBackend(Backend):
         if tok is None:
             raise ModelLoadError(f"{self.config.model}: the processor has no tokenizer")
         self.tokenizer = tok
+        self._specials: tuple[int, list[str]] | None = None
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -220,9 +228,16 @@ class TransformersBackend(Backend):
         return texts, [im for ims in per_prompt for im in ims]
 
     def encode(self, prompts: Sequence[Prompt]) -> Any:
-        """Processor outputs (tensors on the model's device) for a batch of prompts, left-padded."""
+        """Processor outputs (tensors on the model's device) for a batch of prompts, left-padded.
+
+        When the chat template already wrote the tokenizer's BOS text, the tokenizer is told not to add its
+        special tokens again (as transformers' own ``processor.apply_chat_template(..., tokenize=True)`` does);
+        otherwise a tokenizer that adds BOS would give the model two.
+        """
         texts, images = self._render(prompts)
         kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+        if self._template_writes_bos(texts):
+            kwargs["add_special_tokens"] = False
         if images:
             kwargs["images"] = images
         inputs = self.processor(**kwargs)
@@ -233,18 +248,66 @@ class TransformersBackend(Backend):
                 inputs[k] = v.to(float_dtype)
         return inputs
 
+    def _template_writes_bos(self, texts: Sequence[str]) -> bool:
+        bos = getattr(self.tokenizer, "bos_token", None)
+        return bool(bos) and any(t.startswith(bos) for t in texts)
+
     def _chunks(self, prompts: Sequence[Prompt]) -> list[Sequence[Prompt]]:
         n = self.config.max_batch
         return [prompts[i : i + n] for i in range(0, len(prompts), n)]
 
     # ------------------------------------------------------------------ protocol
     def token_ids(self, candidates: Sequence[str], context: str) -> list[int]:
-        """Resolve (and cache) candidate token ids in the context of an answer prefix."""
+        """Resolve (and cache) the token ids of ``candidates`` as produced right after the text ``context``."""
         key = (tuple(candidates), context)
         if key not in self._token_cache:
-            # with no answer prefix, the level follows the generation prompt (which ends in a newline in ChatML)
             self._token_cache[key] = resolve_token_ids(self.tokenizer, candidates, context)
         return self._token_cache[key]
+
+    def level_context(self, rendered: str) -> str:
+        """The end of a rendered prompt (chat template + answer prefix) that decides how the next token is
+        tokenized: its last :data:`LEVEL_CONTEXT_CHARS` characters, starting at the last special token among
+        them when there is one (the tokenizer splits special tokens off before BPE, so nothing earlier can
+        merge with the level)."""
+        tail = rendered[-LEVEL_CONTEXT_CHARS:]
+        best: tuple[int, int] | None = None  # (end, -start) of the last special token in the tail
+        for special in self._special_texts():
+            i = tail.rfind(special)
+            if i >= 0:
+                cand = (i + len(special), -i)
+                if best is None or cand > best:
+                    best = cand
+        return tail[-best[1] :] if best is not None else tail  # -best[1] is the start
+
+    def _special_texts(self) -> list[str]:
+        """The texts of the tokenizer's special and added tokens (recomputed when tokens are added, e.g. by
+        Q-Scorer's score tokens)."""
+        tok = self.tokenizer
+        n = len(tok)
+        if self._specials is None or self._specials[0] != n:
+            found = set(getattr(tok, "all_special_tokens", []) or [])
+            with contextlib.suppress(Exception):  # a tokenizer without added tokens
+                found.update(tok.get_added_vocab())
+            self._specials = (n, sorted((t for t in found if t), key=len, reverse=True))
+        return self._specials[1]
+
+    def level_token_ids(self, prompts: Sequence[Prompt], candidates: Sequence[str]) -> list[list[int]]:
+        """The token id of each candidate per prompt, resolved in the context the model actually reads: the end of
+        the rendered generation prompt plus the answer prefix (not the prefix alone).
+
+        ``candidates`` are formed as after the answer prefix (``LevelScale.candidates(prefix)``); their leading
+        space is re-formed for the full context (:func:`lmmiqa.levels.candidates_in_context`), so a template
+        ending in ``"Assistant:"`` reads ``" 7"`` where ChatML's ``"assistant\\n"`` reads ``"7"``.
+
+        Raises:
+            TokenizationError: a candidate is not exactly one token in that context (listing its pieces).
+        """
+        texts, _ = self._render(prompts)
+        out: list[list[int]] = []
+        for text in texts:
+            ctx = self.level_context(text)
+            out.append(self.token_ids(candidates_in_context(candidates, ctx), ctx))
+        return out
 
     def _forward_last(self, prompts: Sequence[Prompt], select: Any = None) -> Any:
         """Log-softmax at the answer position per chunk; ``select(chunk_start, logp_on_device)`` may reduce each
@@ -271,15 +334,37 @@ class TransformersBackend(Backend):
             return np.zeros((0, len(candidates)))
         import torch
 
-        prefixes = {p.answer_prefix for p in prompts}
-        ids_per_prefix = {pre: self.token_ids(candidates, pre) for pre in prefixes}
-        ids = torch.tensor([ids_per_prefix[p.answer_prefix] for p in prompts], dtype=torch.long)
+        ids = torch.tensor(self.level_token_ids(prompts, candidates), dtype=torch.long)
+        tops: dict[int, tuple[Any, Any]] = {}
 
         def select(start: int, logp: Any) -> Any:
+            # the model's own top next tokens, kept for the covered-mass warning (no second forward)
+            vals, idx = torch.topk(logp, k=min(LEVEL_TOP_K, logp.shape[-1]), dim=-1)
+            tops[start] = (vals.cpu(), idx.cpu())
             # only the C candidate columns leave the device, not the whole [B, V] matrix
             return torch.gather(logp, 1, ids[start : start + logp.shape[0]].to(logp.device))
 
-        return self._forward_last(prompts, select).numpy().astype(np.float64)
+        out = self._forward_last(prompts, select).numpy().astype(np.float64)
+        order = sorted(tops)
+        self._level_top_local().top = (
+            torch.cat([tops[s][0] for s in order]), torch.cat([tops[s][1] for s in order])
+        ) if order else None
+        return out
+
+    def _level_top_local(self) -> threading.local:
+        local = getattr(self, "_level_top", None)
+        if local is None:
+            local = self._level_top = threading.local()
+        return local
+
+    def last_level_top(self, row: int, k: int = LEVEL_TOP_K) -> list[tuple[str, float]]:
+        """The model's most likely next tokens (decoded text, log-probability) for prompt ``row`` of this thread's
+        last :meth:`level_logprobs` call (what the covered-mass warning lists); empty when there is none."""
+        top = getattr(self._level_top_local(), "top", None)
+        if top is None or not 0 <= row < len(top[0]):
+            return []
+        vals, idx = top
+        return [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(vals[row][:k].tolist(), idx[row][:k].tolist())]
 
     def top_logprobs(self, prompts: Sequence[Prompt], k: int = 20) -> list[list[tuple[str, float]]]:
         """The k most probable next tokens (decoded text, log-probability) per prompt."""

@@ -40,6 +40,9 @@ class EvalReport:
         failures: first few ``{"image", "error"}`` of failed items.
         run_dir: where the run's files are (``None`` for in-memory evaluations).
         seconds_per_image: mean ``timings.total`` (or sum of timings) per scored item, when reported.
+        covered_mass: ``{"median", "n", "n_low", "threshold"}`` of the items' ``details.covered_mass`` (the level
+            tokens' share of the next-token probability; a low median means the prompt, chat template or model
+            does not fit, see :mod:`lmmiqa.methods.coverage`), or ``{}`` when the method reports none.
         created: ISO time the report was made. versions: package versions.
     """
 
@@ -71,6 +74,7 @@ class EvalReport:
     failures: tuple[dict[str, str], ...] = ()
     run_dir: str | None = None
     seconds_per_image: float | None = None
+    covered_mass: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     schema: int = REPORT_SCHEMA
@@ -152,11 +156,46 @@ class EvalReport:
             lines.append(f"- {name} fit {state}; parameters: [{params}]")
         if self.seconds_per_image is not None:
             lines += ["", f"Speed: {self.seconds_per_image:.4f} s per image (mean of per-item timings)."]
+        lines += _covered_mass_lines(self.covered_mass)
         if self.failures:
             lines += ["", "## First failures", ""]
             lines += [f"- `{f.get('image')}`: {f.get('error')}" for f in self.failures]
         lines += ["", f"_created {self.created}; lmmiqa {self.versions.get('lmmiqa', '?')}_", ""]
         return "\n".join(lines)
+
+
+def covered_mass_summary(values: Any, threshold: float | None = None) -> dict[str, Any]:
+    """Median covered mass of the scored items (``details.covered_mass``), how many are below ``threshold``
+    (default :data:`lmmiqa.methods.coverage.COVERED_MASS_THRESHOLD`); ``{}`` when no item reports one."""
+    import numpy as np
+
+    from lmmiqa.methods.coverage import COVERED_MASS_THRESHOLD
+
+    thr = COVERED_MASS_THRESHOLD if threshold is None else float(threshold)
+    v = np.asarray([float(x) for x in values if x is not None], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {}
+    return {"median": float(np.median(v)), "n": int(v.size), "n_low": int((v < thr).sum()), "threshold": thr}
+
+
+def _covered_mass_lines(cm: dict[str, Any]) -> list[str]:
+    if not cm or cm.get("median") is None:
+        return []
+    med, thr = float(cm["median"]), float(cm.get("threshold", 0.5))
+    lines = [
+        "",
+        f"Covered mass (the level tokens' share of the next-token probability): median {med:.4f} over "
+        f"{cm.get('n')} items, {cm.get('n_low')} below {thr:g}.",
+    ]
+    if med < thr:
+        lines += [
+            "",
+            f"**Low covered mass**: the median is below {thr:g}, so the model mostly wanted to write something other "
+            "than a level; the prompt, chat template or model probably does not fit (a thinking template, a model "
+            "that answers in words, random weights) and the scores above are a softmax over unlikely tokens.",
+        ]
+    return lines
 
 
 def _f(x: Any, nd: int = 4) -> str:

@@ -34,7 +34,7 @@ import numpy as np
 from lmmiqa.data.loader import Dataset, load_dataset
 from lmmiqa.errors import ConfigError, DataError, LmmiqaError
 from lmmiqa.evaluation.correlation import compute_metrics
-from lmmiqa.evaluation.report import EvalReport
+from lmmiqa.evaluation.report import EvalReport, covered_mass_summary
 from lmmiqa.types import ScoreResult, json_safe
 
 log = logging.getLogger(__name__)
@@ -393,6 +393,7 @@ def build_report(
     failures: list[dict[str, str]] = []
     hib: set[bool] = set()
     secs: list[float] = []
+    masses: list[Any] = []
     for i, p in enumerate(paths):
         rec = records.get(p)
         if rec is None:
@@ -406,6 +407,7 @@ def build_report(
         s = _seconds(rec)
         if s is not None:
             secs.append(s)
+        masses.append((rec.get("details") or {}).get("covered_mass"))
     if len(hib) > 1:
         raise DataError("predictions mix higher-is-better and lower-is-better scores; cannot orient them")
     m_hib = hib.pop() if hib else method_higher_is_better
@@ -451,6 +453,7 @@ def build_report(
         failures=tuple(failures[:MAX_FAILURES_LISTED]),
         run_dir=run_dir,
         seconds_per_image=float(np.mean(secs)) if secs else None,
+        covered_mass=covered_mass_summary(masses),
         created=_now(),
         versions=versions or package_versions(),
     )

@@ -15,6 +15,7 @@ from lmmiqa.errors import ConfigError
 from lmmiqa.images import ImageItem
 from lmmiqa.levels import READOUTS, LevelScale, closed_set_probs, covered_mass, level_details, readout
 from lmmiqa.methods.base import Scorer, ScorerConfig
+from lmmiqa.methods.coverage import check_covered_mass
 from lmmiqa.types import Prompt, ScoreResult
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
@@ -106,7 +107,10 @@ class LevelScorer(MLLMScorer):
             raise ConfigError("prompts of one call must share an answer prefix")
         cands = scale.candidates(prompts[0].answer_prefix if prompts else "")
         lp = self.backend.level_logprobs(list(prompts), cands)
-        return closed_set_probs(lp), covered_mass(lp)
+        mass = covered_mass(lp)
+        # a wrong template/prompt/model shows itself: warn once per run when most of the batch is low
+        check_covered_mass(mass, backend=self.backend, prompts=prompts, candidates=cands, what=self.name)
+        return closed_set_probs(lp), mass
 
     def results_from_probs(
         self,
