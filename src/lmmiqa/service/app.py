@@ -41,10 +41,17 @@ from typing import Any
 from lmmiqa.errors import require
 from lmmiqa.service.config import AGENTIC_METHOD, ServiceConfig, check_bind, is_loopback
 from lmmiqa.service.errors import RequestError, error_body
-from lmmiqa.service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from lmmiqa.service.middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    BodyTimeoutMiddleware,
+    MetricsMiddleware,
+    SecurityHeadersMiddleware,
+)
 from lmmiqa.service.routes import STATIC_DIR, add_routes
 from lmmiqa.service.schemas import api_models
 from lmmiqa.service.scoring import ScoringService
+from lmmiqa.service.server import check_descriptor_limit, install_log_filter, uvicorn_config
 from lmmiqa.service.uploads import Upload
 
 __all__ = [
@@ -84,7 +91,7 @@ def create_app(service: ScoringService) -> Any:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:
-        service.batcher.start()
+        service.start()
         yield
         await asyncio.get_running_loop().run_in_executor(None, service.close)
 
@@ -94,6 +101,10 @@ def create_app(service: ScoringService) -> Any:
         description="Image quality assessment with multimodal LLMs. Scores are `ScoreResult.to_dict()`; "
         "the web page is at `/`.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN: off, so the server works offline and serves no
+        # third-party code; the OpenAPI document is at /openapi.json (open it in any OpenAPI viewer)
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
 
@@ -104,6 +115,12 @@ def create_app(service: ScoringService) -> Any:
             content=error_body(exc.status_code, str(exc.detail)),
             headers=getattr(exc, "headers", None),
         )
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Any, exc: Exception) -> Any:
+        # every answer is JSON, even for a bug (the traceback goes to the log, not to the client)
+        log.error("unhandled %s while answering a request", type(exc).__name__, exc_info=exc)
+        return JSONResponse(status_code=500, content=error_body(500, "internal server error (see the server log)"))
 
     add_routes(app, service)
 
@@ -122,8 +139,12 @@ def create_app(service: ScoringService) -> Any:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    # outermost last: metrics see every answer, including the body limit's 413
+    # outermost last: metrics see every answer, including the key's 401, the body deadline's 408 and the
+    # body limit's 413; the key is checked before the body is read
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=cfg.body_timeout_s)
+    app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
@@ -139,7 +160,9 @@ def serve(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, *, l
     """
     check_bind(host, config.api_key)
     uvicorn = require("uvicorn", "serve", "running the server")
+    install_log_filter()
+    check_descriptor_limit(config.max_connections)
     service = ScoringService(config)
     app = create_app(service)
     log.info("serving %s (%s) on http://%s:%d", config.method, service.default_scorer.model_name, host, port)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5)
+    uvicorn.Server(uvicorn_config(app, config, host, port, log_level=log_level)).run()

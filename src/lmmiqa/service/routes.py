@@ -3,19 +3,16 @@ web page (see :mod:`lmmiqa.service.app` for the endpoints and error statuses).""
 
 from __future__ import annotations
 
-import hmac
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from lmmiqa import registry
 from lmmiqa.errors import require
-from lmmiqa.service.config import AGENTIC_METHOD
-from lmmiqa.service.errors import FAILURE_REASONS, RequestError
+from lmmiqa.service.errors import FAILURE_REASONS, RequestError, clip
+from lmmiqa.service.middleware import UNAUTHORIZED_MESSAGE, api_key_ok
 from lmmiqa.service.schemas import api_models
-from lmmiqa.service.scoring import ScoringService
-from lmmiqa.service.uploads import json_uploads, multipart_uploads
+from lmmiqa.service.scoring import ScoringService, public_model_name
+from lmmiqa.service.uploads import json_uploads, multipart_uploads, parse_json
 
 STATIC_DIR = Path(__file__).with_name("static")
 
@@ -41,20 +38,13 @@ def add_routes(app: Any, service: ScoringService) -> None:
         return JSONResponse(status_code=err.status, content=err.body(), headers=err.headers)
 
     def check_key(request: Any) -> None:
-        if cfg.api_key is None:
-            return
-        auth = request.headers.get("authorization", "")
-        given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        if not given or not hmac.compare_digest(given.encode(), cfg.api_key.encode()):
-            raise RequestError(
-                401,
-                "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        # ApiKeyMiddleware answers first, before any body is read; this keeps each route safe on its own
+        if cfg.api_key is not None and not api_key_ok(request.headers.raw, cfg.api_key):
+            raise RequestError(401, UNAUTHORIZED_MESSAGE, headers={"WWW-Authenticate": "Bearer"})
 
     error_responses = {
         code: {"model": models["ErrorResponse"], "description": RequestError.TYPES[code]}
-        for code in (400, 401, 413, 415, 422, 429, 503)
+        for code in (400, 401, 408, 413, 415, 422, 429, 503, 504)
     }
     score_body = {
         "requestBody": {
@@ -82,27 +72,19 @@ def add_routes(app: Any, service: ScoringService) -> None:
         try:
             check_key(request)
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if endpoint == "assess" and AGENTIC_METHOD not in registry.names("method"):
-                raise RequestError(
-                    501,
-                    f"agentic assessment is not available: the {AGENTIC_METHOD!r} method is not registered in "
-                    f"this installation (registered: {', '.join(registry.names('method'))})",
-                )
+            if endpoint == "assess":
+                service.resolve_method(None, endpoint="assess")  # 404/501 before reading the body
             if ctype == "multipart/form-data":
                 method_name, options, uploads = await multipart_uploads(request, cfg.max_images)
             elif ctype == "application/json":
-                raw = await request.body()
-                try:
-                    body = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                    raise RequestError(400, f"the body is not valid JSON ({err})") from err
+                body = parse_json(await request.body(), "the body")
                 if not isinstance(body, dict):
                     raise RequestError(422, "the JSON body must be an object with 'images'")
                 method_name, options, uploads = json_uploads(body)
             else:
                 raise RequestError(
                     415,
-                    f"content type {ctype or '(none)'!r} is not accepted; send multipart/form-data (image files) "
+                    f"content type {clip(ctype or '(none)')} is not accepted; send multipart/form-data (image files) "
                     "or application/json (base64 images)",
                 )
             method = service.resolve_method(method_name, endpoint=endpoint)
@@ -127,12 +109,18 @@ def add_routes(app: Any, service: ScoringService) -> None:
     @app.post(
         "/v1/assess",
         summary="Agentic assessment",
-        responses={**ok_response, **error_responses, 501: {"model": models["ErrorResponse"], "description": "no agentic method"}},
+        responses={
+            **ok_response,
+            **error_responses,
+            404: {"model": models["ErrorResponse"], "description": "assessment not enabled on this server"},
+            501: {"model": models["ErrorResponse"], "description": "no agentic method installed"},
+        },
         openapi_extra=score_body,
     )
     @_takes_request
     async def assess(request):  # type: ignore[no-untyped-def]
-        """Assess images with the agentic method (explanation and tool scores in ``details``); 501 without it."""
+        """Assess images with the agentic method (explanation and tool scores in ``details``); 404 unless the
+        server was started with ``--allow-method agentic-iqa``."""
         return await handle(request, "assess")
 
     @app.get("/v1/methods", summary="Served methods and their per-request options")
@@ -149,8 +137,8 @@ def add_routes(app: Any, service: ScoringService) -> None:
         return {
             "status": "ok",
             "method": cfg.method,
-            "model": service.default_scorer.model_name,
-            "queue_depth": service.batcher.depth,
+            "model": public_model_name(service.default_scorer.model_name),
+            "queue_depth": service.depth,
             "uptime_s": round(time.time() - service.started, 3),
             "auth_required": cfg.api_key is not None,
         }
