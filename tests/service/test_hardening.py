@@ -420,3 +420,25 @@ def test_key_is_checked_before_the_body_is_read(fake_methods):
     body = json.loads(got.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["status"] == 401
     assert ok.status_code == 200
+
+
+def test_cli_flags_reach_the_config_and_assess_options_need_the_method(capsys, monkeypatch):
+    from lmmiqa.cli import build_parser, main
+    from lmmiqa.cli.serve import build_config
+
+    args = build_parser().parse_args([
+        "serve", "--model", "m", "--allow-method", "agentic-iqa", "--max-assess-images", "2",
+        "--max-image-pixels", "1000000", "--max-request-pixels", "5000000", "--max-queue-pixels", "9000000",
+        "--decode-max-pixels", "0", "--max-query-chars", "200", "--assess-timeout", "90", "--body-timeout", "7",
+        "--header-timeout", "3", "--keep-alive", "2", "--max-connections", "32",
+    ])
+    cfg = build_config(args)
+    assert (cfg.max_assess_images, cfg.max_image_pixels, cfg.max_request_pixels, cfg.max_queue_pixels) == (
+        2, 1_000_000, 5_000_000, 9_000_000)
+    assert (cfg.decode_max_pixels, cfg.max_query_chars, cfg.assess_timeout_s) == (0, 200, 90)
+    assert (cfg.body_timeout_s, cfg.header_timeout_s, cfg.keep_alive_s, cfg.max_connections) == (7, 3, 2, 32)
+    assert cfg.assess_enabled
+    assert main(["serve", "--model", "/nonexistent", "--assess-option", "max_new_tokens=8"]) == 2
+    assert "--allow-method agentic-iqa" in capsys.readouterr().err
+    assert main(["serve", "--model", "/nonexistent", "--body-timeout", "0"]) == 2
+    assert "--body-timeout" in capsys.readouterr().err

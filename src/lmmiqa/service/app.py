@@ -7,29 +7,37 @@ Endpoints:
   ``-F readout=argmax``), or ``application/json`` (``{"images": ["<base64 or data: URL>" | {"data": ..., "name":
   ...}], "method": ..., "options": {...}}``). Answers ``{"results": [ScoreResult.to_dict(), ...]}`` in upload
   order. URLs are never fetched by the server.
-- ``POST /v1/assess``: the same for the agentic method (``agentic-iqa``) when it is registered (checked at
-  request time); 501 otherwise.
+- ``POST /v1/assess``: the same for the agentic method (``agentic-iqa``), served only when the server allows
+  that method (``--allow-method agentic-iqa``); 404 otherwise, 501 when it is allowed but not installed.
 - ``GET /v1/methods``: the served methods, their summaries and the JSON schema of their per-request options.
-- ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``, ``GET /docs``, and the web page at
-  ``GET /`` (static files from ``lmmiqa/service/static``).
+- ``GET /healthz`` (the model's name, never its path), ``GET /metrics`` (Prometheus), ``GET /openapi.json``,
+  and the web page at ``GET /`` (static files from ``lmmiqa/service/static``). No ``/docs``: Swagger UI loads
+  its scripts from a CDN.
 
-Requests from concurrent clients are micro-batched (:mod:`lmmiqa.service.batching`): uploads are decoded in a
-thread pool (overlapping with the backend's work), then queued; one worker thread runs batches of up to
+Requests from concurrent clients are micro-batched (:mod:`lmmiqa.service.batching`): uploads are budgeted from
+their headers and decoded straight to the model's pixel budget in a thread pool (overlapping with the
+backend's work), then queued; one worker thread per lane (scoring, agentic assessment) runs batches of up to
 ``max_batch`` images through :meth:`lmmiqa.methods.base.Scorer.score_loaded`. A bad upload is rejected before
-it reaches a batch, so it never disturbs other requests.
+it reaches a batch, so it never disturbs other requests. Slow and numerous clients are bounded by
+:mod:`lmmiqa.service.server` (header deadline, connection cap) and
+:class:`~lmmiqa.service.middleware.BodyTimeoutMiddleware` (body deadline).
 
-Errors are JSON ``{"error": {"status": ..., "type": ..., "message": ...}}``: 400 (malformed request, corrupt
-image), 401 (API key), 413 (body, image pixels or images per request over the limit), 415 (not multipart/JSON,
-or a part that is not an image), 422 (unknown method or invalid options), 429 (queue full), 501 (no agentic
-method), 503 (timeout, backend failure on the batch, shutting down).
+Errors are JSON ``{"error": {"status": ..., "type": ..., "message": ...}}`` and name the limit and its flag:
+400 (malformed or too deeply nested request, corrupt image), 401 (API key, before the body is read), 404
+(``/v1/assess`` not enabled), 408 (body too slow), 413 (body, image pixels, decoded pixels or images per
+request over the limit), 415 (not multipart/JSON, or a part that is not an image), 422 (unknown method,
+invalid or too long options), 429 (queue or server pixel budget full), 500 (a bug), 501 (no agentic method),
+503 (waited the timeout in the queue, backend failure on the batch, shutting down), 504 (still being scored
+after the timeout).
 
 This module imports FastAPI lazily (inside :func:`create_app`); ``import lmmiqa`` never loads it.
 
 The package is layered, each module importing only those above it: :mod:`~lmmiqa.service.config` (options, bind
 rule) → :mod:`~lmmiqa.service.errors` → :mod:`~lmmiqa.service.metrics` → :mod:`~lmmiqa.service.schemas` (pydantic
 models) → :mod:`~lmmiqa.service.uploads` (request parsing) → :mod:`~lmmiqa.service.scoring` (the service: scorers,
-batching, decoding) → :mod:`~lmmiqa.service.middleware` → :mod:`~lmmiqa.service.routes` → this module (the app
-factory and :func:`serve`). The names tests and the CLI use are re-exported here.
+batching, decoding; with :mod:`~lmmiqa.service.batching` and :mod:`~lmmiqa.service.options`) →
+:mod:`~lmmiqa.service.middleware` → :mod:`~lmmiqa.service.routes` → :mod:`~lmmiqa.service.server` (uvicorn) → this
+module (the app factory and :func:`serve`). The names tests and the CLI use are re-exported here.
 """
 
 from __future__ import annotations
@@ -68,14 +76,15 @@ __all__ = [
     "serve",
 ]
 
-log = logging.getLogger(__name__)
+#: the service's logger (its flood filter applies to records logged on it, see :mod:`lmmiqa.service.server`)
+log = logging.getLogger("lmmiqa.service")
 
 
 def create_app(service: ScoringService) -> Any:
     """The FastAPI application serving ``service`` (see the module docstring for the endpoints).
 
     The app's lifespan closes the service on shutdown; callers that run it without lifespan events (e.g.
-    :func:`lmmiqa.service.openai_compat.serve_in_thread`) call ``service.close()`` themselves.
+    :func:`lmmiqa.service.server.serve_in_thread`) call ``service.close()`` themselves.
     """
     fastapi = require("fastapi", "serve", "the HTTP API")
     import contextlib

@@ -252,4 +252,4 @@ class MetricsMiddleware:
             self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - t0)
 
 
-KNOWN_ENDPOINTS = frozenset({"/v1/score", "/v1/assess", "/v1/methods", "/healthz", "/metrics", "/", "/openapi.json", "/docs"})
+KNOWN_ENDPOINTS = frozenset({"/v1/score", "/v1/assess", "/v1/methods", "/healthz", "/metrics", "/", "/openapi.json"})

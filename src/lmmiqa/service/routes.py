@@ -22,6 +22,7 @@ def add_routes(app: Any, service: ScoringService) -> None:
     fastapi = require("fastapi", "serve", "the HTTP API")
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
+    from starlette.requests import ClientDisconnect
 
     def _takes_request(fn: Any) -> Any:
         # FastAPI finds the Request parameter by its annotation; with postponed annotations a string naming a
@@ -91,6 +92,9 @@ def add_routes(app: Any, service: ScoringService) -> None:
             results = await service.score(method, options, uploads)
         except RequestError as err:
             return fail(err)
+        except ClientDisconnect:  # the client left while sending its body: nobody to answer, nothing to log
+            metrics.failures.labels(reason="client_disconnect").inc()
+            return Response(status_code=400)
         return JSONResponse({"results": results})
 
     ok_response = {200: {"model": models["ScoreResponse"], "description": "results in upload order"}}

@@ -33,7 +33,7 @@ from lmmiqa.service.openai_compat import free_port
 log = logging.getLogger("lmmiqa.service")
 
 #: loggers a flood of identical records can come from (asyncio's accept loop, uvicorn, this service)
-FLOOD_LOGGERS = ("asyncio", "uvicorn.error", "lmmiqa.service")
+FLOOD_LOGGERS = ("asyncio", "uvicorn.error", "lmmiqa.service", "lmmiqa.service.batching")
 
 
 class RateLimitFilter(logging.Filter):
