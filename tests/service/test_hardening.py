@@ -23,7 +23,7 @@ from svc_fakes import BrightnessScorer, FakeAgentic, SlowAgentic, png_bytes, run
 
 from lmmiqa.images import ImageLimits, open_image_bytes
 from lmmiqa.service.app import ServiceConfig
-from lmmiqa.service.server import RateLimitFilter
+from lmmiqa.service.server import RateLimitFilter, install_log_filter
 from lmmiqa.service.uploads import decode_upload, planned_size
 
 pytest.importorskip("torch")
@@ -168,6 +168,7 @@ def test_connections_over_the_cap_are_refused_at_once_and_logged_sparingly(fake_
     fake_methods(BrightnessScorer)
     config = ServiceConfig(method="fake-brightness", max_connections=6, header_timeout_s=20)
     caplog.set_level(logging.WARNING, logger="lmmiqa.service")
+    install_log_filter()._seen.clear()  # a fresh window: earlier tests may have logged refusals
     with running_service(config) as (url, _):
         port = _port(url)
         held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]
@@ -242,6 +243,15 @@ def test_sixteen_6000px_jpegs_are_decoded_at_the_models_size(tiny_qalign_model, 
     assert len(results) == 16 and all(d["error"] is None for d in results)
     print(f"\n16 × 6000² JPEG served, peak RSS +{peak:.0f} MB")
     assert peak < 300, peak  # at full resolution they alone would be 16 × 108 MB = 1.7 GB
+
+
+@pytest.mark.parametrize("name,budget", [("Qwen2.5-VL-7B-Instruct", 12_845_056), ("Qwen3-VL-8B-Instruct", 16_777_216)])
+def test_decode_target_is_the_real_processors_pixel_budget(real_file_model, name, budget):
+    import lmmiqa
+    from lmmiqa.service.scoring import model_pixel_budget
+
+    scorer = lmmiqa.create_scorer("q-align", model=str(real_file_model(name)), device="cpu")
+    assert model_pixel_budget(scorer) == budget  # the published processor settings (shared/data/hf)
 
 
 def test_large_pngs_are_reduced_with_bounded_memory(fake_methods, big_png):

@@ -28,6 +28,7 @@ from typing import Any
 
 from lmmiqa.errors import require
 from lmmiqa.service.config import FLAGS, ServiceConfig
+from lmmiqa.service.errors import error_body
 from lmmiqa.service.openai_compat import free_port
 
 log = logging.getLogger("lmmiqa.service")
@@ -89,10 +90,11 @@ def install_log_filter(burst: int = 5, window_s: float = 60.0) -> RateLimitFilte
 
 
 def _raw_response(status: int, reason: str, message: str) -> bytes:
+    """A complete HTTP/1.1 answer in the service's JSON error shape, closing the connection (written before
+    the app sees a request)."""
     import json
 
-    body = json.dumps({"error": {"status": status, "type": reason.lower().replace(" ", "_"), "message": message}})
-    payload = body.encode()
+    payload = json.dumps(error_body(status, message)).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(payload)}\r\n"
         "connection: close\r\n\r\n"
