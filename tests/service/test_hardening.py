@@ -452,3 +452,19 @@ def test_cli_flags_reach_the_config_and_assess_options_need_the_method(capsys, m
     assert "--allow-method agentic-iqa" in capsys.readouterr().err
     assert main(["serve", "--model", "/nonexistent", "--body-timeout", "0"]) == 2
     assert "--body-timeout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_reduced_decode_keeps_the_exif_orientation(fmt):
+    from PIL import Image
+
+    im = Image.linear_gradient("L").resize((1600, 1200)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, exif=exif.tobytes())
+    data = buf.getvalue()
+    reduced = decode_upload(data, "x", ImageLimits(), 40_000)
+    full = open_image_bytes(data, "x", ImageLimits())
+    assert full.size == (1200, 1600)  # the library applies the orientation
+    assert reduced.size == (200, 267)  # and so does the reduced decode (1200/6, ceil(1600/6))

@@ -72,6 +72,26 @@ def planned_size(width: int, height: int, target: int | None) -> tuple[int, int]
     return -(-width // f), -(-height // f)
 
 
+def _exif_transposes() -> dict[int, Any]:
+    from PIL import Image
+
+    t = Image.Transpose
+    return {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270,
+            7: t.TRANSVERSE, 8: t.ROTATE_90}
+
+
+class _LazyTransposes(dict):  # type: ignore[type-arg]
+    """EXIF orientation -> PIL transpose (as :func:`PIL.ImageOps.exif_transpose`), built on first use."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if not self:
+            self.update(_exif_transposes())
+        return super().get(key, default)
+
+
+_EXIF_TRANSPOSE = _LazyTransposes()
+
+
 def decode_upload(data: bytes, what: str, limits: ImageLimits, target: int | None) -> Any:
     """Decode image bytes to 8-bit RGB, straight to :func:`planned_size` (never below ``target`` pixels).
 
@@ -92,7 +112,7 @@ def decode_upload(data: bytes, what: str, limits: ImageLimits, target: int | Non
         raise ImageLoadError(
             f"{what}: {header.width}×{header.height} = {header.pixels} pixels exceeds the limit of {limits.max_pixels}"
         )
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     size = planned_size(header.width, header.height, target)
     f = reduction_factor(header.pixels, target)
@@ -100,6 +120,7 @@ def decode_upload(data: bytes, what: str, limits: ImageLimits, target: int | Non
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+            transpose = _EXIF_TRANSPOSE.get(img.getexif().get(0x0112, 1))  # read before resampling drops it
             if img.format == "JPEG":
                 img.draft("RGB", (max(1, header.width // f), max(1, header.height // f)))
                 img.load()
@@ -111,7 +132,8 @@ def decode_upload(data: bytes, what: str, limits: ImageLimits, target: int | Non
                     img = img.reduce(f)
                 except ValueError:  # a mode reduce() does not take (palette, 1-bit, 16-bit): convert first
                     img = to_rgb(img).reduce(f)
-            return to_rgb(ImageOps.exif_transpose(img))
+            img = to_rgb(img)
+            return img.transpose(transpose) if transpose is not None else img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageLoadError(f"{what}: rejected as a decompression bomb ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:
