@@ -14,7 +14,7 @@ pytest.importorskip("multipart")
 pytest.importorskip("prometheus_client")
 pytest.importorskip("httpx")
 
-from svc_fakes import BrightnessScorer
+from svc_fakes import BrightnessScorer, SlowAgentic
 
 from lmmiqa import registry
 
@@ -33,6 +33,9 @@ def fake_methods(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     BrightnessScorer.entered = threading.Event()
     BrightnessScorer.fail_batches = 0
     BrightnessScorer.batches = []
+    BrightnessScorer.sizes = []
+    SlowAgentic.delay = 0.3
+    SlowAgentic.started = threading.Event()
     return register
 
 

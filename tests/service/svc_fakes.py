@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ class BrightnessScorer(Scorer):
     entered = threading.Event()
     fail_batches = 0
     batches: list[int] = []
+    sizes: list[tuple[int, int]] = []
     lock = threading.Lock()
 
     @property
@@ -60,6 +62,7 @@ class BrightnessScorer(Scorer):
             cls.gate.wait(30)
         with cls.lock:
             cls.batches.append(len(items))
+            cls.sizes.extend(it.image.size for it in items)
             if cls.fail_batches > 0:
                 cls.fail_batches -= 1
                 raise RuntimeError("simulated backend failure (CUDA error: out of memory)")
@@ -112,6 +115,21 @@ class FakeAgentic(RegionsScorer):
     name = "agentic-iqa"
 
 
+class SlowAgentic(FakeAgentic):
+    """A long agentic assessment: ``delay`` seconds per image (set ``started`` when it begins)."""
+
+    delay = 0.3
+    started = threading.Event()
+
+    def score_items(self, items: list[ImageItem]) -> list[ScoreResult]:
+        SlowAgentic.started.set()
+        out = []
+        for it in items:
+            time.sleep(SlowAgentic.delay)
+            out.extend(super().score_items([it]))
+        return out
+
+
 def png_bytes(width: int = 48, height: int = 40, seed: int = 0, fmt: str = "PNG") -> bytes:
     """A generated test image encoded in memory."""
     buf = io.BytesIO()
@@ -121,14 +139,15 @@ def png_bytes(width: int = 48, height: int = 40, seed: int = 0, fmt: str = "PNG"
 
 @contextlib.contextmanager
 def running_service(config: Any, scorer: Any | None = None) -> Iterator[tuple[str, Any]]:
-    """Start a service on 127.0.0.1 in a thread; yields (base URL, ScoringService)."""
+    """Start a service on 127.0.0.1 in a thread, with the hardened uvicorn settings ``lmmiqa serve`` uses
+    (header deadline, connection cap, keep-alive); yields (base URL, ScoringService)."""
     from lmmiqa.service.app import ScoringService, create_app
-    from lmmiqa.service.openai_compat import serve_in_thread
+    from lmmiqa.service.server import serve_in_thread
 
     service = ScoringService(config, scorer=scorer)
     app = create_app(service)
     try:
-        with serve_in_thread(app) as url:
+        with serve_in_thread(app, config) as url:
             yield url, service
     finally:
         service.close()

@@ -30,7 +30,7 @@ def qalign_server(tiny_qalign_model):
         allow_methods=("standard-guided",),
         max_body_bytes=400_000,
         max_images=4,
-        max_pixels=200 * 200,
+        max_image_pixels=200 * 200,
     )
     with running_service(config) as (url, service), httpx.Client(base_url=url, timeout=60) as client:
         yield client, service
@@ -237,14 +237,13 @@ def test_methods_health_metrics_openapi(qalign_server):
     assert client.get("/static/app.js").status_code == 200
 
 
-def test_assess_is_501_without_the_agentic_method(qalign_server, monkeypatch):
-    client, _ = qalign_server
-    from lmmiqa import registry
-
-    monkeypatch.delitem(registry.METHODS, "agentic-iqa", raising=False)
+def test_assess_is_404_unless_the_agentic_method_is_allowed(qalign_server):
+    client, service = qalign_server
+    assert not service.config.assess_enabled  # started for q-align (and standard-guided) only
     r = client.post("/v1/assess", files={"image": ("a.png", png_bytes(), "image/png")})
-    assert r.status_code == 501
-    assert "agentic-iqa" in r.json()["error"]["message"]
+    assert r.status_code == 404, r.text
+    assert "--allow-method agentic-iqa" in r.json()["error"]["message"]
+    assert client.get("/v1/methods").json()["assess_available"] is False
 
 
 # --------------------------------------------------------------------------------------- fake methods (no model)
@@ -252,7 +251,7 @@ def test_assess_is_501_without_the_agentic_method(qalign_server, monkeypatch):
 
 def test_assess_uses_the_agentic_method_when_registered(fake_methods):
     fake_methods(BrightnessScorer, FakeAgentic)
-    with running_service(ServiceConfig(method="fake-brightness")) as (url, _):
+    with running_service(ServiceConfig(method="fake-brightness", allow_methods=("agentic-iqa",))) as (url, _):
         r = httpx.post(f"{url}/v1/assess", files={"image": ("a.png", png_bytes(), "image/png")}, timeout=30)
         assert r.status_code == 200, r.text
         d = r.json()["results"][0]
@@ -263,7 +262,7 @@ def test_assess_uses_the_agentic_method_when_registered(fake_methods):
 
 def test_assess_options_and_per_request_query(fake_methods):
     fake_methods(BrightnessScorer, FakeAgentic)
-    config = ServiceConfig(method="fake-brightness", assess_options={"offset": 1.0})
+    config = ServiceConfig(method="fake-brightness", allow_methods=("agentic-iqa",), assess_options={"offset": 1.0})
     with running_service(config) as (url, _):
         files = {"image": ("a.png", png_bytes(), "image/png")}
         plain = httpx.post(f"{url}/v1/score", files=files).json()["results"][0]["score"]
@@ -271,7 +270,11 @@ def test_assess_options_and_per_request_query(fake_methods):
         assert r["score"] == pytest.approx(plain + 1.0)  # the server's assess option
         assert "Is the sky banded?" in r["details"]["explanation"]  # the client's question
     with pytest.raises(ConfigError, match="unknown option"):
-        running_service(ServiceConfig(method="fake-brightness", assess_options={"nope": 1})).__enter__()
+        running_service(
+            ServiceConfig(method="fake-brightness", allow_methods=("agentic-iqa",), assess_options={"nope": 1})
+        ).__enter__()
+    with pytest.raises(ConfigError, match="--allow-method agentic-iqa"):
+        ServiceConfig(method="fake-brightness", assess_options={"offset": 1.0})
 
 
 def test_request_options_never_include_server_or_resource_fields():

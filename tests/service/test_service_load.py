@@ -240,7 +240,7 @@ def test_full_queue_is_429_and_recovers(fake_methods):
         assert _post(url).status_code == 200
 
 
-def test_request_timeout_is_503_and_the_item_is_dropped(fake_methods):
+def test_request_timeout_says_which_limit_and_the_item_is_dropped(fake_methods):
     fake_methods(BrightnessScorer)
     BrightnessScorer.gate = threading.Event()
     config = ServiceConfig(method="fake-brightness", max_batch=1, max_wait_ms=0, request_timeout_s=2.0)
@@ -248,9 +248,12 @@ def test_request_timeout_is_503_and_the_item_is_dropped(fake_methods):
         blocker = pool.submit(_post, url, "blocker.png")
         assert BrightnessScorer.entered.wait(10)
         r = _post(url, "late.png")  # waits behind the blocked batch, then gives up
-        assert r.status_code == 503 and "no result within" in r.json()["error"]["message"]
+        assert r.status_code == 503 and "in the score queue without starting" in r.json()["error"]["message"]
+        assert "--timeout" in r.json()["error"]["message"]
         BrightnessScorer.gate.set()
-        assert blocker.result().status_code == 503  # it timed out too, while held at the gate
+        slow = blocker.result()  # it timed out too, while being scored (held at the gate): 504, the flag named
+        assert slow.status_code == 504, slow.text
+        assert "still running after 2 s" in slow.json()["error"]["message"] and "--timeout" in slow.json()["error"]["message"]
         ok = _post(url, "after.png")
         assert ok.status_code == 200
         _wait_for(lambda: service.batcher.depth == 0)

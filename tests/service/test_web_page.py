@@ -144,7 +144,7 @@ def test_regions_explanation_tools_and_inline_errors(browser, fake_methods, tmp_
     good.write_bytes(png_bytes(240, 160, 5))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    config = ServiceConfig(method="fake-regions", allow_methods=("fake-brightness",))
+    config = ServiceConfig(method="fake-regions", allow_methods=("fake-brightness", "agentic-iqa"))
     with running_service(config) as (url, _):
         _open(browser, url)
         assert browser.find_element(By.ID, "assess-label").is_displayed()  # agentic method registered

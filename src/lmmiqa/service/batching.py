@@ -52,6 +52,8 @@ class Ticket:
         self.results: list[ScoreResult | None] = [None] * n
         self.error: BaseException | None = None
         self.cancelled = False
+        #: set when the worker took one of its items into a running batch
+        self.started = False
         self._remaining = n
         self._lock = threading.Lock()
         self._done = threading.Event()
@@ -138,6 +140,7 @@ class MicroBatcher:
             fails every ticket that had an item in that batch (other batches are unaffected).
         config: batching limits.
         on_batch: optional observer called after each batch with (size, seconds) (metrics).
+        name: the worker thread's name.
     """
 
     def __init__(
@@ -145,8 +148,10 @@ class MicroBatcher:
         run: BatchRunner,
         config: BatcherConfig | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        name: str = "lmmiqa-batcher",
     ) -> None:
         self.config = config or BatcherConfig()
+        self.name = name
         self._run = run
         self._on_batch = on_batch
         self._pending: collections.deque[_Entry] = collections.deque()
@@ -162,7 +167,7 @@ class MicroBatcher:
             if self._closed:
                 raise ServiceClosedError("the batcher was closed")
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="lmmiqa-batcher", daemon=True)
+                self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()
 
     def close(self, timeout: float = 30.0) -> None:
@@ -224,6 +229,8 @@ class MicroBatcher:
                 remaining = first.enqueued + cfg.max_wait_s - time.monotonic()
                 if len(same) >= cfg.max_batch or remaining <= 0 or self._closed:
                     batch = same[: cfg.max_batch]
+                    for e in batch:
+                        e.ticket.started = True
                     taken = {id(e) for e in batch}
                     self._pending = collections.deque(
                         e for e in self._pending if id(e) not in taken and not e.ticket.cancelled

@@ -1,0 +1,497 @@
+"""The scoring service behind the HTTP app: scorers, the micro-batcher, the decode pool and the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from lmmiqa import registry
+from lmmiqa.config import build_config
+from lmmiqa.errors import ConfigError, ImageLoadError, LmmiqaError, UnknownNameError
+from lmmiqa.images import ImageItem, ImageLimits
+from lmmiqa.service.batching import BatcherConfig, MicroBatcher, QueueFullError, ServiceClosedError, Ticket
+from lmmiqa.service.config import AGENTIC_METHOD, FLAGS, ServiceConfig
+from lmmiqa.service.errors import RequestError
+from lmmiqa.service.metrics import ServiceMetrics
+from lmmiqa.service.options import SERVER_FIELDS, options_schema, validate_options
+from lmmiqa.service.uploads import Upload, decode_upload, planned_size, read_header
+
+#: the lane (queue and worker thread) of each kind of work: long agentic assessments never hold scoring's worker
+LANES = ("score", "assess")
+
+
+class PixelBudget:
+    """Decoded pixels held by the requests in flight, bounded (thread-safe)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, pixels: int) -> bool:
+        """Take ``pixels`` when they fit under the limit; False (nothing taken) otherwise."""
+        with self._lock:
+            if self.used + pixels > self.limit:
+                return False
+            self.used += pixels
+            return True
+
+    def release(self, pixels: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - pixels)
+
+
+class ScoringService:
+    """Scorers, the micro-batchers, the decode pool, the pixel budget and the metrics behind the HTTP app.
+
+    Scoring and agentic assessment run in separate lanes (one queue and one worker thread each, see
+    :data:`LANES`), so a long assessment never delays a scoring request behind it; both share the loaded
+    model, whose backend serializes the forwards.
+
+    Args:
+        config: service options.
+        scorer: a ready scorer for the default method (tests, embedding); built from ``config`` when None.
+            Building it loads the model now, so a bad model fails at start-up, not at the first request.
+    """
+
+    def __init__(self, config: ServiceConfig, scorer: Any | None = None) -> None:
+        self.config = config
+        self.metrics = ServiceMetrics()
+        self._scorers: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
+        self._scorers_lock = threading.Lock()
+        self._targets: dict[int, int | None] = {}
+        self.limits = ImageLimits(max_pixels=config.max_image_pixels, max_bytes=config.max_body_bytes)
+        self.pixels = PixelBudget(config.max_queue_pixels)
+        self.decode_pool = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="lmmiqa-decode")
+        batching = BatcherConfig(
+            max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000.0, max_queue=config.max_queue
+        )
+        self.batchers = {
+            lane: MicroBatcher(self._run_batch, batching, on_batch=self._observe_batch, name=f"lmmiqa-{lane}")
+            for lane in LANES
+        }
+        self.metrics.queue_depth.set_function(lambda: self.depth)
+        if config.assess_enabled:  # fail at start-up, not at the first /v1/assess
+            agentic = registry.resolve("method", AGENTIC_METHOD)
+            build_config(agentic.config_cls, self._base_options(AGENTIC_METHOD), what=f"method {AGENTIC_METHOD!r}")
+        default = scorer if scorer is not None else self._build_scorer(config.method, {})
+        self._scorers[(config.method, ())] = default
+        _warm(default)
+        self.started = time.time()
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        """The scoring lane's batcher."""
+        return self.batchers["score"]
+
+    @property
+    def depth(self) -> int:
+        """Images pending in every lane."""
+        return sum(b.depth for b in self.batchers.values())
+
+    def start(self) -> None:
+        """Start the lanes' worker threads (idempotent; submitting starts them too)."""
+        for b in self.batchers.values():
+            b.start()
+
+    @staticmethod
+    def lane(method: str) -> str:
+        """The lane that runs ``method``."""
+        return "assess" if method == AGENTIC_METHOD else "score"
+
+    # ------------------------------------------------------------------ scorers
+    @property
+    def default_scorer(self) -> Any:
+        return self._scorers[(self.config.method, ())]
+
+    def _base_options(self, method: str) -> dict[str, Any]:
+        if method == self.config.method:
+            base = dict(self.config.options)
+        else:
+            cls = registry.resolve("method", method)
+            fields = {f.name for f in dataclasses.fields(cls.config_cls)}
+            base = {k: v for k, v in self.config.options.items() if k in SERVER_FIELDS and k in fields}
+        if method == AGENTIC_METHOD:
+            base.update(self.config.assess_options)
+        return base
+
+    def _build_scorer(self, method: str, request_options: Mapping[str, Any]) -> Any:
+        cls = registry.resolve("method", method)
+        return cls.from_options(**{**self._base_options(method), **request_options})
+
+    def resolve_method(self, name: str | None, *, endpoint: str = "score") -> str:
+        """The canonical served method for a request's ``method`` field (None: the default).
+
+        Raises:
+            RequestError: 404 when ``/v1/assess`` is not enabled, 501 when the agentic method is not
+                registered, 422 when the method is unknown or not served here.
+        """
+        if endpoint == "assess":
+            if not self.config.assess_enabled:
+                raise RequestError(
+                    404,
+                    "POST /v1/assess is not enabled on this server: the agentic method is served only when the "
+                    f"server is started with --allow-method {AGENTIC_METHOD} (or --method {AGENTIC_METHOD})",
+                )
+            if AGENTIC_METHOD not in registry.names("method"):
+                raise RequestError(
+                    501,
+                    f"agentic assessment is not available: the {AGENTIC_METHOD!r} method is not registered in "
+                    f"this installation (registered: {', '.join(registry.names('method'))})",
+                )
+            return AGENTIC_METHOD
+        if name is None or name == "":
+            return self.config.method
+        if len(str(name)) > 100:
+            raise RequestError(422, f"unknown method (a name of {len(str(name))} characters); served: "
+                               f"{', '.join(self.config.served_methods)}")
+        try:
+            method = registry.canonical("method", str(name))
+        except UnknownNameError as err:
+            raise RequestError(422, str(err)) from err
+        if method not in self.config.served_methods:
+            raise RequestError(
+                422,
+                f"method {method!r} is not served here; served: {', '.join(self.config.served_methods)} "
+                "(start the server with --allow-method to serve more)",
+            )
+        return method
+
+    def check_option_sizes(self, raw_options: Mapping[str, Any]) -> None:
+        """Refuse option names and string values longer than the limits (before they reach any message).
+
+        Raises:
+            RequestError: 422 naming the option, its length and the flag that raises the limit.
+        """
+        limit = self.config.max_query_chars
+        for key, value in raw_options.items():
+            if len(str(key)) > 64:
+                raise RequestError(422, f"an option name of {len(str(key))} characters: no option has a name that long")
+            if isinstance(value, str) and len(value) > limit:
+                raise RequestError(
+                    422,
+                    f"option {key!r} is {len(value)} characters long, over the limit of {limit} "
+                    f"({FLAGS['max_query_chars']})",
+                )
+
+    def scorer_for(self, method: str, raw_options: Mapping[str, Any]) -> Any:
+        """The scorer for ``method`` with per-request options (validated; cached per distinct options).
+
+        Raises:
+            RequestError: 422 when the options are invalid for the method or too long.
+        """
+        self.check_option_sizes(raw_options)
+        cls = registry.resolve("method", method)
+        try:
+            opts = validate_options(cls, raw_options)
+        except ConfigError as err:
+            raise RequestError(422, str(err)) from err
+        key = (method, tuple(sorted(opts.items())))
+        with self._scorers_lock:
+            scorer = self._scorers.get(key)
+            if scorer is not None:
+                self._scorers[key] = self._scorers.pop(key)  # most recently used last
+                return scorer
+        try:
+            scorer = self._build_scorer(method, opts)
+        except ConfigError as err:
+            raise RequestError(422, f"invalid options for method {method!r}: {err}") from err
+        with self._scorers_lock:
+            scorer = self._scorers.setdefault(key, scorer)
+            default_key = (self.config.method, ())
+            while len(self._scorers) > self.config.max_scorers:
+                oldest = next(k for k in self._scorers if k != default_key)
+                del self._scorers[oldest]
+        return scorer
+
+    # ------------------------------------------------------------------ decoding
+    def decode_target(self, scorer: Any) -> int | None:
+        """Pixels to decode large images to for ``scorer`` (None: full resolution); see ``decode_max_pixels``."""
+        if self.config.decode_max_pixels is not None:
+            return self.config.decode_max_pixels or None
+        key = id(scorer)
+        if key not in self._targets:
+            self._targets[key] = model_pixel_budget(scorer)
+        return self._targets[key]
+
+    def plan(self, uploads: list[Upload], target: int | None) -> list[int]:
+        """Decoded pixels of each upload (from its header, after the planned reduction; 0 when the header is
+        unreadable: the decode reports why).
+
+        Raises:
+            RequestError: 413 when an image is over ``max_image_pixels`` or the request over
+                ``max_request_pixels`` (the message names the limit and its flag).
+        """
+        planned: list[int] = []
+        too_large: list[str] = []
+        for i, up in enumerate(uploads):
+            header = read_header(up.data)
+            if header is None:
+                planned.append(0)
+                continue
+            if header.pixels > self.config.max_image_pixels:
+                too_large.append(
+                    f"{_label(i, up)}: {header.width}×{header.height} = {header.pixels} pixels exceeds the limit "
+                    f"of {self.config.max_image_pixels} per image ({FLAGS['max_image_pixels']})"
+                )
+            w, h = planned_size(header.width, header.height, target)
+            planned.append(w * h)
+        if too_large:
+            raise RequestError(413, "; ".join(too_large))
+        total = sum(planned)
+        if total > self.config.max_request_pixels:
+            reduced = f" (after reducing large images to about {target} pixels each)" if target else ""
+            raise RequestError(
+                413,
+                f"the {len(uploads)} image(s) of this request decode to {total} pixels{reduced}, over the "
+                f"per-request budget of {self.config.max_request_pixels} pixels ({FLAGS['max_request_pixels']}); "
+                "send fewer or smaller images",
+            )
+        return planned
+
+    def decode(self, uploads: list[Upload], target: int | None = None) -> list[ImageItem]:
+        """Decode every upload, large ones straight to ``target`` pixels (thread-safe; runs in the decode pool).
+
+        Raises:
+            RequestError: 413 when an image has too many pixels, 400 when one cannot be decoded (the message
+                names every bad image).
+        """
+        items: list[ImageItem] = []
+        too_large: list[str] = []
+        bad: list[str] = []
+        for i, up in enumerate(uploads):
+            key = up.name or f"<memory:{i}>"
+            label = _label(i, up)
+            try:
+                items.append(ImageItem(key=key, image=decode_upload(up.data, label, self.limits, target), source=None))
+            except ImageLoadError as err:
+                if "exceeds the limit" in str(err) or "decompression bomb" in str(err):
+                    too_large.append(f"{err} ({FLAGS['max_image_pixels']})")
+                else:
+                    bad.append(str(err))
+        if too_large:
+            raise RequestError(413, "; ".join(too_large))
+        if bad:
+            raise RequestError(400, "; ".join(bad))
+        return items
+
+    # ------------------------------------------------------------------ batching
+    def _run_batch(self, scorer: Any, items: list[ImageItem]) -> list[Any]:
+        results = scorer.score_loaded(items)
+        for r in results:
+            self.metrics.images.labels(method=r.method, outcome="ok" if r.error is None else "error").inc()
+            if r.error is not None:
+                self.metrics.failures.labels(reason="item_error").inc()
+        return list(results)
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.batch_seconds.observe(seconds)
+
+    async def score(self, method: str, raw_options: Mapping[str, Any], uploads: list[Upload]) -> list[dict[str, Any]]:
+        """Validate, budget, decode, queue and await one request's images; returns the result dicts in order.
+
+        Raises:
+            RequestError: with the status that applies (see :mod:`lmmiqa.service.app`).
+        """
+        cfg = self.config
+        lane = self.lane(method)
+        if not uploads:
+            raise RequestError(400, "no image in the request (multipart: one or more file parts; JSON: 'images')")
+        max_images, flag = (
+            (cfg.max_assess_images, FLAGS["max_assess_images"]) if lane == "assess" else (cfg.max_images, FLAGS["max_images"])
+        )
+        if len(uploads) > max_images:
+            what = "images in one assessment request" if lane == "assess" else "images in one request"
+            raise RequestError(413, f"{len(uploads)} {what} exceeds the limit of {max_images} ({flag})")
+        loop = asyncio.get_running_loop()
+        scorer = await loop.run_in_executor(None, self.scorer_for, method, raw_options)
+        target = await loop.run_in_executor(None, self.decode_target, scorer)
+        planned = await loop.run_in_executor(self.decode_pool, self.plan, uploads, target)
+        pixels = sum(planned)
+        if not self.pixels.reserve(pixels):
+            raise RequestError(
+                429,
+                f"the server holds {self.pixels.used} decoded pixels for requests in flight; this request's "
+                f"{pixels} would exceed the server's budget of {cfg.max_queue_pixels} ({FLAGS['max_queue_pixels']}); "
+                "retry later",
+                headers={"Retry-After": "1"},
+            )
+        release = True
+        try:
+            items = await loop.run_in_executor(self.decode_pool, self.decode, uploads, target)
+            ticket = await self._queue_and_wait(lane, scorer, items, pixels)
+        except _Timeout as err:
+            release = not err.held  # held: the running batch releases them when it ends
+            raise
+        finally:
+            if release:
+                self.pixels.release(pixels)
+        return [r.to_dict() for r in ticket.results if r is not None]
+
+    async def _queue_and_wait(self, lane: str, scorer: Any, items: list[ImageItem], pixels: int) -> Ticket:
+        """Submit ``items`` to the lane and wait for their ticket (within the lane's timeout).
+
+        Raises:
+            RequestError: 429 (queue full), 503 (closed, backend failure, timed out in the queue), 504 (timed
+                out while being scored; the message names the timeout and its flag).
+        """
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Ticket] = loop.create_future()
+        state = {"done": False, "gave_up": False}
+        state_lock = threading.Lock()
+
+        def resolve(ticket: Ticket) -> None:
+            if not future.done():
+                future.set_result(ticket)
+
+        def on_done(ticket: Ticket) -> None:
+            with state_lock:
+                state["done"] = True
+                release_now = state["gave_up"]
+            if release_now:  # the request gave up while its batch ran: the memory is free only now
+                self.pixels.release(pixels)
+            loop.call_soon_threadsafe(resolve, ticket)
+
+        try:
+            ticket = self.batchers[lane].submit(scorer, items, on_done)
+        except QueueFullError as err:
+            raise RequestError(429, f"{err} ({FLAGS['max_queue']})", headers={"Retry-After": "1"}) from err
+        except ServiceClosedError as err:
+            raise RequestError(503, str(err)) from err
+        if lane == "assess":
+            timeout, flag, what = cfg.assess_timeout_s, FLAGS["assess_timeout_s"], "the assessment"
+        else:
+            timeout, flag, what = cfg.request_timeout_s, FLAGS["request_timeout_s"], "scoring"
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout=timeout)
+        except asyncio.TimeoutError as err:
+            ticket.cancel()
+            with state_lock:
+                held = ticket.started and not state["done"]
+                state["gave_up"] = held
+            if ticket.started:
+                raise _Timeout(
+                    504,
+                    f"{what} of this request was still running after {timeout:g} s, the request timeout "
+                    f"({flag} {timeout:g}); its images not yet scored were dropped. Start the server with a larger "
+                    f"{flag} for images that take longer",
+                    held,
+                ) from err
+            raise _Timeout(
+                503,
+                f"this request waited {timeout:g} s ({flag}) in the {lane} queue without starting: the server is "
+                "busy; retry later",
+                False,
+                headers={"Retry-After": "5"},
+            ) from err
+        if ticket.error is not None:
+            raise RequestError(
+                503,
+                f"the scoring backend failed on the batch holding this request: {_describe(ticket.error)}",
+            )
+        return ticket
+
+    # ------------------------------------------------------------------ info
+    def methods_info(self) -> dict[str, Any]:
+        """``GET /v1/methods``: served methods with summaries, scales and per-request option schemas."""
+        out: dict[str, Any] = {}
+        for name in self.config.served_methods:
+            cls = registry.resolve("method", name)
+            out[name] = {
+                "summary": getattr(cls, "summary", "") or (cls.__doc__ or "").strip().splitlines()[0],
+                "higher_is_better": bool(getattr(cls, "higher_is_better", True)),
+                "options": options_schema(cls),
+            }
+        default = self.default_scorer
+        cfg = self.config
+        return {
+            "default": cfg.method,
+            "model": default.model_name,
+            "scale": list(default.scale) if default.scale is not None else None,
+            "methods": out,
+            "assess_available": cfg.assess_enabled and AGENTIC_METHOD in registry.names("method"),
+            "limits": {
+                "max_images": cfg.max_images,
+                "max_assess_images": cfg.max_assess_images,
+                "max_body_bytes": cfg.max_body_bytes,
+                "max_image_pixels": cfg.max_image_pixels,
+                "max_request_pixels": cfg.max_request_pixels,
+                "max_query_chars": cfg.max_query_chars,
+                "request_timeout_s": cfg.request_timeout_s,
+                "assess_timeout_s": cfg.assess_timeout_s,
+            },
+        }
+
+    def close(self) -> None:
+        """Finish pending batches and stop the workers and the decode pool."""
+        for b in self.batchers.values():
+            b.close()
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Timeout(RequestError):
+    """A request timeout; ``held`` says whether its pixels stay reserved until its running batch ends."""
+
+    def __init__(self, status: int, message: str, held: bool, **kwargs: Any) -> None:
+        super().__init__(status, message, **kwargs)
+        self.held = held
+
+
+def _label(index: int, up: Upload) -> str:
+    return f"image {index + 1}" + (f" ({up.name})" if up.name else "")
+
+
+def public_model_name(name: Any) -> str | None:
+    """The model's name without where it lives: a local folder's basename, a hub id's last part, an
+    OpenAI-compatible endpoint's model name (``URL#name`` -> ``name``)."""
+    if name is None:
+        return None
+    if isinstance(name, (list, tuple)):
+        return ", ".join(str(public_model_name(n)) for n in name)
+    text = str(name)
+    if "#" in text:
+        text = text.rsplit("#", 1)[1]
+    return text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or None
+
+
+def model_pixel_budget(scorer: Any) -> int | None:
+    """Most pixels the scorer's model sees per image, read from its processor (Qwen-VL style ``max_pixels``,
+    or ``size["longest_edge"]`` of the Qwen2-VL image processors, which is a pixel count), or None when the
+    scorer has no in-process processor or it states no pixel budget."""
+    if not isinstance(getattr(type(scorer), "backend", None), property):
+        return None
+    try:
+        processor = getattr(scorer.backend, "processor", None)
+    except Exception:
+        return None
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return None
+    value = getattr(image_processor, "max_pixels", None)
+    if not value:
+        size = getattr(image_processor, "size", None)
+        if "Qwen" in type(image_processor).__name__ and size is not None:
+            value = size.get("longest_edge") if hasattr(size, "get") else getattr(size, "longest_edge", None)
+            value = value or (size.get("max_pixels") if hasattr(size, "get") else getattr(size, "max_pixels", None))
+    try:
+        return int(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _warm(scorer: Any) -> None:
+    """Load the scorer's backend now (LevelScorer creates it lazily on first use)."""
+    if isinstance(getattr(type(scorer), "backend", None), property):
+        _ = scorer.backend
+
+
+
+def _describe(err: BaseException) -> str:
+    return str(err) if isinstance(err, LmmiqaError) else f"{type(err).__name__}: {err}"
