@@ -141,20 +141,18 @@ class TransformersBackend(Backend):
         transformers = require("transformers", "hf", "the transformers backend")
 
         from lmmiqa.backends.hf_processor import load_processor
+        from lmmiqa.hub import resolve_local_only
 
         cfg = self.config
-        local_only = cfg.local_files_only
-        if local_only is None:
-            local_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
         self.device = pick_device(cfg.device)
+        # offline and not cached, or the hub unreachable: one clear ModelLoadError now, not minutes of retries
+        local_only = resolve_local_only(cfg.model, cfg.local_files_only, revision=cfg.revision)
         self.dtype = self._pick_dtype(cfg.dtype, self.device, cfg.model)
         common = {"local_files_only": local_only, "trust_remote_code": cfg.trust_remote_code}
         if cfg.revision:
             common["revision"] = cfg.revision
         try:
             self.processor = load_processor(cfg.model, **common)
-        except ModelLoadError:
-            raise
         except Exception as err:
             raise ModelLoadError(self._load_hint(cfg.model, err)) from err
         kwargs: dict[str, Any] = {"dtype": self.dtype, **common}
@@ -171,12 +169,16 @@ class TransformersBackend(Backend):
 
     @staticmethod
     def _load_hint(model: str, err: BaseException) -> str:
+        from lmmiqa.errors import download_hint, spell
+
+        detail = str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"
         if os.path.isdir(model):
-            return f"cannot load the model from the local folder {model!r}: {type(err).__name__}: {err}"
+            return f"cannot load the model from the local folder {model!r}: {detail}"
+        folder = "./" + model.rstrip("/").rsplit("/", 1)[-1]
+        where = spell(cli=f"--model {folder}", python=f"model={folder!r}")
         return (
-            f"cannot load model {model!r} ({type(err).__name__}: {err}). If this machine is offline, download the "
-            "model elsewhere (e.g. `huggingface-cli download ID --local-dir DIR`) and pass the folder: "
-            "--model /path/to/folder (Python: model='/path/to/folder')."
+            f"cannot load model {model!r} ({detail}). If this machine is offline, download the model on a "
+            f"connected machine (`{download_hint(model, folder)}`), copy the folder here and pass {where}."
         )
 
     @staticmethod
