@@ -46,18 +46,19 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
 
 @pytest.fixture
 def run_cli() -> Callable[..., subprocess.CompletedProcess]:
-    """``run_cli(args, env=None, count=(), timeout=120, input=None)``: ``python -m lmmiqa ARGS`` offline.
+    """``run_cli(args, env=None, count=(), timeout=120, input=None, cwd=None)``: ``python -m lmmiqa ARGS`` offline.
 
     With ``count`` (``"module:Class.method"`` names) the result's ``counts`` says how often each ran; ``message``
     is stderr without that line.
     """
 
-    def run(args, env=None, count=(), timeout=120, input=None):
+    def run(args, env=None, count=(), timeout=120, input=None, cwd=None):
         if count:
             cmd = [sys.executable, "-c", COUNTING, ",".join(count), *map(str, args)]
         else:
             cmd = [sys.executable, "-m", "lmmiqa", *map(str, args)]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=_env(env), timeout=timeout, input=input)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_env(env), timeout=timeout, input=input,
+                           cwd=cwd)
         r.counts = _counts(r.stderr) if count else {}  # type: ignore[attr-defined]
         r.message = "\n".join(x for x in r.stderr.splitlines() if not x.startswith("COUNTS "))  # type: ignore[attr-defined]
         return r
