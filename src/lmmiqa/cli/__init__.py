@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from lmmiqa import __version__
-from lmmiqa.errors import ConfigError, LmmiqaError, is_run_level, set_interface
+from lmmiqa.errors import ConfigError, LmmiqaError, interface, is_run_level, set_interface
 
 #: modules that each register one or more subcommands, in the order shown by --help
 SUBCOMMANDS: list[str] = [
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = interface()
     set_interface("cli")  # hints name flags (--model DIR), not Python arguments (model='DIR')
     try:
         return _main(argv)
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 141  # 128 + SIGPIPE, the status of a Unix tool stopped by a closed pipe
+    finally:
+        set_interface(previous)  # main() called from Python (tests, scripts) leaves the interface as it was
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
