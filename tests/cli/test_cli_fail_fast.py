@@ -127,3 +127,22 @@ def test_python_bad_device_raises_once(sample_images, tiny_model_path):
     scorer = lmmiqa.create_scorer("q-align", model=str(tiny_model_path("qwen2_5_vl")), device="gpu")
     with pytest.raises(DeviceError, match="did you mean 'cuda'"):
         scorer.score([str(p) for p in sample_images[:3]], batch_size=1)
+
+
+def test_cached_hub_model_loads_without_network(run_cli, sample_images, tiny_model_path, tmp_path):
+    # a hub id already in the Hugging Face cache, the hub unreachable, offline mode off: loaded from the cache
+    # at once (local_files_only), not after the hub client's retries
+    import shutil
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny-vlm" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_model_path("qwen2_5_vl"), snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    t0 = time.perf_counter()
+    r = run_cli(["score", *_three(sample_images), "--model", "someone/tiny-vlm", "--device", "cpu", "--format", "jsonl"],
+                env={"HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9",
+                     "HF_HUB_CACHE": str(tmp_path / "hub"), "LMMIQA_HUB_TIMEOUT": "2"})
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 3 and '"model": "someone/tiny-vlm"' in r.stdout
+    assert "Retrying" not in r.stderr and "127.0.0.1:9" not in r.stderr, r.stderr  # no request after the probe
+    assert time.perf_counter() - t0 < 90

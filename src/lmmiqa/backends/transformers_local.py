@@ -158,6 +158,10 @@ class TransformersBackend(Backend):
         kwargs: dict[str, Any] = {"dtype": self.dtype, **common}
         if cfg.attn_implementation:
             kwargs["attn_implementation"] = cfg.attn_implementation
+        if local_only:
+            # the Auto classes look for a PEFT adapter_config.json without local_files_only (transformers 5.x):
+            # offline that is a minute of hub retries per load
+            kwargs["adapter_kwargs"] = {"local_files_only": True}
         try:
             self.model = transformers.AutoModelForImageTextToText.from_pretrained(cfg.model, **kwargs)
         except Exception as err:

@@ -241,7 +241,8 @@ class HFImageEncoder(Encoder):
         try:
             self.processor = transformers.AutoImageProcessor.from_pretrained(spec.model, **common)
             cls = getattr(transformers, self.model_class)
-            self.model = cls.from_pretrained(spec.model, dtype=self.dtype, **common)
+            extra = {"adapter_kwargs": {"local_files_only": True}} if local_only and self.model_class.startswith("Auto") else {}
+            self.model = cls.from_pretrained(spec.model, dtype=self.dtype, **common, **extra)
         except Exception as err:
             raise ModelLoadError(_load_hint(spec.model, err, spec.kind)) from err
         self.model.to(self.device)
