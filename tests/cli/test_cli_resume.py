@@ -54,6 +54,11 @@ def test_overwrite_starts_the_file_over(run_cli, folder, tmp_path):
     assert json.loads((tmp_path / "s.jsonl.meta.json").read_text())["method"] == "exposure"
     r = run_cli(["score", folder, "--method", "exposure", "--overwrite"])
     assert r.returncode == 2 and "--overwrite applies to the --out file" in r.stderr
+    # the results file deleted by hand, its sidecar left behind: a new run may use the name
+    out.unlink()
+    r = run_cli(["score", folder, "--method", "contrast", "--out", out])
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "s.jsonl.meta.json").read_text())["method"] == "contrast"
 
 
 def test_file_without_sidecar_is_judged_by_its_rows(run_cli, folder, tmp_path):

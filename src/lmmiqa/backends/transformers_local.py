@@ -137,16 +137,18 @@ class TransformersBackend(Backend):
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
+        from lmmiqa.hub import resolve_local_only
+
+        cfg = self.config
+        # offline and not cached, or the hub unreachable: one clear ModelLoadError now (before torch is even
+        # imported), not minutes of hub retries
+        local_only = resolve_local_only(cfg.model, cfg.local_files_only, revision=cfg.revision)
         require("torch", "hf", "the transformers backend")
         transformers = require("transformers", "hf", "the transformers backend")
 
         from lmmiqa.backends.hf_processor import load_processor
-        from lmmiqa.hub import resolve_local_only
 
-        cfg = self.config
         self.device = pick_device(cfg.device)
-        # offline and not cached, or the hub unreachable: one clear ModelLoadError now, not minutes of retries
-        local_only = resolve_local_only(cfg.model, cfg.local_files_only, revision=cfg.revision)
         self.dtype = self._pick_dtype(cfg.dtype, self.device, cfg.model)
         common = {"local_files_only": local_only, "trust_remote_code": cfg.trust_remote_code}
         if cfg.revision:

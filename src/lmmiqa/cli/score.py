@@ -84,7 +84,8 @@ def check_out_file(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> N
     from lmmiqa.jsonl import read_jsonl
 
     meta = meta_path(out)
-    if overwrite:
+    if overwrite or not out.exists() or out.stat().st_size == 0:
+        # a sidecar left beside a deleted or empty results file says nothing about what it holds
         for path in (out, meta):
             path.unlink(missing_ok=True)
     have: dict[str, Any] | None = None
