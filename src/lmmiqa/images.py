@@ -127,13 +127,24 @@ def array_to_image(arr: np.ndarray) -> Any:
     return to_rgb(Image.fromarray(a))
 
 
+def pixel_limit_option() -> str:
+    """The scorer option that sets :attr:`ImageLimits.max_pixels` (named by the oversize hint): ``max_pixels``, or
+    ``max_image_pixels`` where scorers keep ``max_pixels`` for the model's own pixel budget."""
+    import dataclasses
+
+    from lmmiqa.methods.base import ScorerConfig
+
+    names = {f.name for f in dataclasses.fields(ScorerConfig)}
+    return "max_image_pixels" if "max_image_pixels" in names else "max_pixels"
+
+
 def _check_pixels(width: int, height: int, limits: ImageLimits, what: str) -> None:
     if width <= 0 or height <= 0:
         raise ImageLoadError(f"{what}: image has no pixels ({width}×{height})")
     if width * height > limits.max_pixels:
         raise ImageLoadError(
             f"{what}: {width}×{height} = {width * height} pixels exceeds the limit of {limits.max_pixels} "
-            f"(raise {spell(cli='--option max_pixels=N', python='max_pixels')} to accept it)"
+            f"(raise {spell(cli=f'--option {pixel_limit_option()}=N', python=pixel_limit_option())} to accept it)"
         )
 
 

@@ -138,7 +138,7 @@ def test_closed_pipe_ends_quietly(small_images, tmp_path):
 def test_hints_speak_python_in_python(monkeypatch, tmp_path):
     pytest.importorskip("transformers")
     from lmmiqa.errors import ImageLoadError, ModelLoadError
-    from lmmiqa.images import ImageLimits, open_image
+    from lmmiqa.images import ImageLimits, open_image, pixel_limit_option
     from lmmiqa.segment.base import create_segmenter
     from lmmiqa.testing import make_image
 
@@ -150,14 +150,17 @@ def test_hints_speak_python_in_python(monkeypatch, tmp_path):
     assert "model='./sam2'" in msg and "segmenter='felzenszwalb'" in msg and "--" not in msg.replace("--local-dir", "")
     path = tmp_path / "x.png"
     make_image(40, 40).save(path)
-    with pytest.raises(ImageLoadError, match=r"raise max_pixels to accept it"):
+    with pytest.raises(ImageLoadError, match=rf"raise {pixel_limit_option()} to accept it"):
         open_image(path, ImageLimits(max_pixels=100))
 
 
 def test_oversize_hint_names_the_flag_on_the_cli(run_cli, small_images):
-    r = run_cli(["score", small_images / "0.png", "--method", "contrast", "--option", "max_pixels=100"])
+    from lmmiqa.images import pixel_limit_option
+
+    name = pixel_limit_option()
+    r = run_cli(["score", small_images / "0.png", "--method", "contrast", "--option", f"{name}=100"])
     assert r.returncode == 1
-    assert "pixels exceeds the limit of 100 (raise --option max_pixels=N to accept it)" in r.stdout
+    assert f"pixels exceeds the limit of 100 (raise --option {name}=N to accept it)" in r.stdout
 
 
 def test_one_download_spelling_everywhere():

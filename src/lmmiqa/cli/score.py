@@ -42,9 +42,9 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-#: options that change how fast results come or which inputs are accepted, not the scores: a resume may change them
-RESUME_FREE_OPTIONS = frozenset({"batch_size", "decode_workers", "workers", "keep_masks", "max_pixels", "max_bytes",
-                                 "device"})
+#: options that change how fast results come or which inputs are accepted, not the scores: a resume may change
+#: them (so may the input pixel limit, see :func:`lmmiqa.images.pixel_limit_option`)
+RESUME_FREE_OPTIONS = frozenset({"batch_size", "decode_workers", "workers", "keep_masks", "max_bytes", "device"})
 
 
 def meta_path(out: Path) -> Path:
@@ -55,8 +55,10 @@ def meta_path(out: Path) -> Path:
 def run_fingerprint(method: str, config: Any) -> dict[str, Any]:
     """What must match for results to be appended to a file: method, model and the options that change scores."""
     from lmmiqa.config import config_to_dict
+    from lmmiqa.images import pixel_limit_option
 
-    options = {k: v for k, v in config_to_dict(config).items() if k not in RESUME_FREE_OPTIONS}
+    free = RESUME_FREE_OPTIONS | {pixel_limit_option()}
+    options = {k: v for k, v in config_to_dict(config).items() if k not in free}
     model = options.get("models") or options.get("model")
     return {"method": method, "model": model, "options": options}
 
