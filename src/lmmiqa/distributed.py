@@ -116,10 +116,16 @@ class ScoreActor:
     """
 
     def __init__(self, scorer_cls: type, config: Any) -> None:
-        self.scorer = scorer_cls(config)
-        backend = getattr(type(self.scorer), "backend", None)
-        if isinstance(backend, property):
-            _ = self.scorer.backend  # load the model now: a bad model fails at start-up, not per batch
+        self.error: LmmiqaError | None = None
+        try:
+            self.scorer = scorer_cls(config)
+            backend = getattr(type(self.scorer), "backend", None)
+            if isinstance(backend, property):
+                _ = self.scorer.backend  # load the model now: a bad model fails at start-up, not per batch
+        except LmmiqaError as err:
+            # reported with the first batch instead (see _fatal): a failed actor start reaches the driver as an
+            # ActorDiedError whose text is the whole traceback
+            self.error = err
         self.limits = ImageLimits(
             max_pixels=getattr(config, "max_pixels", ImageLimits.max_pixels),
             max_bytes=getattr(config, "max_bytes", ImageLimits.max_bytes),
@@ -129,14 +135,47 @@ class ScoreActor:
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         import numpy as np
 
+        from lmmiqa.errors import is_run_level
+
         keys = [str(k) for k in batch["key"]]
+        if self.error is not None:
+            return _fatal(keys, self.error)
         t0 = time.perf_counter()
         items = load_many(keys, self.limits, workers=self.workers)
-        results = self.scorer.score_loaded(items, time.perf_counter() - t0)
+        try:
+            results = self.scorer.score_loaded(items, time.perf_counter() - t0)
+        except LmmiqaError as err:
+            if not is_run_level(err):
+                raise
+            return _fatal(keys, err)  # e.g. a segmenter that cannot be loaded: the run's error, not a batch's
         return {
             "key": np.asarray(keys, dtype=object),
             "result": np.asarray([json.dumps(r.to_dict()) for r in results], dtype=object),
         }
+
+
+_FATAL = "__lmmiqa_fatal__"
+
+
+def _fatal(keys: list[str], err: LmmiqaError) -> dict[str, Any]:
+    """A batch that carries an actor's run-level error to the driver by value (Ray's exception wrapping loses the
+    original exception and puts a traceback in the text); :func:`_raise_fatal` raises it there."""
+    import numpy as np
+
+    row = json.dumps({_FATAL: {"type": type(err).__name__, "message": str(err)}})
+    return {"key": np.asarray(keys, dtype=object), "result": np.asarray([row] * len(keys), dtype=object)}
+
+
+def _raise_fatal(payload: Mapping[str, Any]) -> None:
+    """Raise the error an actor reported with :func:`_fatal`, as the same lmmiqa error class."""
+    from lmmiqa import errors
+
+    cls = getattr(errors, str(payload.get("type")), None)
+    if not (isinstance(cls, type) and issubclass(cls, LmmiqaError)):
+        cls = BackendError
+    err = cls.__new__(cls)
+    Exception.__init__(err, str(payload.get("message")))
+    raise err
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -149,10 +188,47 @@ def _connect(config: RayConfig) -> bool:
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
     if config.address:
-        ray.init(address=config.address, **kwargs)
+        _probe_address(config.address)
+        try:
+            ray.init(address=config.address, **kwargs)
+        except Exception as err:
+            raise ConfigError(_connect_hint(config.address, err)) from err
     else:
         ray.init(num_cpus=config.num_cpus, **kwargs)
     return True
+
+
+def _probe_address(address: str, timeout: float = 3.0) -> None:
+    """For a ``host:port`` address, one short TCP connection first: Ray itself retries for minutes."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except ValueError as err:
+        raise ConfigError(_connect_hint(address, err)) from err
+    except OSError as err:
+        raise ConfigError(_connect_hint(address, ConnectionError(f"nothing answers at {address} ({err})"))) from err
+
+
+def _connect_hint(address: str, err: BaseException) -> str:
+    """One line for a Ray cluster that cannot be joined: what failed and the two ways on."""
+    from lmmiqa.errors import spell
+
+    given = spell(cli=f"--ray-address {address}", python=f"address={address!r}")
+    drop = spell(cli="drop --ray-address", python="leave address=None")
+    first = (str(err).strip().splitlines() or [""])[0]
+    if address.startswith("ray://") and "ray[client]" in str(err):
+        return (f"{given}: the Ray client is not installed (pip install 'ray[client]'); or {drop} to start a "
+                "local Ray instance for this run")
+    if address == "auto" and isinstance(err, ConnectionError):
+        return (f"{given}: no Ray cluster is running on this machine; start one first with `ray start --head`, "
+                f"or {drop} to start a local Ray instance for this run")
+    return (f"{given}: cannot connect to the Ray cluster ({type(err).__name__}: {first}); check the address, "
+            f"or {drop} to start a local Ray instance for this run")
 
 
 def _progress_bar(total: int, enabled: bool | None) -> Any:
@@ -211,6 +287,7 @@ def ray_score(
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.execution_options.preserve_order)
     bar = _progress_bar(len(keys), progress)
+    iterator: Any = None
     try:
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
@@ -237,13 +314,18 @@ def ray_score(
                 raise
             except Exception as err:
                 raise BackendError(f"the ray engine failed: {type(err).__name__}: {err}") from err
-            results = [ScoreResult.from_dict(json.loads(s)) for s in out["result"]]
+            rows = [json.loads(s) for s in out["result"]]
+            if rows and _FATAL in rows[0]:
+                _raise_fatal(rows[0][_FATAL])
+            results = [ScoreResult.from_dict(d) for d in rows]
             if bar is not None:
                 bar.update(len(results))
             yield results
     finally:
         if bar is not None:
             bar.close()
+        if iterator is not None and hasattr(iterator, "close"):
+            iterator.close()  # before Ray stops: an iterator left open logs a traceback when collected later
         ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.execution_options.preserve_order = saved
         if started:
             ray.shutdown()

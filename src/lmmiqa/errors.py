@@ -7,7 +7,12 @@ Errors about names list the valid choices and, when one is close, suggest it.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
+
+#: where lmmiqa is being driven from: ``"python"`` (the default) or ``"cli"`` (set by the ``lmmiqa`` command)
+INTERFACES = ("python", "cli")
+_INTERFACE_ENV = "LMMIQA_INTERFACE"
 
 
 class LmmiqaError(Exception):
@@ -16,6 +21,10 @@ class LmmiqaError(Exception):
 
 class ConfigError(LmmiqaError, ValueError):
     """An option has an invalid value (wrong range, wrong type, inconsistent with another option)."""
+
+
+class DeviceError(ConfigError):
+    """The device or dtype asked for is unknown or not available on this machine."""
 
 
 class UnknownNameError(ConfigError, KeyError):
@@ -73,6 +82,43 @@ class ParseError(LmmiqaError):
 
 class DataError(LmmiqaError):
     """A dataset, label file or saved artifact is missing, malformed or inconsistent."""
+
+
+def set_interface(name: str) -> None:
+    """Say which interface drives lmmiqa, so that hints name its spelling (``--model DIR`` vs ``model='DIR'``).
+
+    The ``lmmiqa`` command calls ``set_interface("cli")``; it is stored in the environment too, so that worker
+    processes (Ray actors) word their messages the same way.
+    """
+    if name not in INTERFACES:
+        raise ConfigError(f"unknown interface {name!r}; known: {', '.join(INTERFACES)}")
+    os.environ[_INTERFACE_ENV] = name
+
+
+def interface() -> str:
+    """The interface set by :func:`set_interface` (``"python"`` unless the command line set ``"cli"``)."""
+    name = os.environ.get(_INTERFACE_ENV, "python")
+    return name if name in INTERFACES else "python"
+
+
+def spell(*, cli: str, python: str) -> str:
+    """The wording of a hint for the interface in use: ``cli`` on the command line, ``python`` elsewhere."""
+    return cli if interface() == "cli" else python
+
+
+#: the one spelling of the download command used in every hint (huggingface_hub's ``hf`` command)
+DOWNLOAD_COMMAND = "hf download {repo} --local-dir {folder}"
+
+
+def download_hint(repo: str, folder: str) -> str:
+    """``hf download REPO --local-dir FOLDER``: how to fetch a hub checkpoint on a connected machine."""
+    return DOWNLOAD_COMMAND.format(repo=repo, folder=folder)
+
+
+def is_run_level(err: BaseException) -> bool:
+    """True for errors that no other input can avoid (a model, processor, segmenter or encoder that cannot be
+    loaded, a missing dependency, an invalid option): they end the run instead of failing one image."""
+    return isinstance(err, (ModelLoadError, MissingDependencyError, DeviceError))
 
 
 def require(module: str, extra: str, purpose: str = ""):

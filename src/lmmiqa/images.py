@@ -9,6 +9,7 @@ says why, so the rest of a batch is scored normally.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from lmmiqa.errors import ConfigError, ImageLoadError
+from lmmiqa.errors import ConfigError, ImageLoadError, spell
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".jfif"}
@@ -124,13 +127,24 @@ def array_to_image(arr: np.ndarray) -> Any:
     return to_rgb(Image.fromarray(a))
 
 
+def pixel_limit_option() -> str:
+    """The scorer option that sets :attr:`ImageLimits.max_pixels` (named by the oversize hint): ``max_pixels``, or
+    ``max_image_pixels`` where scorers keep ``max_pixels`` for the model's own pixel budget."""
+    import dataclasses
+
+    from lmmiqa.methods.base import ScorerConfig
+
+    names = {f.name for f in dataclasses.fields(ScorerConfig)}
+    return "max_image_pixels" if "max_image_pixels" in names else "max_pixels"
+
+
 def _check_pixels(width: int, height: int, limits: ImageLimits, what: str) -> None:
     if width <= 0 or height <= 0:
         raise ImageLoadError(f"{what}: image has no pixels ({width}×{height})")
     if width * height > limits.max_pixels:
         raise ImageLoadError(
             f"{what}: {width}×{height} = {width * height} pixels exceeds the limit of {limits.max_pixels} "
-            "(raise max_pixels to accept it)"
+            f"(raise {spell(cli=f'--option {pixel_limit_option()}=N', python=pixel_limit_option())} to accept it)"
         )
 
 
@@ -208,15 +222,40 @@ def _walk_folder(folder: Path) -> list[Path]:
 
 
 def _read_list_file(list_path: Path) -> list[str]:
+    """Entries of an ``@list`` file; relative entries are resolved against the list file's folder.
+
+    Entries missing there are kept (each fails with "file not found"), and one warning says how they were
+    resolved, naming the entries that do exist relative to the current folder instead (a common slip).
+    """
     if not list_path.is_file():
         raise ImageLoadError(f"@{list_path}: list file not found")
     out = []
+    missing: list[str] = []
+    from_cwd: list[str] = []
     for raw in list_path.read_text(encoding="utf-8").splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         p = Path(line)
-        out.append(str(p if p.is_absolute() else list_path.parent / p))
+        resolved = p if p.is_absolute() else list_path.parent / p
+        out.append(str(resolved))
+        if not resolved.exists():
+            missing.append(str(resolved))
+            if not p.is_absolute() and p.exists() and list_path.parent != Path("."):
+                from_cwd.append(line)
+    if missing:
+        folder = str(list_path.parent) or "."
+        note = (
+            f"; {len(from_cwd)} of them exist relative to the current folder (e.g. {from_cwd[0]!r}): write the "
+            "entries relative to the list file, or as absolute paths"
+            if from_cwd
+            else ""
+        )
+        log.warning(
+            "@%s: %d of %d entries not found (e.g. %r); relative entries are resolved against the list file's "
+            "folder %r%s",
+            list_path, len(missing), len(out), missing[0], folder, note,
+        )
     return out
 
 

@@ -145,15 +145,17 @@ class TransformersBackend(Backend):
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
+        from lmmiqa.hub import resolve_local_only
+
+        cfg = self.config
+        # offline and not cached, or the hub unreachable: one clear ModelLoadError now (before torch is even
+        # imported), not minutes of hub retries
+        local_only = resolve_local_only(cfg.model, cfg.local_files_only, revision=cfg.revision)
         require("torch", "hf", "the transformers backend")
         transformers = require("transformers", "hf", "the transformers backend")
 
         from lmmiqa.backends.hf_processor import load_processor
 
-        cfg = self.config
-        local_only = cfg.local_files_only
-        if local_only is None:
-            local_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
         self.device = pick_device(cfg.device)
         self.dtype = self._pick_dtype(cfg.dtype, self.device, cfg.model)
         common = {"local_files_only": local_only, "trust_remote_code": cfg.trust_remote_code}
@@ -161,13 +163,15 @@ class TransformersBackend(Backend):
             common["revision"] = cfg.revision
         try:
             self.processor = load_processor(cfg.model, **common)
-        except ModelLoadError:
-            raise
         except Exception as err:
             raise ModelLoadError(self._load_hint(cfg.model, err)) from err
         kwargs: dict[str, Any] = {"dtype": self.dtype, **common}
         if cfg.attn_implementation:
             kwargs["attn_implementation"] = cfg.attn_implementation
+        if local_only:
+            # the Auto classes look for a PEFT adapter_config.json without local_files_only (transformers 5.x):
+            # offline that is a minute of hub retries per load
+            kwargs["adapter_kwargs"] = {"local_files_only": True}
         try:
             self.model = transformers.AutoModelForImageTextToText.from_pretrained(cfg.model, **kwargs)
         except Exception as err:
@@ -179,12 +183,16 @@ class TransformersBackend(Backend):
 
     @staticmethod
     def _load_hint(model: str, err: BaseException) -> str:
+        from lmmiqa.errors import download_hint, spell
+
+        detail = str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"
         if os.path.isdir(model):
-            return f"cannot load the model from the local folder {model!r}: {type(err).__name__}: {err}"
+            return f"cannot load the model from the local folder {model!r}: {detail}"
+        folder = "./" + model.rstrip("/").rsplit("/", 1)[-1]
+        where = spell(cli=f"--model {folder}", python=f"model={folder!r}")
         return (
-            f"cannot load model {model!r} ({type(err).__name__}: {err}). If this machine is offline, download the "
-            "model elsewhere (e.g. `huggingface-cli download ID --local-dir DIR`) and pass the folder: "
-            "--model /path/to/folder (Python: model='/path/to/folder')."
+            f"cannot load model {model!r} ({detail}). If this machine is offline, download the model on a "
+            f"connected machine (`{download_hint(model, folder)}`), copy the folder here and pass {where}."
         )
 
     @staticmethod

@@ -4,7 +4,9 @@ Each subcommand lives in its own module under :mod:`lmmiqa.cli` and exposes ``re
 one is one file plus one line in :data:`SUBCOMMANDS`. Subcommand modules must import nothing heavy at module
 level (torch, transformers, ...), so ``lmmiqa --help`` stays fast.
 
-Exit status: 0 success, 1 when the work failed (e.g. no image could be scored), 2 usage errors.
+Exit status: 0 success, 1 when the work failed (e.g. no image could be scored), 2 usage and set-up errors (a bad
+option, or a model, segmenter or encoder that cannot be loaded: one message, before or instead of per-image errors).
+Output cut short by the reader (``lmmiqa score ... | head``) ends the command quietly, as Unix tools do.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from lmmiqa import __version__
-from lmmiqa.errors import ConfigError, LmmiqaError
+from lmmiqa.errors import ConfigError, LmmiqaError, interface, is_run_level, set_interface
 
 #: modules that each register one or more subcommands, in the order shown by --help
 SUBCOMMANDS: list[str] = [
@@ -56,6 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = interface()
+    set_interface("cli")  # hints name flags (--model DIR), not Python arguments (model='DIR')
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly; point stdout at devnull so the final flush cannot raise
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, the status of a Unix tool stopped by a closed pipe
+    finally:
+        set_interface(previous)  # main() called from Python (tests, scripts) leaves the interface as it was
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verbose == 0:
@@ -75,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except LmmiqaError as err:
         print(f"lmmiqa {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        # a model/segmenter/encoder that cannot be loaded, a missing dependency: set-up errors (2), not failed work
+        return 2 if is_run_level(err) else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -53,8 +53,32 @@ def add_method_args(parser: argparse.ArgumentParser, default_method: str = "q-al
     g.add_argument("--option", action="append", type=_key_value, default=[], metavar="KEY=VALUE", help="any other method option (repeatable)")
 
 
+def check_device_args(args: argparse.Namespace) -> None:
+    """--device and --dtype checked once, before anything is scored (a usage error, not an error per image).
+
+    The spelling is always checked; whether the device exists only for work in this process (with
+    ``--engine ray`` the actors may run on other machines).
+    """
+    from lmmiqa.torch_utils import check_device_name, check_dtype_name
+
+    device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
+    if dtype is not None:
+        check_dtype_name(dtype)
+    if device is not None:
+        check_device_name(device)
+        if getattr(args, "engine", "local") != "ray" and getattr(args, "backend", None) in (None, "transformers"):
+            import contextlib
+
+            from lmmiqa.errors import MissingDependencyError
+            from lmmiqa.torch_utils import pick_device
+
+            with contextlib.suppress(MissingDependencyError):  # reported by the method that needs torch
+                pick_device(device)
+
+
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Collect the method options the user set on the command line."""
+    """Collect the method options the user set on the command line (--device/--dtype checked first)."""
+    check_device_args(args)
     opts: dict[str, Any] = {}
     models = getattr(args, "model", None)
     if models:

@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
         "eval",
         help="evaluate a method on a dataset (SRCC/KRCC/PLCC, resumable)",
         description="Score a dataset split with a method and report SRCC, KRCC (tau-b), PLCC raw and after 4- and "
-        "5-parameter logistic fits, RMSE and bootstrap 95%% intervals. Predictions are appended to "
+        "5-parameter logistic fits, RMSE and bootstrap 95% intervals. Predictions are appended to "
         "RUNDIR/predictions.jsonl as they arrive; running the same command again resumes. --method also accepts "
         "'package.module:Class' for a Scorer subclass of a plugin. Exit status: 0 when items were scored, 1 when "
         "none could be, 2 for usage errors (including a RUNDIR that holds a different configuration).",

@@ -3,6 +3,8 @@
 ``scorer.score(images) -> list[ScoreResult]``: inputs are expanded (folders, ``@lists``), loaded in batches,
 scored in batches by the method's :meth:`Scorer.score_items`, and returned in input order. A bad image, or an
 exception while scoring one item, becomes a result with ``error`` set; the rest of the batch is unaffected.
+Run-level errors (:func:`lmmiqa.errors.is_run_level`: a model, processor, segmenter or encoder that cannot be
+loaded, a missing dependency, an unavailable device) are raised instead: no other item could succeed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from lmmiqa.config import build_config, config_to_dict
-from lmmiqa.errors import ConfigError, LmmiqaError
+from lmmiqa.errors import ConfigError, LmmiqaError, is_run_level
 from lmmiqa.images import ImageItem, ImageLimits, expand_inputs, iter_batches, load_many
 from lmmiqa.types import ScoreResult
 
@@ -119,6 +121,10 @@ class Scorer(ABC):
                 for i, r in zip(good, scored):
                     out[i] = r
             except Exception as err:
+                if is_run_level(err):
+                    # a model/segmenter/encoder that cannot be loaded, a missing dependency, a bad device: no other
+                    # item can succeed, so end the run with one message (no per-item retries, no reload per item)
+                    raise
                 if len(good) == 1:
                     it = items[good[0]]
                     out[good[0]] = self.failure(it.key, _describe_exception(err))

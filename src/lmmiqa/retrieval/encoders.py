@@ -184,18 +184,22 @@ def _torch_transformers() -> tuple[Any, Any]:
 
 
 
-def _local_only(flag: bool | None) -> bool:
-    if flag is not None:
-        return bool(flag)
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+def _pass_folder(kind: str, folder: str) -> str:
+    """How to give an encoder folder instead of a hub id, in the words of the interface in use."""
+    from lmmiqa.errors import spell
+
+    return spell(cli=f"--encoder {kind}:{folder}", python=f"the folder as the model ({kind}:{folder})")
 
 
-def _load_hint(model: str, err: BaseException) -> str:
+def _load_hint(model: str, err: BaseException, kind: str = "clip") -> str:
+    from lmmiqa.errors import download_hint
+
     if os.path.isdir(model):
         return f"cannot load the encoder from the local folder {model!r}: {type(err).__name__}: {err}"
+    folder = "./" + model.rstrip("/").rsplit("/", 1)[-1]
     return (
         f"cannot load encoder model {model!r} ({type(err).__name__}: {err}). If this machine is offline, download "
-        "it elsewhere (e.g. `huggingface-cli download ID --local-dir DIR`) and give the folder instead of the id."
+        f"it on a connected machine (`{download_hint(model, folder)}`) and give {_pass_folder(kind, folder)}."
     )
 
 
@@ -226,13 +230,21 @@ class HFImageEncoder(Encoder):
         self._lock = threading.Lock()
         self.device = pick_device(self.config.device)
         self.dtype = pick_dtype(self.config.dtype, self.device)
-        common = {"local_files_only": _local_only(self.config.local_files_only)}
+        from lmmiqa.hub import resolve_local_only
+
+        folder = "./" + spec.model.rstrip("/").rsplit("/", 1)[-1]
+        local_only = resolve_local_only(  # offline and not cached / hub unreachable: fail now, not after retries
+            spec.model, self.config.local_files_only, what="encoder model", folder=folder,
+            pass_as=_pass_folder(spec.kind, folder),
+        )
+        common = {"local_files_only": local_only}
         try:
             self.processor = transformers.AutoImageProcessor.from_pretrained(spec.model, **common)
             cls = getattr(transformers, self.model_class)
-            self.model = cls.from_pretrained(spec.model, dtype=self.dtype, **common)
+            extra = {"adapter_kwargs": {"local_files_only": True}} if local_only and self.model_class.startswith("Auto") else {}
+            self.model = cls.from_pretrained(spec.model, dtype=self.dtype, **common, **extra)
         except Exception as err:
-            raise ModelLoadError(_load_hint(spec.model, err)) from err
+            raise ModelLoadError(_load_hint(spec.model, err, spec.kind)) from err
         self.model.to(self.device)
         self.model.eval()
 

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lmmiqa.errors import ConfigError, ModelLoadError, require
+from lmmiqa.errors import ConfigError, ModelLoadError, download_hint, require, spell
 from lmmiqa.segment import amg
 from lmmiqa.segment.base import Segmenter, SegmenterConfig, as_rgb_image, empty_masks
 from lmmiqa.segment.regions import masks_to_boxes
@@ -47,6 +47,21 @@ DEFAULT_SAM2_MODEL = "facebook/sam2.1-hiera-large"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _model_option(folder: str) -> str:
+    """How the user passes a SAM 2 folder, in the words of the interface in use."""
+    return spell(
+        cli=f"--option segmenter_options='{{\"model\": \"{folder}\"}}'",
+        python=f"model={folder!r} (llm-iqa: segmenter_options={{'model': {folder!r}}})",
+    )
+
+
+def _fallback_hint() -> str:
+    return spell(
+        cli="Or use the weight-free segmenter: --segmenter felzenszwalb.",
+        python="Or use the weight-free segmenter: segmenter='felzenszwalb'.",
+    )
 
 
 @dataclass
@@ -208,19 +223,30 @@ class Sam2Segmenter(Segmenter):
                     f"SAM 2 checkpoint folder {ref!r} does not exist; pass a folder that holds config.json and "
                     "model.safetensors of a transformers-format SAM 2 checkpoint"
                 )
+            local_only = cfg.local_files_only
+            if not looks_local:
+                # offline and not cached, or the hub unreachable: fail now, not after minutes of hub retries
+                from lmmiqa.hub import resolve_local_only
+
+                try:
+                    local_only = resolve_local_only(
+                        ref, cfg.local_files_only, revision=cfg.revision, what="the SAM 2 checkpoint",
+                        folder="./sam2", pass_as=_model_option("./sam2"),
+                    )
+                except ModelLoadError as err:
+                    raise ModelLoadError(f"{err} {_fallback_hint()}") from err
             try:
                 model = model_cls.from_pretrained(
                     os.path.expanduser(ref) if looks_local else ref,
-                    local_files_only=cfg.local_files_only,
+                    local_files_only=local_only,
                     revision=cfg.revision,
                 )
             except (OSError, ValueError) as err:
                 raise ModelLoadError(
                     f"could not load SAM 2 weights {cfg.model!r} ({type(err).__name__}: {err}). Without network "
-                    "access, download a transformers-format checkpoint once elsewhere (e.g. `hf download "
-                    f"{DEFAULT_SAM2_MODEL} --local-dir ./sam2.1-hiera-large`), copy the folder here and pass "
-                    "it as model='./sam2.1-hiera-large'; or use the "
-                    "weight-free segmenter 'felzenszwalb'."
+                    "access, download a transformers-format checkpoint once on a connected machine "
+                    f"(`{download_hint(DEFAULT_SAM2_MODEL if looks_local else ref, './sam2')}`), copy the folder here and pass it as "
+                    f"{_model_option('./sam2')}. {_fallback_hint()}"
                 ) from err
             if getattr(model.config, "model_type", None) != "sam2":
                 raise ModelLoadError(
