@@ -121,7 +121,7 @@ class ScoreActor:
         if isinstance(backend, property):
             _ = self.scorer.backend  # load the model now: a bad model fails at start-up, not per batch
         self.limits = ImageLimits(
-            max_pixels=getattr(config, "max_pixels", ImageLimits.max_pixels),
+            max_pixels=getattr(config, "max_image_pixels", ImageLimits.max_pixels),
             max_bytes=getattr(config, "max_bytes", ImageLimits.max_bytes),
         )
         self.workers = int(getattr(config, "decode_workers", 0) or 0)

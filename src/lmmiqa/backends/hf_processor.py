@@ -350,6 +350,7 @@ def set_pixel_budget(processor: Any, min_pixels: int | None, max_pixels: int | N
     Qwen2-VL-family image processors take ``size={"shortest_edge": min_pixels, "longest_edge": max_pixels}``
     (transformers 5.x; the older ``min_pixels``/``max_pixels`` attributes are set too where they exist); the
     budget is set on the processor, so its image-token counts (``_get_num_multimodal_tokens``) follow.
+    ``max_pixels`` is a cap: the processor's own limit stays when it is lower.
 
     Args:
         processor: a transformers processor (with ``image_processor``).
@@ -372,7 +373,8 @@ def set_pixel_budget(processor: Any, min_pixels: int | None, max_pixels: int | N
     if min_pixels is not None:
         new["shortest_edge"] = int(min_pixels)
     if max_pixels is not None:
-        new["longest_edge"] = int(max_pixels)
+        # a cap: never above the checkpoint's own limit
+        new["longest_edge"] = min(int(max_pixels), int(current.get("longest_edge") or max_pixels))
     if new.get("shortest_edge", 0) > new.get("longest_edge", float("inf")):
         # a budget below the checkpoint's own floor: the floor follows it down
         new["shortest_edge"] = new["longest_edge"]

@@ -5,7 +5,8 @@ their published ``max_pixels`` (12.8 M and 16.8 M pixels): a 4000×3000 SPAQ ori
 image tokens. lmmiqa's default for scoring is :data:`DEFAULT_MAX_PIXELS` = 1024×1024 pixels (≤ 1,024 image
 tokens on Qwen3-VL, ≤ 1,337 on Qwen2.5-VL): it leaves a KonIQ-size 1024×768 image untouched (768 / 999 tokens)
 and caps the cost of camera originals at ~12× less compute and memory, close to the resolutions IQA papers
-evaluate with (SPAQ: shorter side 512; Q-Align: 448²). ``"model"`` keeps the checkpoint's own limits.
+evaluate with (SPAQ: shorter side 512; Q-Align: 448²). ``"model"`` keeps the checkpoint's own limits. The
+budget is a cap: a checkpoint whose own limit is lower keeps it.
 
 Backends apply the budget natively where the processor has the knob (Qwen2-VL family: ``size={"shortest_edge":
 min_pixels, "longest_edge": max_pixels}``, see :func:`lmmiqa.backends.hf_processor.set_pixel_budget`), else by

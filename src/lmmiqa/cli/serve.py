@@ -36,8 +36,9 @@ def register(sub: Any) -> None:
     b.add_argument("--max-queue", type=int, default=256, help="most images waiting; beyond it 429 (default 256)")
     b.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
     b.add_argument("--max-images", type=int, default=16, help="most images per request (default 16)")
-    b.add_argument("--max-pixels", type=int, default=40_000_000,
-                   help="largest width*height of one image (default 40000000)")
+    b.add_argument("--max-image-pixels", type=int, default=40_000_000, dest="max_image_pixels",
+                   help="largest width*height of one uploaded image; beyond it 413 (default 40000000). The pixel "
+                   "budget given to the model is --max-pixels")
     b.add_argument("--timeout", type=float, default=60.0, help="request timeout in seconds (default 60)")
     b.add_argument("--decode-workers", type=int, default=4, help="threads decoding uploads (default 4)")
     p.set_defaults(func=run)
@@ -66,7 +67,7 @@ def build_config(args: argparse.Namespace) -> Any:
         max_queue=args.max_queue,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_images=args.max_images,
-        max_pixels=args.max_pixels,
+        max_pixels=args.max_image_pixels,
         request_timeout_s=args.timeout,
         decode_workers=args.decode_workers,
         api_key=api_key,

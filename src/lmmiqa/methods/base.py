@@ -30,13 +30,14 @@ class ScorerConfig:
 
     Attributes:
         batch_size: images per backend batch.
-        max_pixels: decompression-bomb guard for inputs.
+        max_image_pixels: decompression-bomb guard for inputs (largest width×height opened). MLLM methods'
+            ``max_pixels`` is something else: the pixel budget given to the model's processor.
         max_bytes: largest input file accepted.
         decode_workers: threads used to decode images of a batch (0 = in the calling thread).
     """
 
     batch_size: int = 8
-    max_pixels: int = 64_000_000
+    max_image_pixels: int = 64_000_000
     max_bytes: int = 100 * 1024 * 1024
     decode_workers: int = 0
 
@@ -101,7 +102,7 @@ class Scorer(ABC):
     def _limits(self) -> ImageLimits:
         cfg = self.config
         return ImageLimits(
-            max_pixels=getattr(cfg, "max_pixels", ImageLimits.max_pixels),
+            max_pixels=getattr(cfg, "max_image_pixels", ImageLimits.max_pixels),
             max_bytes=getattr(cfg, "max_bytes", ImageLimits.max_bytes),
         )
 
