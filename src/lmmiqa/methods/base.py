@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,12 +34,15 @@ class ScorerConfig:
             ``max_pixels`` is something else: the pixel budget given to the model's processor.
         max_bytes: largest input file accepted.
         decode_workers: threads used to decode images of a batch (0 = in the calling thread).
+        prefetch: decode the next batch in a background thread while the current one is scored (one batch
+            ahead; same results, same order).
     """
 
     batch_size: int = 8
     max_image_pixels: int = 64_000_000
     max_bytes: int = 100 * 1024 * 1024
     decode_workers: int = 0
+    prefetch: bool = True
 
     def __post_init__(self) -> None:
         if int(self.batch_size) < 1:
@@ -170,11 +173,16 @@ class Scorer(ABC):
         limits = self._limits()
         workers = int(getattr(self.config, "decode_workers", 0) or 0)
         bar = _progress(len(inputs), progress, desc=self.name)
+
+        def load(batch: tuple[int, list[Any]]) -> tuple[list[ImageItem], float]:
+            t0 = time.perf_counter()
+            items = load_many(batch[1], limits, start=batch[0], workers=workers)
+            return items, time.perf_counter() - t0
+
+        batches = iter_batches(inputs, bs)
+        loaded = prefetched(batches, load) if getattr(self.config, "prefetch", True) else map(load, batches)
         try:
-            for start, chunk in iter_batches(inputs, bs):
-                t0 = time.perf_counter()
-                items = load_many(chunk, limits, start=start, workers=workers)
-                load_s = time.perf_counter() - t0
+            for items, load_s in loaded:
                 results = self._score_batch(items, load_s)
                 if bar is not None:
                     bar.update(len(results))
@@ -194,6 +202,26 @@ class Scorer(ABC):
 
     def __call__(self, images: Any, **kwargs: Any) -> list[ScoreResult]:
         return self.score(images, **kwargs)
+
+
+def prefetched(items: Iterable[Any], fn: Callable[[Any], Any]) -> Iterator[Any]:
+    """``fn(x)`` for each ``x`` of ``items``, in order, computing the next one in a background thread while the
+    caller works on the current one (at most one ahead). An exception of ``fn`` is raised where its result is
+    taken; closing the generator waits for the one in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmmiqa-prefetch") as pool:
+        try:
+            first = next(it)
+        except StopIteration:
+            return
+        future = pool.submit(fn, first)
+        for x in it:
+            current = future.result()
+            future = pool.submit(fn, x)
+            yield current
+        yield future.result()
 
 
 def _with_timing(r: ScoreResult, key: str, value: float) -> ScoreResult:
