@@ -79,3 +79,46 @@ def fit_pixels(image: Any, min_pixels: int | None = None, max_pixels: int | None
     from PIL import Image
 
     return image.resize(size, Image.BICUBIC)
+
+
+#: Kinds of an input resize spec ``"KIND:N"``.
+RESIZE_KINDS = ("shorter", "longer", "pixels")
+
+
+def parse_resize(spec: str | None) -> tuple[str, int] | None:
+    """``"shorter:512"`` (shorter side to 512, as the SPAQ protocol), ``"longer:1024"``, ``"pixels:N"`` (width×height
+    to at most N) -> ``(kind, n)``; None stays None."""
+    if spec is None:
+        return None
+    kind, sep, num = str(spec).partition(":")
+    kind = kind.strip().lower()
+    try:
+        n = int(num)
+    except ValueError:
+        n = 0
+    if not sep or kind not in RESIZE_KINDS or n < 1:
+        raise ConfigError(
+            f"a resize is 'KIND:N' with KIND one of {', '.join(RESIZE_KINDS)} and N >= 1 (e.g. 'shorter:512'), "
+            f"got {spec!r}"
+        )
+    return kind, n
+
+
+def apply_resize(image: Any, spec: str | None) -> Any:
+    """Resize a PIL image by a :func:`parse_resize` spec (aspect ratio kept, bicubic). ``shorter``/``longer``
+    set that side exactly (up or down, as the published protocols do); ``pixels`` only downscales."""
+    parsed = parse_resize(spec)
+    if parsed is None:
+        return image
+    kind, n = parsed
+    if kind == "pixels":
+        return fit_pixels(image, None, n)
+    w, h = image.size
+    side = min(w, h) if kind == "shorter" else max(w, h)
+    if side == n:
+        return image
+    scale = n / side
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    from PIL import Image
+
+    return image.resize(size, Image.BICUBIC)

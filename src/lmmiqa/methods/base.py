@@ -34,6 +34,9 @@ class ScorerConfig:
             ``max_pixels`` is something else: the pixel budget given to the model's processor.
         max_bytes: largest input file accepted.
         decode_workers: threads used to decode images of a batch (0 = in the calling thread).
+        input_resize: resize every input after decoding, ``"shorter:N"``, ``"longer:N"`` or ``"pixels:N"``
+            (see :func:`lmmiqa.backends.pixels.apply_resize`); ``lmmiqa eval`` sets it from the dataset's
+            evaluation protocol (SPAQ: ``shorter:512``) unless ``--no-dataset-resize``. None: as decoded.
         prefetch: decode the next batch in a background thread while the current one is scored (one batch
             ahead; same results, same order).
     """
@@ -43,11 +46,15 @@ class ScorerConfig:
     max_bytes: int = 100 * 1024 * 1024
     decode_workers: int = 0
     prefetch: bool = True
+    input_resize: str | None = None
 
     def __post_init__(self) -> None:
         if int(self.batch_size) < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         self.batch_size = int(self.batch_size)
+        from lmmiqa.backends.pixels import parse_resize
+
+        parse_resize(self.input_resize)
 
 
 class Scorer(ABC):
@@ -149,7 +156,18 @@ class Scorer(ABC):
             items: loaded inputs (see :func:`lmmiqa.images.load_many`); their ``key`` becomes ``image``.
             load_s: seconds spent loading the whole batch, spread evenly over the items' ``timings["load"]``.
         """
-        return self._score_batch(list(items), load_s)
+        return self._score_batch(self._resized(list(items)), load_s)
+
+    def _resized(self, items: list[ImageItem]) -> list[ImageItem]:
+        """Items with ``config.input_resize`` applied to their decoded images."""
+        spec = getattr(self.config, "input_resize", None)
+        if not spec:
+            return items
+        from dataclasses import replace
+
+        from lmmiqa.backends.pixels import apply_resize
+
+        return [replace(it, image=apply_resize(it.image, spec)) if it.ok else it for it in items]
 
     def iter_score(
         self,
@@ -176,7 +194,7 @@ class Scorer(ABC):
 
         def load(batch: tuple[int, list[Any]]) -> tuple[list[ImageItem], float]:
             t0 = time.perf_counter()
-            items = load_many(batch[1], limits, start=batch[0], workers=workers)
+            items = self._resized(load_many(batch[1], limits, start=batch[0], workers=workers))
             return items, time.perf_counter() - t0
 
         batches = iter_batches(inputs, bs)

@@ -35,6 +35,8 @@ SERVER_FIELDS = frozenset(
         "min_pixels",
         "max_image_pixels",
         "max_batch_tokens",
+        "prefetch",
+        "input_resize",
         "max_bytes",
         "decode_workers",
         "max_new_tokens",
