@@ -87,3 +87,14 @@ def test_bytes_per_token_and_default_budget() -> None:
     assert default_max_batch_tokens(100 * 2**30, per) == int(0.5 * 100 * 2**30 // per)
     assert default_max_batch_tokens(0, per) == 1024
     assert bytes_per_token(64, 128, 4, kept_layers=3) == 4 * (6 * 64 + 3 * 128 + 3 * 64)
+
+
+def test_cut_trades_padding_against_forward_overhead() -> None:
+    # all four: 4*100 + 50 = 450; [100] + [80, 80, 80]: 100 + 50 + 240 + 50 = 440 (cheapest);
+    # [100, 80] + [80, 80]: 200 + 50 + 160 + 50 = 460
+    assert plan_batches([100, 80, 80, 80], 10**6, max_batch=8, forward_overhead=50) == [[0], [1, 2, 3]]
+    # a forward costing 1024 positions is not worth 60 padded ones
+    assert plan_batches([100, 80, 80, 80], 10**6, max_batch=8) == [[0, 1, 2, 3]]
+    # no overhead: padding alone is minimised (equal lengths still share a forward at no cost)
+    groups = plan_batches([100, 80, 80, 80], 10**6, max_batch=8, forward_overhead=0)
+    assert padding_stats([100, 80, 80, 80], groups) == (340, 340)

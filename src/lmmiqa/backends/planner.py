@@ -3,13 +3,18 @@
 A scoring forward costs memory in proportion to its *padded* positions: ``batch size × longest prompt`` (prompts
 are left-padded to the longest of their batch). Fixed-size chunks in input order waste most of that on padding
 when prompt lengths differ (LLM-IQA mixes whole images with small crops; a 4000×3000 photo is 10k+ image tokens
-next to a 200-token crop). :func:`plan_batches` sorts the prompts of a window by length and cuts groups so that
+next to a 200-token crop). :func:`plan_batches` sorts the prompts of a window by length and cuts the sorted list
+into groups (forwards) so that
 
 * a group's padded positions (``len(group) × its longest prompt``) stay within ``max_tokens`` (a prompt longer
   than the budget runs alone);
 * a group has at most ``max_batch`` prompts;
 * a group's padded positions are at most ``max_pad_ratio`` × its real positions, so the whole run stays within
-  that ratio even when the budget would allow one big, badly padded forward.
+  that ratio even when the budget would allow one big, badly padded forward;
+
+and, among such cuts, the total ``padded positions + forward_overhead × forwards`` is smallest (an exact
+dynamic programme over the sorted lengths, O(n · max_batch)): a forward is split where that saves more padding
+than the fixed cost of one more forward, counted as ``forward_overhead`` positions (default 1024).
 
 Callers run the groups in the order given and put each result back at its input index.
 
@@ -24,6 +29,7 @@ from collections.abc import Sequence
 from lmmiqa.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_FORWARD_OVERHEAD",
     "DEFAULT_MAX_PAD_RATIO",
     "MEMORY_FRACTION",
     "bytes_per_token",
@@ -34,6 +40,8 @@ __all__ = [
 
 #: Padded positions allowed per real position in one group (and so over a run).
 DEFAULT_MAX_PAD_RATIO = 1.25
+#: The fixed cost of one more forward, in token positions, traded against padding by :func:`plan_batches`.
+DEFAULT_FORWARD_OVERHEAD = 1024
 #: Share of the free device memory the default token budget may use for activations.
 MEMORY_FRACTION = 0.5
 
@@ -45,6 +53,7 @@ def plan_batches(
     max_batch: int,
     window: int | None = None,
     max_pad_ratio: float = DEFAULT_MAX_PAD_RATIO,
+    forward_overhead: int = DEFAULT_FORWARD_OVERHEAD,
 ) -> list[list[int]]:
     """Group prompt indices into forwards by a token budget.
 
@@ -55,6 +64,7 @@ def plan_batches(
         max_batch: most prompts per group (>= 1).
         window: sort within consecutive windows of this many prompts (``None``: the whole call).
         max_pad_ratio: most padded positions per real position within a group (>= 1).
+        forward_overhead: the cost of one more forward in positions (>= 0); 0 minimises padding alone.
 
     Returns:
         Lists of input indices; every index appears exactly once. Within a window the groups go from the longest
@@ -70,6 +80,8 @@ def plan_batches(
         raise ConfigError(f"max_pad_ratio must be >= 1, got {max_pad_ratio}")
     if window is not None and int(window) < 1:
         raise ConfigError(f"window must be >= 1 or None, got {window}")
+    if int(forward_overhead) < 0:
+        raise ConfigError(f"forward_overhead must be >= 0, got {forward_overhead}")
     if max_tokens is not None and int(max_tokens) < 0:
         raise ConfigError(f"max_tokens must be >= 0 (0: off), got {max_tokens}")
     lens = [int(x) for x in lengths]
@@ -83,23 +95,35 @@ def plan_batches(
     groups: list[list[int]] = []
     for w0 in range(0, n, step):
         order = sorted(range(w0, min(n, w0 + step)), key=lambda i: (-lens[i], i))
-        cur: list[int] = []
-        longest = real = 0
-        for i in order:
-            if cur:
-                size = len(cur) + 1
-                padded = longest * size  # sorted: the first prompt of the group is its longest
-                if size > mb or padded > budget or padded > max_pad_ratio * (real + lens[i]):
-                    groups.append(cur)
-                    cur = []
-            if not cur:
-                cur, longest, real = [i], lens[i], lens[i]
-            else:
-                cur.append(i)
-                real += lens[i]
-        if cur:
-            groups.append(cur)
+        groups.extend(_cut(order, lens, budget, mb, max_pad_ratio, int(forward_overhead)))
     return groups
+
+
+def _cut(order: list[int], lens: list[int], budget: int, mb: int, ratio: float, overhead: int) -> list[list[int]]:
+    """The cheapest valid cut of ``order`` (sorted by decreasing length) into contiguous groups."""
+    n = len(order)
+    inf = float("inf")
+    best = [0.0] + [inf] * n  # best[j]: cost of the first j prompts
+    start = [0] * (n + 1)
+    for j in range(1, n + 1):
+        real = 0
+        for i in range(j - 1, max(-1, j - 1 - mb), -1):  # group order[i:j]; its longest is order[i]
+            real += lens[order[i]]
+            size = j - i
+            padded = lens[order[i]] * size
+            if size > 1 and (padded > budget or padded > ratio * real):
+                if padded > budget:
+                    break  # longer groups only get worse
+                continue
+            cost = best[i] + padded + overhead
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    out: list[list[int]] = []
+    j = n
+    while j > 0:
+        out.append(order[start[j] : j])
+        j = start[j]
+    return out[::-1]
 
 
 def padding_stats(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> tuple[int, int]:
