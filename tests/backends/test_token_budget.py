@@ -133,3 +133,22 @@ def test_resize_fallback_for_processors_without_a_pixel_knob() -> None:
     assert fit_pixels(make_image(10, 10), 400, None).size == (20, 20)
     assert parse_pixels("1024x1024") == parse_pixels("1024*1024") == 1048576
     assert parse_pixels("model") is None
+
+
+def test_encode_ahead_overlaps_and_gives_the_same_results(qwen3: Any) -> None:
+    import threading
+
+    prompts = [_prompt(make_image(w, h, seed=i)) for i, (w, h) in enumerate([(448, 448), (64, 48), (300, 300)])]
+    ahead = _backend(qwen3, max_batch_tokens=200)
+    threads: list[str] = []
+    real_encode = ahead.encode
+
+    def spy(ps: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real_encode(ps)
+
+    ahead.encode = spy  # type: ignore[method-assign]
+    got = ahead.level_logprobs(prompts, CANDS)
+    assert len(threads) == 3 and any(t.startswith("lmmiqa-prefetch") for t in threads)
+    inline = _backend(qwen3, max_batch_tokens=200, encode_ahead=False)
+    np.testing.assert_array_equal(got, inline.level_logprobs(prompts, CANDS))

@@ -3,7 +3,13 @@
 Any chat VLM that transformers supports through ``AutoModelForImageTextToText`` + ``AutoProcessor`` works
 without per-model code (Qwen2.5-VL, Qwen3-VL, InternVL, LLaVA-OneVision, Idefics3/SmolVLM, ...): prompts are
 rendered with the model's own chat template, batched with left padding, and scored with one forward pass that
-keeps only the last position's logits (``logits_to_keep=1``).
+keeps only the last position's logits (``logits_to_keep=1``) and no KV cache (``use_cache=False``).
+
+Scoring calls are planned by a token budget (:mod:`lmmiqa.backends.planner`): prompt lengths are counted from
+the rendered text and the processor's image-token count for each image size (no vision encoder), prompts are
+sorted by length and cut into forwards whose padded positions stay within ``max_batch_tokens`` and 1.25× the
+real ones, and results come back in input order. Images are held to a pixel budget
+(:mod:`lmmiqa.backends.pixels`, default 1024×1024).
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ class TransformersConfig:
         max_pixels: largest width×height of an image given to the processor (default 1024×1024, see
             :mod:`lmmiqa.backends.pixels`); ``"model"`` keeps the checkpoint's own limit.
         min_pixels: smallest width×height (default: the checkpoint's own).
+        encode_ahead: run the processor for the next forward of a call in a background thread while the current
+            forward runs (one forward ahead; same inputs, same results).
         local_files_only: never contact the hub (default: from ``HF_HUB_OFFLINE``).
         trust_remote_code: allow hub remote code (off by default).
         revision: hub revision.
@@ -70,6 +78,7 @@ class TransformersConfig:
     max_batch_tokens: int | None = None
     max_pixels: int | str | None = DEFAULT_MAX_PIXELS
     min_pixels: int | str | None = None
+    encode_ahead: bool = True
     local_files_only: bool | None = None
     trust_remote_code: bool = False
     revision: str | None = None
@@ -415,6 +424,18 @@ class TransformersBackend(Backend):
         lengths = [c["tokens"] for c in self.prompt_token_counts(prompts)]
         return plan_batches(lengths, budget, max_batch=self.config.max_batch)
 
+    def _encoded(self, prompts: Sequence[Prompt], groups: list[list[int]]) -> Any:
+        """The processor outputs of each group in turn; with ``encode_ahead`` the next group is encoded in a
+        background thread while the caller runs the current one (at most one ahead)."""
+        from lmmiqa.methods.base import prefetched
+
+        def enc(g: list[int]) -> Any:
+            return self.encode([prompts[i] for i in g])
+
+        if self.config.encode_ahead and len(groups) > 1:
+            return prefetched(groups, enc)
+        return map(enc, groups)
+
     def _run_groups(
         self, prompts: Sequence[Prompt], step: Any, kept_layers: int = 0
     ) -> tuple[list[Any], list[list[int]], list[int]]:
@@ -424,14 +445,20 @@ class TransformersBackend(Backend):
         with self._lock, torch.inference_mode():
             groups = self.plan(prompts, kept_layers)
             outs = []
-            for g in groups:
-                inputs = self.encode([prompts[i] for i in g])
-                mask = inputs.get("attention_mask")
-                self.stats["forwards"] += 1
-                self.stats["prompts"] += len(g)
-                self.stats["padded_tokens"] += int(inputs["input_ids"].numel())
-                self.stats["real_tokens"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
-                outs.append(step(g, inputs))
+            encoded = self._encoded(prompts, groups)
+            try:
+                for g in groups:
+                    inputs = next(encoded)
+                    mask = inputs.get("attention_mask")
+                    self.stats["forwards"] += 1
+                    self.stats["prompts"] += len(g)
+                    self.stats["padded_tokens"] += int(inputs["input_ids"].numel())
+                    self.stats["real_tokens"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+                    outs.append(step(g, inputs))
+            finally:
+                close = getattr(encoded, "close", None)
+                if close is not None:
+                    close()
         order = [i for g in groups for i in g]
         inverse = [0] * len(order)
         for pos, i in enumerate(order):
