@@ -8,7 +8,13 @@ Measures, on a tiny random-weight model (no download) and identical inputs:
 
 Timings are medians over repeats measured in one run; only ratios are meaningful on a shared machine.
 
+``--prefetch`` measures instead what overlapping the CPU with the forward gains when scoring JPEG files with the
+shrunken real-file Qwen3-VL-8B (real processor, CPU): decoding the next batch in a background thread
+(``ScorerConfig.prefetch``) and encoding the next forward of a call while the current one runs (the transformers
+backend's ``encode_ahead``), both on vs both off, interleaved, plus the share of decoding in the scorer's time.
+
     python benchmarks/bench_scoring.py [--arch qwen2_5_vl] [--n 32] [--repeats 5] [--size 448x336]
+    python benchmarks/bench_scoring.py --prefetch [--n 16] [--repeats 3] [--size 2048x1536] [--batch-size 4]
 """
 
 from __future__ import annotations
@@ -29,13 +35,76 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def bench_prefetch(n: int, repeats: int, size: str, batch_size: int, method: str = "q-align") -> None:
+    """Scoring JPEG files on the shrunken real-file Qwen3-VL with the CPU/forward overlap on (decode-ahead across
+    batches + encode-ahead across the forwards of a call) vs off (interleaved repeats)."""
+    import os
+
+    import torch
+    from PIL import Image
+
+    import lmmiqa
+    from lmmiqa.images import open_image, sample_images
+    from lmmiqa.testing import real_file_vlm_cached
+
+    model = real_file_vlm_cached("Qwen3-VL-8B-Instruct")
+    if model is None:
+        raise SystemExit("the real Qwen3-VL-8B-Instruct files are not here (shared/data/hf)")
+    w, h = (int(x) for x in size.split("x"))
+    photos = [im for _, im in sample_images()]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(n):
+            p = Path(tmp) / f"img{i:03d}.jpg"
+            photos[i % len(photos)].resize((w - (i % 3) * 32, h - (i % 2) * 32), Image.BICUBIC).save(p, quality=92)
+            paths.append(str(p))
+        extra = {"segmenter": "felzenszwalb"} if method == "llm-iqa" else {}
+        on = lmmiqa.create_scorer(method, model=str(model), device="cpu", batch_size=batch_size, **extra)
+        off = lmmiqa.create_scorer(method, model=str(model), device="cpu", batch_size=batch_size, prefetch=False,
+                                   backend_options={"encode_ahead": False}, **extra)
+        on.score(paths[:batch_size])  # warm-up
+        off.score(paths[:batch_size])
+        pairs, same = [], True
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            r_on = on.score(paths)
+            t1 = time.perf_counter()
+            r_off = off.score(paths)
+            t2 = time.perf_counter()
+            pairs.append((t1 - t0, t2 - t1))
+            same = same and [(r.image, r.score) for r in r_on] == [(r.image, r.score) for r in r_off]
+        t_decode = _median_time(lambda: [open_image(p) for p in paths], repeats)
+    t_on = statistics.median(a for a, _ in pairs)
+    t_off = statistics.median(b for _, b in pairs)
+    gain = statistics.median(b / a for a, b in pairs)
+    rows = [
+        ("overlap off (images/s)", f"{n / t_off:.2f}"),
+        ("overlap on (images/s)", f"{n / t_on:.2f}"),
+        ("speed-up (off time / on time)", f"{gain:.3f}x"),
+        ("share of JPEG decoding in the overlap-off time", f"{t_decode / t_off:.1%}"),
+        ("identical results and order", str(same)),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"shrunken real-file Qwen3-VL-8B, {method}, {n} JPEGs of ~{size}, batch {batch_size}, CPU threads "
+          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, median of {repeats}")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="qwen2_5_vl")
-    ap.add_argument("--n", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--size", default="448x336", help="image size WxH written to disk")
+    ap.add_argument("--n", type=int, default=None, help="images (default 32; 16 with --prefetch)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats (default 5; 3 with --prefetch)")
+    ap.add_argument("--size", default=None, help="image size WxH written to disk (default 448x336; 2048x1536 with --prefetch)")
+    ap.add_argument("--prefetch", action="store_true", help="measure background decoding on the real-file model")
+    ap.add_argument("--batch-size", type=int, default=4, help="--prefetch: images per batch (default 4)")
+    ap.add_argument("--method", default="q-align", help="--prefetch: q-align (default) or llm-iqa")
     args = ap.parse_args()
+    if args.prefetch:
+        bench_prefetch(args.n or 16, args.repeats or 3, args.size or "2048x1536", args.batch_size, args.method)
+        return
+    args.n, args.repeats, args.size = args.n or 32, args.repeats or 5, args.size or "448x336"
 
     import torch
 

@@ -83,7 +83,7 @@ def test_bad_inputs_do_not_sink_the_batch(tmp_path, tiny_model_path):
     from PIL import Image
 
     Image.new("L", (9000, 9000)).save(tmp_path / "huge.png")
-    scorer = lmmiqa.create_scorer("q-align", model=model, device="cpu", max_pixels=50_000_000)
+    scorer = lmmiqa.create_scorer("q-align", model=model, device="cpu", max_image_pixels=50_000_000)
     inputs = [str(good), str(tmp_path / "empty.png"), str(tmp_path / "text.jpg"), str(tmp_path / "trunc.png"),
               str(tmp_path / "corrupt.png"), str(tmp_path / "huge.png"), str(tmp_path / "missing.png"), str(good)]
     results = scorer.score(inputs, batch_size=8)

@@ -127,7 +127,7 @@ class ScoreActor:
             # ActorDiedError whose text is the whole traceback
             self.error = err
         self.limits = ImageLimits(
-            max_pixels=getattr(config, "max_pixels", ImageLimits.max_pixels),
+            max_pixels=getattr(config, "max_image_pixels", ImageLimits.max_pixels),
             max_bytes=getattr(config, "max_bytes", ImageLimits.max_bytes),
         )
         self.workers = int(getattr(config, "decode_workers", 0) or 0)

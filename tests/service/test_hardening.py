@@ -250,8 +250,13 @@ def test_decode_target_is_the_real_processors_pixel_budget(real_file_model, name
     import lmmiqa
     from lmmiqa.service.scoring import model_pixel_budget
 
-    scorer = lmmiqa.create_scorer("q-align", model=str(real_file_model(name)), device="cpu")
-    assert model_pixel_budget(scorer) == budget  # the published processor settings (shared/data/hf)
+    path = str(real_file_model(name))
+    # --max-pixels model: the published processor settings (shared/data/hf)
+    scorer = lmmiqa.create_scorer("q-align", model=path, device="cpu", max_pixels="model")
+    assert model_pixel_budget(scorer) == budget
+    # the default scoring budget (1024×1024) is what the model sees, so uploads decode to it
+    scorer = lmmiqa.create_scorer("q-align", model=path, device="cpu")
+    assert model_pixel_budget(scorer) == 1024 * 1024
 
 
 def test_large_pngs_are_reduced_with_bounded_memory(fake_methods, big_png):

@@ -336,3 +336,55 @@ def _explain(name: str, err: BaseException) -> str:
     elif os.path.isdir(name):
         hint = "; the folder must hold the processor files written by save_pretrained (processor_config.json, tokenizer files)"
     return f"could not load the processor of {name!r} ({type(err).__name__}: {err}){hint}"
+
+
+#: Image processor classes whose ``size`` is a pixel-count range (``shortest_edge`` = min_pixels,
+#: ``longest_edge`` = max_pixels): the Qwen2-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL and their PIL/fast
+#: variants), matched on the class names of the MRO.
+PIXEL_RANGE_PROCESSORS: tuple[str, ...] = ("Qwen2VLImageProcessor",)
+
+
+def set_pixel_budget(processor: Any, min_pixels: int | None, max_pixels: int | None) -> str:
+    """Apply a pixel budget to a loaded processor the way its own image processor names it.
+
+    Qwen2-VL-family image processors take ``size={"shortest_edge": min_pixels, "longest_edge": max_pixels}``
+    (transformers 5.x; the older ``min_pixels``/``max_pixels`` attributes are set too where they exist); the
+    budget is set on the processor, so its image-token counts (``_get_num_multimodal_tokens``) follow.
+    ``max_pixels`` is a cap: the processor's own limit stays when it is lower.
+
+    Args:
+        processor: a transformers processor (with ``image_processor``).
+        min_pixels: smallest width×height, or None to keep the processor's.
+        max_pixels: largest width×height, or None to keep the processor's.
+
+    Returns:
+        ``"native"`` when the processor took the budget, ``"resize"`` when the caller must downscale images
+        before the processor (:func:`lmmiqa.backends.pixels.fit_pixels`), ``"model"`` when both are None.
+    """
+    if min_pixels is None and max_pixels is None:
+        return "model"
+    ip = getattr(processor, "image_processor", None)
+    names = {c.__name__ for c in type(ip).__mro__} if ip is not None else set()
+    if not any(any(n.startswith(p) for n in names) for p in PIXEL_RANGE_PROCESSORS):
+        return "resize"
+    old = ip.size
+    current = {k: v for k, v in (old.items() if hasattr(old, "items") else vars(old).items()) if v is not None}
+    new = dict(current)
+    if min_pixels is not None:
+        new["shortest_edge"] = int(min_pixels)
+    if max_pixels is not None:
+        # a cap: never above the checkpoint's own limit
+        new["longest_edge"] = min(int(max_pixels), int(current.get("longest_edge") or max_pixels))
+    if new.get("shortest_edge", 0) > new.get("longest_edge", float("inf")):
+        # a budget below the checkpoint's own floor: the floor follows it down
+        new["shortest_edge"] = new["longest_edge"]
+    new.pop("min_pixels", None)
+    new.pop("max_pixels", None)
+    try:
+        ip.size = type(old)(**new)
+    except TypeError:
+        ip.size = new
+    for attr, key in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+        if getattr(ip, attr, None) is not None:
+            setattr(ip, attr, new[key])
+    return "native"

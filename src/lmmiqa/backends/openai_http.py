@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lmmiqa.backends.base import Backend
+from lmmiqa.backends.pixels import DEFAULT_MAX_PIXELS, check_budget, fit_pixels, parse_pixels
 from lmmiqa.config import build_config
 from lmmiqa.errors import BackendError, ConfigError, require
 from lmmiqa.types import Prompt
@@ -65,6 +66,10 @@ class OpenAIConfig:
         candidate_match: ``auto`` (``exact`` when the answer prefix is continued, ``surface`` when it is folded),
             ``exact`` (the in-context token only, as the in-process backends) or ``surface`` (sum case and
             whitespace variants of each level word).
+        max_pixels: images larger than this many pixels are downscaled (aspect kept) before they are encoded,
+            so the server sees the same pixel budget as the transformers backend (default 1024×1024);
+            ``"model"`` sends them as they are and leaves the limit to the server.
+        min_pixels: smaller images are upscaled to this many pixels (default: sent as they are).
     """
 
     model: str = "http://127.0.0.1:8000/v1"
@@ -76,6 +81,8 @@ class OpenAIConfig:
     prefix_mode: str = "auto"
     image_format: str = "png"
     candidate_match: str = "auto"
+    max_pixels: int | str | None = DEFAULT_MAX_PIXELS
+    min_pixels: int | str | None = None
 
     def __post_init__(self) -> None:
         if self.candidate_match not in CANDIDATE_MATCHES:
@@ -86,6 +93,7 @@ class OpenAIConfig:
             raise ConfigError(f"unknown prefix_mode {self.prefix_mode!r}; known: {', '.join(PREFIX_MODES)}")
         if self.image_format not in ("png", "jpeg"):
             raise ConfigError(f"unknown image_format {self.image_format!r}; known: png, jpeg")
+        check_budget(parse_pixels(self.min_pixels, "min_pixels"), parse_pixels(self.max_pixels, "max_pixels"))
         if int(self.concurrency) < 1 or int(self.top_logprobs) < 1:
             raise ConfigError("concurrency and top_logprobs must be >= 1")
         if not str(self.model).startswith(("http://", "https://")):
@@ -200,6 +208,11 @@ class OpenAIBackend(Backend):
                 ) from err
         return self.served_name
 
+    def _fit(self, image: Any) -> Any:
+        """The image downscaled (or upscaled) client-side to the pixel budget."""
+        cfg = self.config
+        return fit_pixels(image, parse_pixels(cfg.min_pixels, "min_pixels"), parse_pixels(cfg.max_pixels, "max_pixels"))
+
     def _messages(self, prompt: Prompt, folded: bool) -> list[dict[str, Any]]:
         p = fold_prefix(prompt) if folded else prompt
         msgs: list[dict[str, Any]] = []
@@ -209,7 +222,7 @@ class OpenAIBackend(Backend):
                 if isinstance(c, str):
                     parts.append({"type": "text", "text": c})
                 else:
-                    parts.append({"type": "image_url", "image_url": {"url": image_data_url(c, self.config.image_format)}})
+                    parts.append({"type": "image_url", "image_url": {"url": image_data_url(self._fit(c), self.config.image_format)}})
             if m.role == "system" and all(x["type"] == "text" for x in parts):
                 msgs.append({"role": "system", "content": "".join(x["text"] for x in parts)})
             else:

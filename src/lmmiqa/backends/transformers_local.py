@@ -3,7 +3,13 @@
 Any chat VLM that transformers supports through ``AutoModelForImageTextToText`` + ``AutoProcessor`` works
 without per-model code (Qwen2.5-VL, Qwen3-VL, InternVL, LLaVA-OneVision, Idefics3/SmolVLM, ...): prompts are
 rendered with the model's own chat template, batched with left padding, and scored with one forward pass that
-keeps only the last position's logits (``logits_to_keep=1``).
+keeps only the last position's logits (``logits_to_keep=1``) and no KV cache (``use_cache=False``).
+
+Scoring calls are planned by a token budget (:mod:`lmmiqa.backends.planner`): prompt lengths are counted from
+the rendered text and the processor's image-token count for each image size (no vision encoder), prompts are
+sorted by length and cut into forwards whose padded positions stay within ``max_batch_tokens`` and 1.25× the
+real ones, and results come back in input order. Images are held to a pixel budget
+(:mod:`lmmiqa.backends.pixels`, default 1024×1024).
 """
 
 from __future__ import annotations
@@ -19,6 +25,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lmmiqa.backends.base import Backend
+from lmmiqa.backends.pixels import (
+    DEFAULT_MAX_PIXELS,
+    LARGE_PROMPT_IMAGE_TOKENS,
+    check_budget,
+    fit_pixels,
+    parse_pixels,
+)
+from lmmiqa.backends.planner import bytes_per_token, default_max_batch_tokens, plan_batches
 from lmmiqa.config import build_config
 from lmmiqa.errors import ConfigError, ModelLoadError, UnsupportedError, require
 from lmmiqa.levels import candidates_in_context, resolve_token_ids
@@ -47,6 +61,17 @@ class TransformersConfig:
             ``float32``, ``bfloat16``, ``float16``.
         attn_implementation: ``sdpa``, ``flash_attention_2``, ``eager`` or None (transformers' default).
         max_batch: largest number of prompts per forward; larger calls are split.
+        max_batch_tokens: token budget of one scoring forward, counted in padded positions (batch size × longest
+            prompt of the batch); prompts are sorted by length within each call and cut so that padding stays
+            within 1.25× the real positions (:func:`lmmiqa.backends.planner.plan_batches`). ``None`` (default):
+            derived from the free device memory after loading and the model config
+            (:func:`~lmmiqa.backends.planner.default_max_batch_tokens`); ``0``: off (fixed chunks of
+            ``max_batch`` in input order, the behaviour before 0.x).
+        max_pixels: largest width×height of an image given to the processor (default 1024×1024, see
+            :mod:`lmmiqa.backends.pixels`); ``"model"`` keeps the checkpoint's own limit.
+        min_pixels: smallest width×height (default: the checkpoint's own).
+        encode_ahead: run the processor for the next forward of a call in a background thread while the current
+            forward runs (one forward ahead; same inputs, same results).
         local_files_only: never contact the hub (default: from ``HF_HUB_OFFLINE``).
         trust_remote_code: allow hub remote code (off by default).
         revision: hub revision.
@@ -57,6 +82,10 @@ class TransformersConfig:
     dtype: str = "auto"
     attn_implementation: str | None = None
     max_batch: int = 32
+    max_batch_tokens: int | None = None
+    max_pixels: int | str | None = DEFAULT_MAX_PIXELS
+    min_pixels: int | str | None = None
+    encode_ahead: bool = True
     local_files_only: bool | None = None
     trust_remote_code: bool = False
     revision: str | None = None
@@ -68,6 +97,11 @@ class TransformersConfig:
             raise ConfigError("max_batch must be >= 1")
         if not self.model:
             raise ConfigError("model must be a hub id or a local folder")
+        if self.max_batch_tokens is not None:
+            if isinstance(self.max_batch_tokens, bool) or int(self.max_batch_tokens) < 0:
+                raise ConfigError(f"max_batch_tokens must be >= 0 (0: off) or None (auto), got {self.max_batch_tokens!r}")
+            self.max_batch_tokens = int(self.max_batch_tokens)
+        check_budget(parse_pixels(self.min_pixels, "min_pixels"), parse_pixels(self.max_pixels, "max_pixels"))
 
 
 def _ram_bytes() -> int:
@@ -75,6 +109,33 @@ def _ram_bytes() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+def _free_bytes(device: Any) -> int:
+    """Memory free for activations on ``device``: CUDA free + PyTorch's reserved-but-unused cache; MPS the
+    recommended working set minus what is allocated; CPU the available RAM (``MemAvailable``)."""
+    import torch
+
+    kind = getattr(device, "type", str(device))
+    if kind == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if kind == "mps":
+        try:
+            return int(torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory())
+        except (AttributeError, RuntimeError):
+            pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return _ram_bytes() // 2
 
 
 def _weights_bytes(model: str) -> int:
@@ -106,6 +167,16 @@ class TransformersBackend(Backend):
         self.model_id = config.model
         self._lock = threading.RLock()
         self._token_cache: dict[tuple[tuple[str, ...], str], list[int]] = {}
+        self._min_pixels = parse_pixels(config.min_pixels, "min_pixels")
+        self._max_pixels = parse_pixels(config.max_pixels, "max_pixels")
+        self._pixel_mode = "model"
+        self._auto_batch_tokens: int | None = None
+        self._warned_large = False
+        self._free_at_start = 0
+        self._last_counts: tuple[list[Prompt], list[dict[str, Any]]] | None = None
+        #: counters of the scoring forwards: ``forwards``, ``prompts``, ``real_tokens`` (attention-mask ones),
+        #: ``padded_tokens`` (batch × padded length) — for benchmarks and logs
+        self.stats: dict[str, int] = {"forwards": 0, "prompts": 0, "real_tokens": 0, "padded_tokens": 0}
         if model is not None and processor is not None:
             self._adopt(model, processor)
         else:
@@ -132,6 +203,7 @@ class TransformersBackend(Backend):
         self.dtype = param.dtype
         self.model.eval()
         self._setup_tokenizer()
+        self._setup_pixels()
 
     def _setup_tokenizer(self) -> None:
         tok = getattr(self.processor, "tokenizer", None)
@@ -142,6 +214,18 @@ class TransformersBackend(Backend):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def _setup_pixels(self) -> None:
+        from lmmiqa.backends.hf_processor import set_pixel_budget
+
+        self._pixel_mode = set_pixel_budget(self.processor, self._min_pixels, self._max_pixels)
+
+    def _fit(self, image: Any) -> Any:
+        """The image as the processor will get it: downscaled to the pixel budget when the processor has no
+        native knob for it."""
+        if self._pixel_mode == "resize" and hasattr(image, "size"):
+            return fit_pixels(image, self._min_pixels, self._max_pixels)
+        return image
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -179,6 +263,7 @@ class TransformersBackend(Backend):
         self.model.to(self.device)
         self.model.eval()
         self._setup_tokenizer()
+        self._setup_pixels()
         log.info("loaded %s on %s (%s)", cfg.model, self.device, self.dtype)
 
     @staticmethod
@@ -227,7 +312,7 @@ class TransformersBackend(Backend):
                         content.append({"type": "text", "text": part})
                     else:
                         content.append({"type": "image"})
-                        images.append(part)
+                        images.append(self._fit(part))
                 conv.append({"role": msg.role, "content": content})
             text = self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
             texts.append(text + prompt.answer_prefix)
@@ -263,6 +348,149 @@ class TransformersBackend(Backend):
     def _chunks(self, prompts: Sequence[Prompt]) -> list[Sequence[Prompt]]:
         n = self.config.max_batch
         return [prompts[i : i + n] for i in range(0, len(prompts), n)]
+
+    # ------------------------------------------------------------------ token counts and batch planning
+    def prompt_token_counts(self, prompts: Sequence[Prompt]) -> list[dict[str, Any]]:
+        """Tokens of each prompt as the model will see it (before padding), computed without running the
+        vision encoder: ``{"tokens": total, "image_tokens": sum over its images, "per_image": [...]}``.
+
+        Image tokens come from the processor's own count for the image sizes (``_get_num_multimodal_tokens``,
+        after the pixel budget); text tokens from the rendered chat template. A processor without that count is
+        run on each prompt alone instead (slower: its images are preprocessed twice).
+        """
+        last = self._last_counts
+        if last is not None and len(last[0]) == len(prompts) and all(a is b for a, b in zip(last[0], prompts)):
+            return last[1]
+        rendered: list[tuple[str, list[Any]]] = []
+        sizes: list[tuple[int, int]] = []
+        for p in prompts:
+            texts, images = self._render([p])
+            ims = list(images[0]) if images and isinstance(images[0], list) else list(images)
+            rendered.append((texts[0], ims))
+            sizes.extend((im.height, im.width) for im in ims)
+        per_image = self._image_token_counts(sizes) if sizes else []
+        out: list[dict[str, Any]] = []
+        k = 0
+        for text, ims in rendered:
+            if per_image is None:
+                out.append(self._count_by_encoding(text, ims))
+                continue
+            counts = [int(c) for c in per_image[k : k + len(ims)]]
+            k += len(ims)
+            n_text = len(self.tokenizer(text)["input_ids"])
+            # the rendered text holds one placeholder per image; the processor expands it to the image's tokens
+            out.append({"tokens": n_text + sum(counts) - len(counts), "image_tokens": sum(counts), "per_image": counts})
+        self._last_counts = (list(prompts), out)
+        self._warn_large(out)
+        return out
+
+    def _image_token_counts(self, sizes: list[tuple[int, int]]) -> list[int] | None:
+        fn = getattr(self.processor, "_get_num_multimodal_tokens", None)
+        if fn is None:
+            return None
+        try:
+            counts = fn(image_sizes=[list(s) for s in sizes]).num_image_tokens
+        except (AttributeError, NotImplementedError, TypeError, KeyError, ValueError):
+            return None
+        return list(counts) if counts is not None and len(counts) == len(sizes) else None
+
+    def _count_by_encoding(self, text: str, images: list[Any]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "np"}
+        if images:
+            kwargs["images"] = [images]
+        ids = self.processor(**kwargs)["input_ids"][0]
+        image_id = getattr(self.processor, "image_token_id", None)
+        n_img = int((ids == image_id).sum()) if image_id is not None else 0
+        return {"tokens": len(ids), "image_tokens": n_img, "per_image": None}
+
+    def _warn_large(self, counts: list[dict[str, Any]]) -> None:
+        if self._warned_large or not counts:
+            return
+        worst = max(counts, key=lambda c: c["image_tokens"])
+        if worst["image_tokens"] > LARGE_PROMPT_IMAGE_TOKENS:
+            self._warned_large = True
+            log.warning(
+                "%s: a prompt has %d image tokens (%d in all; more than %d): each such image costs that much compute "
+                "and activation memory. Cap it with --max-pixels (Python: max_pixels=; now %s)",
+                self.model_id, worst["image_tokens"], worst["tokens"], LARGE_PROMPT_IMAGE_TOKENS,
+                self.config.max_pixels,
+            )
+
+    def _bytes_per_token(self, kept_layers: int = 0) -> int:
+        cfg = self.model.config
+        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        hidden = int(getattr(text, "hidden_size", 4096))
+        inter = int(getattr(text, "intermediate_size", None) or 4 * hidden)
+        vision = getattr(cfg, "vision_config", None)
+        v_hidden = int(getattr(vision, "hidden_size", None) or getattr(vision, "embed_dim", 0) or 0) if vision else 0
+        v_inter = int(getattr(vision, "intermediate_size", None) or 4 * v_hidden) if vision else 0
+        merge = int(getattr(vision, "spatial_merge_size", 1) or 1) if vision else 1
+        itemsize = int(getattr(self.dtype, "itemsize", 4))
+        return bytes_per_token(hidden, inter, itemsize, vision_hidden=v_hidden, vision_intermediate=v_inter,
+                               patches_per_token=merge * merge, kept_layers=kept_layers)
+
+    def max_batch_tokens(self, kept_layers: int = 0) -> int:
+        """The token budget of one forward (0: off). Automatic budgets are computed once, after loading, from
+        the free memory of the device (:func:`_free_bytes`) and :func:`~lmmiqa.backends.planner.bytes_per_token`."""
+        if self.config.max_batch_tokens is not None:
+            return int(self.config.max_batch_tokens)
+        if self._auto_batch_tokens is None:
+            self._free_at_start = _free_bytes(self.device)
+            self._auto_batch_tokens = default_max_batch_tokens(self._free_at_start, self._bytes_per_token())
+            log.info("%s: token budget per forward %d (free memory %.1f GiB)", self.model_id,
+                     self._auto_batch_tokens, self._free_at_start / 2**30)
+        if kept_layers:
+            return default_max_batch_tokens(self._free_at_start, self._bytes_per_token(kept_layers))
+        return self._auto_batch_tokens
+
+    def plan(self, prompts: Sequence[Prompt], kept_layers: int = 0) -> list[list[int]]:
+        """Index groups, one per forward (:func:`lmmiqa.backends.planner.plan_batches` over this call)."""
+        budget = self.max_batch_tokens(kept_layers)
+        if not budget:
+            return plan_batches([1] * len(prompts), 0, max_batch=self.config.max_batch)
+        lengths = [c["tokens"] for c in self.prompt_token_counts(prompts)]
+        return plan_batches(lengths, budget, max_batch=self.config.max_batch)
+
+    def _encoded(self, prompts: Sequence[Prompt], groups: list[list[int]]) -> Any:
+        """The processor outputs of each group in turn; with ``encode_ahead`` the next group is encoded in a
+        background thread while the caller runs the current one (at most one ahead)."""
+        from lmmiqa.methods.base import prefetched
+
+        def enc(g: list[int]) -> Any:
+            return self.encode([prompts[i] for i in g])
+
+        if self.config.encode_ahead and len(groups) > 1:
+            return prefetched(groups, enc)
+        return map(enc, groups)
+
+    def _run_groups(
+        self, prompts: Sequence[Prompt], step: Any, kept_layers: int = 0
+    ) -> tuple[list[Any], list[list[int]], list[int]]:
+        """``step(group, inputs)`` for each planned group; the outputs (rows per group) in input order."""
+        import torch
+
+        with self._lock, torch.inference_mode():
+            groups = self.plan(prompts, kept_layers)
+            outs = []
+            encoded = self._encoded(prompts, groups)
+            try:
+                for g in groups:
+                    inputs = next(encoded)
+                    mask = inputs.get("attention_mask")
+                    self.stats["forwards"] += 1
+                    self.stats["prompts"] += len(g)
+                    self.stats["padded_tokens"] += int(inputs["input_ids"].numel())
+                    self.stats["real_tokens"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+                    outs.append(step(g, inputs))
+            finally:
+                close = getattr(encoded, "close", None)
+                if close is not None:
+                    close()
+        order = [i for g in groups for i in g]
+        inverse = [0] * len(order)
+        for pos, i in enumerate(order):
+            inverse[i] = pos
+        return outs, groups, inverse
 
     # ------------------------------------------------------------------ protocol
     def token_ids(self, candidates: Sequence[str], context: str) -> list[int]:
@@ -318,20 +546,18 @@ class TransformersBackend(Backend):
         return out
 
     def _forward_last(self, prompts: Sequence[Prompt], select: Any = None) -> Any:
-        """Log-softmax at the answer position per chunk; ``select(chunk_start, logp_on_device)`` may reduce each
-        chunk on the device (e.g. to a few candidate columns) before it is copied to the CPU."""
+        """Log-softmax at the answer position, [B, V] or [B, C], in input order. Forwards are planned by the token
+        budget (:meth:`plan`) and run without a KV cache; ``select(indices, logp_on_device)`` may reduce each
+        group on the device (e.g. to a few candidate columns) before it is copied to the CPU."""
         import torch
 
-        outs = []
-        start = 0
-        with self._lock, torch.inference_mode():
-            for chunk in self._chunks(prompts):
-                inputs = self.encode(chunk)
-                logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                outs.append((select(start, logp) if select is not None else logp).cpu())
-                start += len(chunk)
-        return torch.cat(outs, dim=0)
+        def step(group: list[int], inputs: Any) -> Any:
+            logits = self.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            return (select(group, logp) if select is not None else logp).cpu()
+
+        outs, _, inverse = self._run_groups(prompts, step)
+        return torch.cat(outs, dim=0)[torch.tensor(inverse, dtype=torch.long)]
 
     def last_logits(self, prompts: Sequence[Prompt]) -> Any:
         """float32 log-softmax over the vocabulary at the answer position, [B, V] (torch tensor on CPU)."""
@@ -343,20 +569,27 @@ class TransformersBackend(Backend):
         import torch
 
         ids = torch.tensor(self.level_token_ids(prompts, candidates), dtype=torch.long)
-        tops: dict[int, tuple[Any, Any]] = {}
+        tops: list[tuple[list[int], Any, Any]] = []
 
-        def select(start: int, logp: Any) -> Any:
+        def select(group: list[int], logp: Any) -> Any:
             # the model's own top next tokens, kept for the covered-mass warning (no second forward)
             vals, idx = torch.topk(logp, k=min(LEVEL_TOP_K, logp.shape[-1]), dim=-1)
-            tops[start] = (vals.cpu(), idx.cpu())
+            tops.append((list(group), vals.cpu(), idx.cpu()))
             # only the C candidate columns leave the device, not the whole [B, V] matrix
-            return torch.gather(logp, 1, ids[start : start + logp.shape[0]].to(logp.device))
+            return torch.gather(logp, 1, ids[group].to(logp.device))
 
         out = self._forward_last(prompts, select).numpy().astype(np.float64)
-        order = sorted(tops)
-        self._level_top_local().top = (
-            torch.cat([tops[s][0] for s in order]), torch.cat([tops[s][1] for s in order])
-        ) if order else None
+        top = None
+        if tops:  # forwards ran in planned order: put the rows back in input order
+            k = tops[0][1].shape[-1]
+            vals_all = torch.empty((len(prompts), k), dtype=tops[0][1].dtype)
+            idx_all = torch.empty((len(prompts), k), dtype=torch.long)
+            for group, vals, idx in tops:
+                rows = torch.tensor(group, dtype=torch.long)
+                vals_all[rows] = vals
+                idx_all[rows] = idx
+            top = (vals_all, idx_all)
+        self._level_top_local().top = top
         return out
 
     def _level_top_local(self) -> threading.local:
@@ -403,21 +636,31 @@ class TransformersBackend(Backend):
         return texts
 
     def hidden_states(self, prompts: Sequence[Prompt]) -> np.ndarray:
-        import torch
+        if not prompts:
+            return np.zeros((0, 0))
+        layers = int(getattr(self.model.config.get_text_config(), "num_hidden_layers", 0) or 0)
 
-        outs = []
-        with self._lock, torch.inference_mode():
-            for chunk in self._chunks(prompts):
-                inputs = self.encode(chunk)
-                out = self.model(**inputs, output_hidden_states=True, logits_to_keep=1)
-                hs = getattr(out, "hidden_states", None)
-                if hs is None:
-                    raise UnsupportedError(f"{self.model_id} does not return hidden states")
-                outs.append(hs[-1][:, -1, :].float().cpu().numpy())
-        return np.concatenate(outs, axis=0).astype(np.float64)
+        def step(group: list[int], inputs: Any) -> Any:
+            out = self.model(**inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+            hs = getattr(out, "hidden_states", None)
+            if hs is None:
+                raise UnsupportedError(f"{self.model_id} does not return hidden states")
+            return hs[-1][:, -1, :].float().cpu().numpy()
+
+        outs, _, inverse = self._run_groups(prompts, step, kept_layers=layers + 1)
+        return np.concatenate(outs, axis=0)[inverse].astype(np.float64)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model_id, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
+        return {
+            "backend": self.name,
+            "model": self.model_id,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "max_pixels": self.config.max_pixels,
+            "min_pixels": self.config.min_pixels,
+            "pixel_budget": self._pixel_mode,
+            "max_batch_tokens": self.config.max_batch_tokens if self.config.max_batch_tokens is not None else "auto",
+        }
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

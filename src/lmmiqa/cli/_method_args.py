@@ -50,6 +50,20 @@ def add_method_args(parser: argparse.ArgumentParser, default_method: str = "q-al
                    help="agentic-iqa: refitted tool maps to use (a file from `lmmiqa tools fit`, a bundle, or a folder "
                    "of them); default: the shipped maps, never the user cache's refitted ones")
     g.add_argument("--batch-size", type=int, default=None, help="images per batch (default 8)")
+    g.add_argument(
+        "--max-pixels", default=None, dest="opt_max_pixels", metavar="N|model",
+        help="MLLM methods: largest width*height of an image given to the model, e.g. 1048576 or 1024*1024 "
+        "(default 1024*1024: a 4000x3000 photo becomes ~1k image tokens on Qwen3-VL instead of 11,750); "
+        "'model' keeps the checkpoint's own limit",
+    )
+    g.add_argument("--min-pixels", default=None, dest="opt_min_pixels", metavar="N|model",
+                   help="MLLM methods: smallest width*height given to the model (default: the checkpoint's own)")
+    g.add_argument(
+        "--max-batch-tokens", type=int, default=None, dest="opt_max_batch_tokens", metavar="N",
+        help="transformers backend: padded token positions per forward (batch size x longest prompt); prompts "
+        "are sorted by length and cut so padding stays small. Default: from the free device memory; 0: off "
+        "(fixed chunks in input order)",
+    )
     g.add_argument("--option", action="append", type=_key_value, default=[], metavar="KEY=VALUE", help="any other method option (repeatable)")
 
 

@@ -40,6 +40,9 @@ def register(sub: Any) -> None:
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar with rate and ETA on stderr (default: when stderr is a terminal)")
     g.add_argument("--format", choices=("md", "json"), default="md", help="summary printed at the end (default md)")
+    g.add_argument("--no-dataset-resize", action="store_true",
+                   help="score the images as published instead of resized as the dataset's paper evaluates them "
+                   "(SPAQ: shorter side 512); the resize used is recorded in RUNDIR/config.json")
     g.add_argument("--allow-overlap", action="store_true",
                    help="evaluate even when the method's reference data (an IQARAG --bank) holds images of the split")
     add_engine_args(p)
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         engine_options=engine_options(args),
         skip_missing=bool(args.skip_missing),
         allow_overlap=bool(args.allow_overlap),
+        dataset_resize=not args.no_dataset_resize,
         verbose=True,
     )
     if args.format == "json":

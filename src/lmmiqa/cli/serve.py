@@ -42,7 +42,8 @@ def register(sub: Any) -> None:
     b.add_argument("--max-assess-images", type=int, default=4,
                    help="most images per request of the agentic method, POST /v1/assess (default 4)")
     b.add_argument("--max-image-pixels", type=int, default=40_000_000,
-                   help="largest width*height of one image, read from its header before decoding (default 40000000)")
+                   help="largest width*height of one image, read from its header before decoding (default 40000000); "
+                   "the pixel budget given to the model is --max-pixels")
     b.add_argument("--max-request-pixels", type=int, default=200_000_000,
                    help="most decoded pixels of all images of one request, after --decode-max-pixels "
                    "(default 200000000); beyond it 413")

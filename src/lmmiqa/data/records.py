@@ -109,6 +109,9 @@ class DatasetRecord:
             ``--root``.
         synthetic: true for generated datasets whose scores are pseudo-MOS (see :mod:`lmmiqa.data.synth`).
         note: one line shown in reports (provenance or quirk).
+        eval_resize: the resize the dataset's paper evaluates with, as an ``input_resize`` spec
+            (``"shorter:512"`` for SPAQ); ``lmmiqa eval`` applies it unless ``--no-dataset-resize`` and records
+            it in the run config. None: images as published.
     """
 
     name: str
@@ -121,10 +124,15 @@ class DatasetRecord:
     synthetic: bool = False
     note: str = ""
     official_parts: tuple[str, ...] = field(default=())
+    eval_resize: str | None = None
 
     def __post_init__(self) -> None:
         if self.split not in SPLIT_KINDS:
             raise ConfigError(f"unknown split kind {self.split!r}; known: {', '.join(SPLIT_KINDS)}")
+        if self.eval_resize is not None:
+            from lmmiqa.backends.pixels import parse_resize
+
+            parse_resize(self.eval_resize)
         if not self.formats:
             raise ConfigError(f"dataset record {self.name!r} needs at least one label format")
 
@@ -172,6 +180,7 @@ class DatasetRecord:
             "score_range": list(fmt.score_range) if fmt.score_range else None,
             "synthetic": self.synthetic,
             "note": self.note,
+            "eval_resize": self.eval_resize,
         }
 
 
@@ -219,7 +228,9 @@ SPAQ = DatasetRecord(
     title="SPAQ",
     label_file="SPAQ.csv",
     formats=(_collection((0.0, 100.0)),),
-    note="smartphone photos; usually 10 seeded 80/20 splits",
+    note="smartphone photos (originals up to 4000x3000); usually 10 seeded 80/20 splits; evaluated with the "
+    "shorter side resized to 512 (Fang et al., CVPR 2020)",
+    eval_resize="shorter:512",
 )
 
 LIVEC = DatasetRecord(

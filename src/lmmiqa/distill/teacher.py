@@ -63,7 +63,7 @@ PAIR_MODES = ("auto", "prompt", "derived")
 #: pairs per image when ``pairs`` is not given
 DEFAULT_PAIRS_PER_IMAGE = 4
 #: teacher options that do not change judgments (a cache may be resumed with other values)
-RUNTIME_OPTIONS = frozenset({"device", "batch_size", "decode_workers", "workers", "max_batch", "max_pixels", "max_bytes"})
+RUNTIME_OPTIONS = frozenset({"device", "batch_size", "decode_workers", "workers", "max_batch", "max_batch_tokens", "max_image_pixels", "max_bytes"})
 
 
 @dataclass
@@ -466,7 +466,7 @@ def _limits(teacher: Any) -> Any:
 
     cfg = getattr(teacher, "config", None)
     return ImageLimits(
-        max_pixels=int(getattr(cfg, "max_pixels", ImageLimits.max_pixels)),
+        max_pixels=int(getattr(cfg, "max_image_pixels", ImageLimits.max_pixels)),
         max_bytes=int(getattr(cfg, "max_bytes", ImageLimits.max_bytes)),
     )
 

@@ -262,6 +262,28 @@ class RunConfig:
         )
 
 
+def _dataset_resize(scorer: Any, ds: Dataset, enabled: bool) -> dict[str, Any]:
+    """Apply the dataset record's evaluation resize to the scorer (``config.input_resize``) and say what was done:
+    ``{"input_resize", "source", "protocol"}``; the method's own ``input_resize`` wins."""
+    protocol = getattr(ds.record, "eval_resize", None)
+    cfg = getattr(scorer, "config", None)
+    own = getattr(cfg, "input_resize", None)
+    if own:
+        return {"input_resize": own, "source": "method option", "protocol": protocol}
+    if protocol and enabled:
+        if cfg is None or not hasattr(cfg, "input_resize"):
+            raise ConfigError(
+                f"{ds.name} is evaluated with its inputs resized ({protocol}), but {type(scorer).__name__} has no "
+                "input_resize option; pass dataset_resize=False (--no-dataset-resize) to score the images as published"
+            )
+        from lmmiqa.backends.pixels import parse_resize
+
+        parse_resize(protocol)
+        cfg.input_resize = protocol
+        return {"input_resize": protocol, "source": "dataset protocol", "protocol": protocol}
+    return {"input_resize": None, "source": "--no-dataset-resize" if protocol else "none", "protocol": protocol}
+
+
 def _say(verbose: bool, text: str) -> None:
     log.info("%s", text)
     if verbose:
@@ -515,6 +537,7 @@ def evaluate(
     engine_options: dict[str, Any] | None = None,
     method_options: dict[str, Any] | None = None,
     allow_overlap: bool = False,
+    dataset_resize: bool = True,
     verbose: bool = False,
 ) -> EvalReport:
     """Evaluate a scorer on a dataset split and return its :class:`EvalReport`.
@@ -538,6 +561,9 @@ def evaluate(
         allow_overlap: evaluate even when the scorer's reference data holds images of the selection (a scorer
             with reference data, e.g. IQARAG's bank, exposes ``check_overlap(paths) -> int``; by default a
             non-zero overlap is refused because the references' scores would leak into the evaluation).
+        dataset_resize: apply the resize the dataset's paper evaluates with (its record's ``eval_resize``, e.g.
+            SPAQ's shorter side 512) by setting the scorer's ``input_resize`` option, unless that option is
+            already set; recorded in the run config (``dataset.resize``). False: images as published.
         verbose: print status lines (resuming, retrying) to stderr.
 
     Raises:
@@ -588,13 +614,17 @@ def evaluate(
         if n_overlap:
             _say(verbose, f"{n_overlap} of the {len(sel)} image(s) are also in the reference data (--allow-overlap)")
 
+    resize = _dataset_resize(scorer, ds, dataset_resize)
+    if resize["source"] == "dataset protocol":
+        _say(verbose, f"{ds.name}: inputs resized as its evaluation protocol does ({resize['input_resize']}); "
+             "--no-dataset-resize to score them as published")
     desc = scorer.describe()
     versions = package_versions()
     config = RunConfig(
         method=str(desc.get("method")),
         model=desc.get("model"),
         options=dict(desc.get("config") or {}),
-        dataset=ds.summary(),
+        dataset={**ds.summary(), "resize": resize},
         limit=int(limit) if limit is not None else None,
         engine=engine,
         n_boot=int(n_boot),

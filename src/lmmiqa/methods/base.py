@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,20 +32,31 @@ class ScorerConfig:
 
     Attributes:
         batch_size: images per backend batch.
-        max_pixels: decompression-bomb guard for inputs.
+        max_image_pixels: decompression-bomb guard for inputs (largest width×height opened). MLLM methods'
+            ``max_pixels`` is something else: the pixel budget given to the model's processor.
         max_bytes: largest input file accepted.
         decode_workers: threads used to decode images of a batch (0 = in the calling thread).
+        input_resize: resize every input after decoding, ``"shorter:N"``, ``"longer:N"`` or ``"pixels:N"``
+            (see :func:`lmmiqa.backends.pixels.apply_resize`); ``lmmiqa eval`` sets it from the dataset's
+            evaluation protocol (SPAQ: ``shorter:512``) unless ``--no-dataset-resize``. None: as decoded.
+        prefetch: decode the next batch in a background thread while the current one is scored (one batch
+            ahead; same results, same order).
     """
 
     batch_size: int = 8
-    max_pixels: int = 64_000_000
+    max_image_pixels: int = 64_000_000
     max_bytes: int = 100 * 1024 * 1024
     decode_workers: int = 0
+    prefetch: bool = True
+    input_resize: str | None = None
 
     def __post_init__(self) -> None:
         if int(self.batch_size) < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         self.batch_size = int(self.batch_size)
+        from lmmiqa.backends.pixels import parse_resize
+
+        parse_resize(self.input_resize)
 
 
 class Scorer(ABC):
@@ -103,7 +114,7 @@ class Scorer(ABC):
     def _limits(self) -> ImageLimits:
         cfg = self.config
         return ImageLimits(
-            max_pixels=getattr(cfg, "max_pixels", ImageLimits.max_pixels),
+            max_pixels=getattr(cfg, "max_image_pixels", ImageLimits.max_pixels),
             max_bytes=getattr(cfg, "max_bytes", ImageLimits.max_bytes),
         )
 
@@ -151,7 +162,18 @@ class Scorer(ABC):
             items: loaded inputs (see :func:`lmmiqa.images.load_many`); their ``key`` becomes ``image``.
             load_s: seconds spent loading the whole batch, spread evenly over the items' ``timings["load"]``.
         """
-        return self._score_batch(list(items), load_s)
+        return self._score_batch(self._resized(list(items)), load_s)
+
+    def _resized(self, items: list[ImageItem]) -> list[ImageItem]:
+        """Items with ``config.input_resize`` applied to their decoded images."""
+        spec = getattr(self.config, "input_resize", None)
+        if not spec:
+            return items
+        from dataclasses import replace
+
+        from lmmiqa.backends.pixels import apply_resize
+
+        return [replace(it, image=apply_resize(it.image, spec)) if it.ok else it for it in items]
 
     def iter_score(
         self,
@@ -175,11 +197,16 @@ class Scorer(ABC):
         limits = self._limits()
         workers = int(getattr(self.config, "decode_workers", 0) or 0)
         bar = _progress(len(inputs), progress, desc=self.name)
+
+        def load(batch: tuple[int, list[Any]]) -> tuple[list[ImageItem], float]:
+            t0 = time.perf_counter()
+            items = self._resized(load_many(batch[1], limits, start=batch[0], workers=workers))
+            return items, time.perf_counter() - t0
+
+        batches = iter_batches(inputs, bs)
+        loaded = prefetched(batches, load) if getattr(self.config, "prefetch", True) else map(load, batches)
         try:
-            for start, chunk in iter_batches(inputs, bs):
-                t0 = time.perf_counter()
-                items = load_many(chunk, limits, start=start, workers=workers)
-                load_s = time.perf_counter() - t0
+            for items, load_s in loaded:
                 results = self._score_batch(items, load_s)
                 if bar is not None:
                     bar.update(len(results))
@@ -199,6 +226,26 @@ class Scorer(ABC):
 
     def __call__(self, images: Any, **kwargs: Any) -> list[ScoreResult]:
         return self.score(images, **kwargs)
+
+
+def prefetched(items: Iterable[Any], fn: Callable[[Any], Any]) -> Iterator[Any]:
+    """``fn(x)`` for each ``x`` of ``items``, in order, computing the next one in a background thread while the
+    caller works on the current one (at most one ahead). An exception of ``fn`` is raised where its result is
+    taken; closing the generator waits for the one in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmmiqa-prefetch") as pool:
+        try:
+            first = next(it)
+        except StopIteration:
+            return
+        future = pool.submit(fn, first)
+        for x in it:
+            current = future.result()
+            future = pool.submit(fn, x)
+            yield current
+        yield future.result()
 
 
 def _with_timing(r: ScoreResult, key: str, value: float) -> ScoreResult:

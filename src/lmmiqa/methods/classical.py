@@ -54,7 +54,7 @@ class ToolScorer(Scorer):
         from lmmiqa.tools import NR, get_tool
 
         cfg: ToolScorerConfig = self.config
-        limits = {"max_pixels": cfg.max_pixels, "max_bytes": cfg.max_bytes}
+        limits = {"max_pixels": cfg.max_image_pixels, "max_bytes": cfg.max_bytes}
         self.tool = get_tool(self.tool_name or self.name, **{**limits, **cfg.tool_options})
         if self.tool.kind != NR:
             raise ConfigError(f"{self.tool.name} is a full-reference tool and cannot be a scoring method")

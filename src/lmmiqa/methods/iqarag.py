@@ -209,7 +209,7 @@ class IQARAG(LevelScorer):
     def reference_image(self, path: str) -> Any:
         """A reference image, decoded (and downscaled with ``reference_max_side``) once and then cached."""
         side = self.config.reference_max_side
-        limits = ImageLimits(max_pixels=self.config.max_pixels, max_bytes=self.config.max_bytes)
+        limits = ImageLimits(max_pixels=self.config.max_image_pixels, max_bytes=self.config.max_bytes)
 
         def load() -> Any:
             img = open_image(path, limits)
@@ -326,6 +326,8 @@ class IQARAG(LevelScorer):
                     f"{type(err).__name__}: {err}. IQARAG needs a model that accepts several images in one prompt"
                 ) from err
             t4 = time.perf_counter()
+            for e, tok in zip(extra, self.token_details(prompts) or [{}] * len(extra)):
+                e.update(tok)
             n = max(len(items), 1)
             timings = {
                 "embed": (t1 - t0) / n,

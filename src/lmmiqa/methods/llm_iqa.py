@@ -16,7 +16,8 @@ For each image:
    ``details["models"]``.
 
 Batching: all global prompts and all region crops of a batch of images go to each model's backend in one
-``level_logprobs`` call (the backend splits it into forwards of at most its ``max_batch`` prompts), and the
+``level_logprobs`` call (the transformers backend sorts them by length and cuts forwards by its token budget,
+:mod:`lmmiqa.backends.planner`, so crops are not padded to the whole images' length), and the
 segmenter sees the whole batch at once (``segment_many``). Cost: ``1 + regions`` prompts per image and model
 (~8 in the paper).
 
@@ -186,6 +187,9 @@ class LLMIQA(Scorer):
                         dtype=cfg.dtype,
                         readout=cfg.readout,
                         backend_options=dict(cfg.backend_options),
+                        max_pixels=cfg.max_pixels,
+                        min_pixels=cfg.min_pixels,
+                        max_batch_tokens=cfg.max_batch_tokens,
                         levels=cfg.levels,
                         batch_size=cfg.batch_size,
                     )
@@ -238,14 +242,19 @@ class LLMIQA(Scorer):
         t1 = time.perf_counter()
         per_model = [member.level_probs(prompts, scale) for member in self.members]
         t2 = time.perf_counter()
+        tokens = [member.token_details(prompts) for member in self.members]
         timings = {"segment": (t1 - t0) / n, "forward": (t2 - t1) / n}
         if cfg.keep_masks:
             for plan, rmasks in zip(plans, region_masks):
                 self.region_masks[plan.key] = rmasks
-        return [self._result(plan, per_model, timings) for plan in plans]
+        return [self._result(plan, per_model, timings, tokens) for plan in plans]
 
     def _result(
-        self, plan: _Plan, per_model: list[tuple[np.ndarray, np.ndarray]], timings: dict[str, float]
+        self,
+        plan: _Plan,
+        per_model: list[tuple[np.ndarray, np.ndarray]],
+        timings: dict[str, float],
+        tokens: list[list[dict[str, Any]] | None] | None = None,
     ) -> ScoreResult:
         cfg: LLMIQAConfig = self.config
         scale = self.level_scale
@@ -253,7 +262,8 @@ class LLMIQA(Scorer):
         model_entries: list[dict[str, Any]] = []
         finals, globals_, locals_ = [], [], []
         mixes, region_scores, region_probs = [], [], []
-        for model_id, (probs, mass) in zip(cfg.model_list, per_model):
+        tokens = tokens or [None] * len(per_model)
+        for model_id, (probs, mass), tok in zip(cfg.model_list, per_model, tokens):
             p = probs[rows]
             if not np.all(np.isfinite(p)):
                 bad = int(np.flatnonzero(~np.isfinite(p).all(axis=1))[0])
@@ -289,9 +299,21 @@ class LLMIQA(Scorer):
                     "local": s_local,
                     "covered_mass": float(mass[plan.global_row]),
                     "region_scores": [float(x) for x in s_regions],
+                    **(
+                        {"image_tokens": sum(tok[r]["image_tokens"] for r in rows),
+                         "prompt_tokens": sum(tok[r]["prompt_tokens"] for r in rows)}
+                        if tok is not None
+                        else {}
+                    ),
                 }
             )
         mix_mean = np.mean(mixes, axis=0)
+        first_tok = tokens[0]
+        region_tokens: list[dict[str, Any]] = (
+            [{"image_tokens": first_tok[r]["image_tokens"]} for r in plan.region_rows]
+            if first_tok is not None
+            else [{} for _ in plan.region_rows]
+        )
         probabilities, details = level_details(mix_mean, scale)
         mean_region_scores = np.mean(region_scores, axis=0)
         mean_region_probs = np.mean(region_probs, axis=0)
@@ -312,14 +334,20 @@ class LLMIQA(Scorer):
                         "weight": float(w),
                         "score": float(sc),
                         "probabilities": dict(zip(scale.keys, (float(x) for x in pr))),
+                        **rt,
                     }
-                    for region, box, w, sc, pr in zip(
-                        plan.regions, plan.crops, plan.weights, mean_region_scores, mean_region_probs
+                    for region, box, w, sc, pr, rt in zip(
+                        plan.regions, plan.crops, plan.weights, mean_region_scores, mean_region_probs, region_tokens
                     )
                 ],
                 "models": model_entries,
             }
         )
+        if all("image_tokens" in e for e in model_entries):
+            # the cost of this image: every prompt (whole image + crops) of every model
+            details["image_tokens"] = int(sum(e["image_tokens"] for e in model_entries))
+            details["prompt_tokens"] = int(sum(e["prompt_tokens"] for e in model_entries))
+            details["global_image_tokens"] = int(first_tok[plan.global_row]["image_tokens"])  # type: ignore[index]
         n_prompts = 1 + len(plan.region_rows)
         return ScoreResult(
             image=plan.key,

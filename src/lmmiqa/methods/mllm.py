@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from lmmiqa.backends.base import Backend, create_backend
+from lmmiqa.backends.pixels import DEFAULT_MAX_PIXELS, MODEL_LIMITS, check_budget, parse_pixels
 from lmmiqa.errors import ConfigError
 from lmmiqa.images import ImageItem
 from lmmiqa.levels import READOUTS, LevelScale, closed_set_probs, covered_mass, level_details, readout
@@ -32,6 +33,13 @@ class MLLMConfig(ScorerConfig):
         dtype: transformers backend dtype (``auto``, ``float32``, ``bfloat16``, ``float16``).
         readout: ``expected`` (Σ p·v, default) or ``argmax``.
         backend_options: further backend options (e.g. ``attn_implementation``, ``api_key_env``, ``timeout``).
+        max_pixels: largest width×height of an image given to the model (default 1024×1024: ≤ 1,024 image tokens
+            on Qwen3-VL instead of 11,750 for a 4000×3000 photo; see :mod:`lmmiqa.backends.pixels`); ``"model"``
+            keeps the checkpoint's own limit. Applied by the processor where it has the knob (Qwen2-VL family),
+            else by downscaling before it (the openai backend downscales before encoding).
+        min_pixels: smallest width×height (default: the checkpoint's own).
+        max_batch_tokens: transformers backend: padded positions per forward (default: from the free memory;
+            0: fixed chunks of ``max_batch`` prompts, no sorting); see :mod:`lmmiqa.backends.planner`.
     """
 
     model: str = DEFAULT_MODEL
@@ -40,6 +48,9 @@ class MLLMConfig(ScorerConfig):
     dtype: str = "auto"
     readout: str = "expected"
     backend_options: dict[str, Any] = field(default_factory=dict)
+    max_pixels: int | str = DEFAULT_MAX_PIXELS
+    min_pixels: int | str | None = None
+    max_batch_tokens: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,12 +59,32 @@ class MLLMConfig(ScorerConfig):
         from lmmiqa import registry
 
         self.backend = registry.canonical("backend", self.backend)
+        hi = parse_pixels(self.max_pixels, "max_pixels")
+        lo = parse_pixels(self.min_pixels, "min_pixels")
+        check_budget(lo, hi)
+        self.max_pixels = MODEL_LIMITS if hi is None else hi
+        self.min_pixels = lo
+        if self.max_batch_tokens is not None:
+            if isinstance(self.max_batch_tokens, bool) or int(self.max_batch_tokens) < 0:
+                raise ConfigError(f"max_batch_tokens must be >= 0 (0: off), got {self.max_batch_tokens!r}")
+            self.max_batch_tokens = int(self.max_batch_tokens)
+            if self.backend != "transformers":
+                raise ConfigError(
+                    f"max_batch_tokens applies to the transformers backend; the {self.backend} backend sends one "
+                    "request per prompt (set its concurrency instead)"
+                )
 
     def backend_kwargs(self) -> dict[str, Any]:
         opts = dict(self.backend_options)
         if self.backend == "transformers":
             opts.setdefault("device", self.device)
             opts.setdefault("dtype", self.dtype)
+            if self.max_batch_tokens is not None:
+                opts.setdefault("max_batch_tokens", self.max_batch_tokens)
+        if self.backend in ("transformers", "openai"):
+            opts.setdefault("max_pixels", self.max_pixels)
+            if self.min_pixels is not None:
+                opts.setdefault("min_pixels", self.min_pixels)
         return opts
 
 
@@ -73,6 +104,19 @@ class MLLMScorer(Scorer):
             cfg = self.config
             self._backend = create_backend(cfg.backend, cfg.model, **cfg.backend_kwargs())
         return self._backend
+
+    def token_details(self, prompts: Sequence[Prompt]) -> list[dict[str, Any]] | None:
+        """``{"image_tokens", "prompt_tokens"}`` per prompt where the backend can count them (transformers),
+        else None. The counts of the prompts just scored are reused, not recomputed."""
+        return token_details(self.backend, prompts)
+
+
+def token_details(backend: Any, prompts: Sequence[Prompt]) -> list[dict[str, Any]] | None:
+    """Image and total tokens of each prompt as ``backend`` feeds them to its model (None when it cannot say)."""
+    fn = getattr(backend, "prompt_token_counts", None)
+    if fn is None or not prompts:
+        return None
+    return [{"image_tokens": int(c["image_tokens"]), "prompt_tokens": int(c["tokens"])} for c in fn(list(prompts))]
 
 
 class LevelScorer(MLLMScorer):
@@ -169,7 +213,8 @@ class LevelScorer(MLLMScorer):
         t2 = time.perf_counter()
         n = max(len(items), 1)
         timings = {"prompt": (t1 - t0) / n, "forward": (t2 - t1) / n}
-        return self.results_from_probs([it.key for it in items], probs, mass, timings=timings)
+        extra = self.token_details(prompts)
+        return self.results_from_probs([it.key for it in items], probs, mass, timings=timings, extra_details=extra)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
