@@ -414,3 +414,15 @@ def test_cli_train_help_documents_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["export", "q-scorer", "--help"])
     assert "--merged" in capsys.readouterr().out
+
+
+def test_pixel_budget_reaches_the_q_scorer_backend(trained_k5):
+    from lmmiqa.errors import ConfigError
+    from lmmiqa.methods.q_scorer import QScorer
+
+    result, _ = trained_k5
+    scorer = QScorer.from_options(adapter=str(result.out), device="cpu", max_pixels=28 * 28 * 4, max_batch_tokens=0)
+    backend = scorer.loaded.backend
+    assert backend.config.max_pixels == 28 * 28 * 4 and backend.config.max_batch_tokens == 0
+    with pytest.raises(ConfigError, match="max_pixels"):
+        QScorer.from_options(adapter=str(result.out), max_pixels="lots")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from lmmiqa.backends.pixels import DEFAULT_MAX_PIXELS, check_budget, parse_pixels
 from lmmiqa.errors import ConfigError
 from lmmiqa.images import ImageItem
 from lmmiqa.methods.base import Scorer, ScorerConfig
@@ -45,6 +46,9 @@ class QScorerConfig(ScorerConfig):
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
         dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``float32``, ``bfloat16``, ``float16``.
         merge_lora: fold the LoRA weights into the base weights at load (faster; scores move by float rounding).
+        max_pixels: largest width×height of an image given to the model (default 1024×1024, as in training;
+            ``"model"``: the checkpoint's own limits). min_pixels: smallest (default: the checkpoint's).
+        max_batch_tokens: padded positions per forward (default: from the free memory; 0: fixed chunks).
         backend_options: further transformers backend options (``attn_implementation``, ``max_batch``,
             ``local_files_only``).
     """
@@ -54,6 +58,9 @@ class QScorerConfig(ScorerConfig):
     device: str = "auto"
     dtype: str = "auto"
     merge_lora: bool = False
+    max_pixels: int | str = DEFAULT_MAX_PIXELS
+    min_pixels: int | str | None = None
+    max_batch_tokens: int | None = None
     backend_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,6 +79,7 @@ class QScorerConfig(ScorerConfig):
         self.adapter = str(self.adapter)
         if not isinstance(self.merge_lora, bool):
             raise ConfigError(f"merge_lora must be true or false, got {self.merge_lora!r}")
+        check_budget(parse_pixels(self.min_pixels, "min_pixels"), parse_pixels(self.max_pixels, "max_pixels"))
         allowed = {"attn_implementation", "max_batch", "local_files_only"}
         unknown = sorted(set(self.backend_options) - allowed)
         if unknown:
@@ -107,6 +115,7 @@ class QScorer(Scorer):
                 cfg = self.config
                 self._loaded = load_q_scorer(
                     cfg.adapter, model=cfg.model, device=cfg.device, dtype=cfg.dtype, merge_lora=cfg.merge_lora,
+                    max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels, max_batch_tokens=cfg.max_batch_tokens,
                     **cfg.backend_options,
                 )
             return self._loaded

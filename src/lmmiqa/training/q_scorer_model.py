@@ -587,6 +587,9 @@ def load_q_scorer(
     local_files_only: bool | None = None,
     max_batch: int = 32,
     merge_lora: bool = False,
+    max_pixels: int | str | None = None,
+    min_pixels: int | str | None = None,
+    max_batch_tokens: int | None = None,
 ) -> LoadedQScorer:
     """Load a Q-Scorer artifact (adapter folder or merged export).
 
@@ -594,7 +597,8 @@ def load_q_scorer(
         path: the artifact folder.
         model: the base model to apply an adapter to (default: the one recorded in the artifact; pass a local
             folder when the recorded hub id is not reachable). Must be omitted (or equal ``path``) for merged exports.
-        device, dtype, attn_implementation, local_files_only, max_batch: transformers backend options.
+        device, dtype, attn_implementation, local_files_only, max_batch, max_pixels, min_pixels, max_batch_tokens:
+            transformers backend options (``max_pixels`` None: the backend's default budget).
         merge_lora: merge the LoRA weights into the base weights after loading (faster; scores then differ from
             the unmerged model by float rounding, ~1e-6).
 
@@ -613,9 +617,12 @@ def load_q_scorer(
         source = str(root)
     else:
         source = model or spec.base_model
+    budget: dict[str, Any] = {"min_pixels": min_pixels, "max_batch_tokens": max_batch_tokens}
+    if max_pixels is not None:
+        budget["max_pixels"] = max_pixels
     backend = TransformersBackend(
         TransformersConfig(model=source, device=device, dtype=dtype, attn_implementation=attn_implementation,
-                           local_files_only=local_files_only, max_batch=max_batch)
+                           local_files_only=local_files_only, max_batch=max_batch, **budget)
     )
     if spec.merged:
         ids = [int(i) for i in backend.tokenizer.convert_tokens_to_ids(list(spec.tokens))]
