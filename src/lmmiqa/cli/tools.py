@@ -3,7 +3,7 @@
 * ``lmmiqa tools list [--kind nr|fr] [--format text|json]``
 * ``lmmiqa tools run TOOL INPUTS... [--ref REF] [--normalized] [--format text|json|jsonl]``
 * ``lmmiqa tools fit --tool TOOL (--dataset NAME | --labels CSV) --root DIR [...]`` (``--reset`` to forget)
-* ``lmmiqa tools assets [--fetch]``: where the parameter files of NIQE/BRISQUE are (and download them)
+* ``lmmiqa tools assets [--assets DIR]``: which NIQE/BRISQUE parameter files are used, and how to fix a missing one
 
 Exit status: 0 on success (``run``: at least one image measured), 1 when the work failed, 2 for usage errors.
 """
@@ -74,12 +74,15 @@ def register(sub: Any) -> None:
                     help="progress bar on stderr (default: when > 8 images and a terminal)")
     pf.set_defaults(func=run_fit)
 
-    pa = tsub.add_parser("assets", help="where the parameter files are; --fetch downloads missing ones",
-                         description="Show where NIQE/BRISQUE parameter files are found (--assets, $LMMIQA_ASSETS, "
-                         "the user cache) and whether they are the official ones; --fetch downloads missing "
-                         "files into the user cache (sha256-verified).")
-    pa.add_argument("--assets", default=None, metavar="DIR")
-    pa.add_argument("--fetch", action="store_true", help="download missing files into the user cache")
+    pa = tsub.add_parser(
+        "assets",
+        help="which NIQE/BRISQUE parameter files are used",
+        description="Show which parameter file NIQE and BRISQUE use: the official ones ship with lmmiqa (nothing "
+        "is downloaded); a folder given with --assets or $LMMIQA_ASSETS holding your own (e.g. refitted) files "
+        "comes first, file by file. Prints where each file is, whether it is the official one and its licence; "
+        "for a missing file, what to do. Exit status 1 when a file is missing.",
+    )
+    pa.add_argument("--assets", default=None, metavar="DIR", help="folder with your own parameter files")
     pa.add_argument("--format", choices=("text", "json"), default="text")
     pa.set_defaults(func=run_assets)
 
@@ -290,15 +293,18 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_assets(args: argparse.Namespace) -> int:
     from lmmiqa.tools import assets
 
-    if args.fetch:
-        for spec in assets.ASSETS.values():
-            path = assets.locate(spec.filename, args.assets)
-            print(f"{spec.filename}: {path}", file=sys.stderr)
     rows = assets.describe_assets(args.assets)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            status = "missing" if r["found"] is None else ("official" if r["official"] else "NOT the official file")
-            print(f"{r['file']:<24} {status:<20} {r['found'] or r['url']}")
+            if r["found"] is None:
+                print(f"{r['file']:<24} MISSING")
+                print(f"    problem: {r['problem']}")
+                print(f"    fix:     {r['fix']}")
+                continue
+            status = "official" if r["official"] else "your own (not the official file)"
+            print(f"{r['file']:<24} {status:<32} {r['license']:<11} {r['where']}: {r['found']}")
+        if all(r["found"] for r in rows):
+            print(f"licences: {assets.PACKAGE_DIR} (LICENSE-*); override with --assets DIR or ${assets.ENV_ASSETS}")
     return 0 if all(r["found"] for r in rows) else 1

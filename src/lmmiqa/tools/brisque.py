@@ -93,10 +93,11 @@ class BRISQUE(Tool):
     config_cls = AssetToolConfig
 
     def _measure(self, rgb: np.ndarray, ref: np.ndarray | None) -> tuple[float, dict[str, Any]]:
-        from lmmiqa.tools.assets import load_arrays
+        from lmmiqa.tools.assets import load_asset
 
         require_size(self.name, rgb.shape, 16, 16, "two scales of 7×7 local statistics")
-        svm = load_arrays(SVM_FILE, self.config.assets)
-        t = load_arrays(TABLES_FILE, self.config.assets)
-        tables = ShapeTables(t["gamma"], t["r_ggd"], t["r_aggd"])
-        return brisque_score(luminance(rgb, "gray"), svm, tables), {}
+        svm = load_asset(SVM_FILE, self.config.assets)
+        t = load_asset(TABLES_FILE, self.config.assets)
+        tables = ShapeTables(t.arrays["gamma"], t.arrays["r_ggd"], t.arrays["r_aggd"])
+        value = brisque_score(luminance(rgb, "gray"), dict(svm.arrays), tables)
+        return value, {"params": svm.source, "tables": t.source}
