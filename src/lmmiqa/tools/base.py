@@ -273,6 +273,11 @@ def load_matlab_rgb(image: Any, limits: Any = None) -> np.ndarray:
     from lmmiqa.images import ImageLimits, ImageLoadError, load_input
 
     limits = limits or ImageLimits()
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        h, w = image.shape[:2]  # already what imread gives: no round trip through PIL
+        if h * w == 0 or h * w > limits.max_pixels:
+            return np.asarray(load_input(image, limits), dtype=np.uint8)  # raises the usual error
+        return image
     if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] in (2, 4):
         image = image[..., :-1] if image.shape[2] == 4 else image[..., 0]
     elif isinstance(image, (str, os.PathLike, bytes, bytearray)):

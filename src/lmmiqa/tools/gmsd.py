@@ -19,10 +19,17 @@ PREWITT_X = np.array([[1.0, 0.0, -1.0]] * 3) / 3.0
 
 
 def _average_down2(x: np.ndarray) -> np.ndarray:
-    """``conv2(x, ones(2)/4, 'same')`` (zero padding after the last row/column), then ``x(1:2:end, 1:2:end)``."""
+    """``conv2(x, ones(2)/4, 'same')`` (zero padding after the last row/column), then ``x(1:2:end, 1:2:end)``.
+
+    Only the kept pixels are computed (same additions in the same order as the full filter).
+    """
     p = np.pad(x, ((0, 1), (0, 1)))
-    f = (p[:-1, :-1] + p[1:, :-1] + p[:-1, 1:] + p[1:, 1:]) / 4.0
-    return f[::2, ::2]
+    h, w = (x.shape[0] + 1) // 2, (x.shape[1] + 1) // 2
+    f = p[0 : 2 * h : 2, 0 : 2 * w : 2] + p[1 : 2 * h + 1 : 2, 0 : 2 * w : 2]
+    f += p[0 : 2 * h : 2, 1 : 2 * w + 1 : 2]
+    f += p[1 : 2 * h + 1 : 2, 1 : 2 * w + 1 : 2]
+    f /= 4.0
+    return f
 
 
 def gms_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmmiqa.errors import ConfigError
-from lmmiqa.tools._matlab import circshift, imresize
-from lmmiqa.tools._nss import ShapeTables, compute_shape_tables, estimate_aggd, mscn
+from lmmiqa.tools._matlab import imresize
+from lmmiqa.tools._nss import ShapeTables, compute_shape_tables, estimate_aggd_rows, mscn
 from lmmiqa.tools.base import NR, AssetToolConfig, Tool, ToolError, luminance
 
 PARAMS_FILE = "niqe_pris_params.npz"
@@ -42,35 +42,45 @@ def _tables() -> ShapeTables:
     return _TABLES
 
 
-def _aggd_betas(shape: float, left_std: float, right_std: float) -> tuple[float, float]:
+def _aggd_betas(shape: np.ndarray, left_std: np.ndarray, right_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from scipy.special import gamma
 
     c = np.sqrt(gamma(1.0 / shape) / gamma(3.0 / shape))
     return left_std * c, right_std * c
 
 
-def patch_features(patch: np.ndarray, tables: ShapeTables | None = None) -> np.ndarray:
-    """The 18 NIQE features of one MSCN patch: AGGD shape and mean scale, then for each of 4 neighbour
-    products its shape, mean, left and right scales."""
+def patches_features(patches: np.ndarray, tables: ShapeTables | None = None) -> np.ndarray:
+    """The 18 NIQE features of each MSCN patch (``n × p × p`` → ``n × 18``), all patches at once: AGGD shape
+    and mean scale, then for each of 4 neighbour products (``circshift`` within the patch, as the release's
+    ``computefeature``) its shape, mean, left and right scales."""
     from scipy.special import gamma
 
     t = tables or _tables()
-    shape, left, right = estimate_aggd(patch, t)
+    patches = np.asarray(patches, dtype=np.float64)
+    n = patches.shape[0]
+    rows = patches.reshape(n, -1)
+    shape, left, right = estimate_aggd_rows(rows, t)
     bl, br = _aggd_betas(shape, left, right)
     feat = [shape, (bl + br) / 2.0]
     for shift in SHIFTS:
-        pair = patch * circshift(patch, shift)
-        shape, left, right = estimate_aggd(pair, t)
+        pair = rows * np.roll(patches, shift, axis=(1, 2)).reshape(n, -1)
+        shape, left, right = estimate_aggd_rows(pair, t)
         bl, br = _aggd_betas(shape, left, right)
         mean = (br - bl) * (gamma(2.0 / shape) / gamma(1.0 / shape))
         feat += [shape, mean, bl, br]
-    return np.asarray(feat, dtype=np.float64)
+    return np.stack(feat, axis=1)
+
+
+def patch_features(patch: np.ndarray, tables: ShapeTables | None = None) -> np.ndarray:
+    """The 18 NIQE features of one MSCN patch (see :func:`patches_features`)."""
+    return patches_features(np.asarray(patch, dtype=np.float64)[None], tables)[0]
 
 
 def niqe_features(grey: np.ndarray, window: np.ndarray, patch_size: int = 96) -> np.ndarray:
     """Per-patch features (patches × 36: 18 at full scale, then 18 at half scale) of a 0–255 grey image.
 
-    The image is cropped to a whole number of patches first (bottom and right), as in the release.
+    The image is cropped to a whole number of patches first (bottom and right), as in the release; patches
+    are taken column by column (MATLAB's order).
     """
     img = np.asarray(grey, dtype=np.float64)
     nh, nw = img.shape[0] // patch_size, img.shape[1] // patch_size
@@ -79,15 +89,8 @@ def niqe_features(grey: np.ndarray, window: np.ndarray, patch_size: int = 96) ->
     for scale in (1, 2):
         structdis = mscn(img, window, "replicate")
         p = patch_size // scale
-        scales.append(
-            np.array(
-                [
-                    patch_features(structdis[i * p : (i + 1) * p, j * p : (j + 1) * p])
-                    for j in range(nw)
-                    for i in range(nh)
-                ]
-            )
-        )
+        patches = structdis.reshape(nh, p, nw, p).transpose(2, 0, 1, 3).reshape(nw * nh, p, p)
+        scales.append(patches_features(patches))
         if scale == 1:
             img = imresize(img, 0.5)
     return np.concatenate(scales, axis=1)
