@@ -12,8 +12,10 @@ lmmiqa implementation (same process, interleaved) and, when available, pyiqa (si
   thread, CPU) in that interpreter (pyiqa needs torchvision, which the project venv must not have) and
   prints the side-by-side ratio; without it the pyiqa column says "not measured".
 * Everything runs with one BLAS/OpenMP thread (``OMP_NUM_THREADS=1`` etc. are set before numpy loads).
+* Times are the calling thread's CPU time (``time.thread_time``; single-threaded code), medians over repeats:
+  on a shared machine that is far steadier than wall time, which is shown as a ratio too ("wall ×").
 
-Timings are medians over repeats within one run: compare columns of one table, not tables of different runs.
+Compare columns of one table, not tables of different runs.
 
     python benchmarks/bench_tools.py [--repeats 3] [--sizes 512x384 1024x768 2048x1536] [--tools niqe ...]
         [--baseline REF | --no-baseline] [--pyiqa-python PATH] [--json OUT.json]
@@ -85,10 +87,12 @@ def _legacy_package(ref: str, dest: Path) -> None:
     src.rename(dest / "lmmiqa_legacy")
 
 
-def _timed(fn, *args) -> tuple[float, float]:
-    t0 = time.perf_counter()
+def _timed(fn, *args) -> tuple[float, float, float]:
+    """``(thread CPU seconds, wall seconds, value)``. The CPU time of the calling thread is what the tool
+    itself costs (everything runs single-threaded); wall time adds the waits of a loaded machine."""
+    c0, t0 = time.thread_time(), time.perf_counter()
     value = fn(*args)
-    return time.perf_counter() - t0, float(value)
+    return time.thread_time() - c0, time.perf_counter() - t0, float(value)
 
 
 def _run_pyiqa(python: str, sizes: list[str], tools: list[str], repeats: int, count: int) -> dict:
@@ -129,9 +133,9 @@ def _pyiqa_worker(path: str, sizes: list[str], tools: list[str], repeats: int, c
                 metric(*tensors[0]) if name in FR_TOOLS else metric(tensors[0][0])  # warm-up
                 for _ in range(repeats):
                     for d, r in tensors:
-                        t0 = time.perf_counter()
+                        t0 = time.thread_time()
                         v = metric(d, r) if name in FR_TOOLS else metric(d)
-                        times.append(time.perf_counter() - t0)
+                        times.append(time.thread_time() - t0)
                         values.append(float(v))
                 result.setdefault(name, {})[size] = {"ms": 1000 * statistics.median(times), "value": values[0]}
     print(json.dumps(result))
@@ -169,9 +173,10 @@ def main() -> None:
     pyiqa_res = _run_pyiqa(args.pyiqa_python, args.sizes, args.tools, args.repeats, args.count) \
         if args.pyiqa_python else {}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{os.cpu_count()} CPUs, load average {load:.1f} at start; one thread; median of "
+    print(f"{os.cpu_count()} CPUs, load average {load:.1f} at start; one thread; thread CPU time, median of "
           f"{args.repeats} × {args.count} images; baseline: {'none' if args.no_baseline else args.baseline}")
-    head = f"{'size':<10}{'tool':<9}{'ms':>9}{'old ms':>9}{'speed-up':>9}{'max |Δ|/|v|':>13}{'pyiqa ms':>10}{'vs pyiqa':>9}"
+    head = (f"{'size':<10}{'tool':<9}{'cpu ms':>9}{'old':>9}{'speed-up':>9}{'wall ×':>8}{'max |Δ|/|v|':>13}"
+            f"{'pyiqa ms':>10}{'vs pyiqa':>10}")
     rows = []
     for size in args.sizes:
         dist, ref, source = _images(size, args.count)
@@ -188,26 +193,29 @@ def main() -> None:
             call(new, 0)()  # warm-up: parameter files, tables, caches
             if old is not None:
                 call(old, 0)()
-            t_new, t_old, rel = [], [], 0.0
+            c_new, w_new, c_old, w_old, rel = [], [], [], [], 0.0
             for _ in range(args.repeats):
                 for i in range(len(dist)):
-                    dt, v_new = _timed(call(new, i))
-                    t_new.append(dt)
+                    c, w, v_new = _timed(call(new, i))
+                    c_new.append(c)
+                    w_new.append(w)
                     if old is not None:
-                        dt, v_old = _timed(call(old, i))
-                        t_old.append(dt)
+                        c, w, v_old = _timed(call(old, i))
+                        c_old.append(c)
+                        w_old.append(w)
                         if v_new != v_old:
                             rel = max(rel, abs(v_new - v_old) / max(abs(v_old), 1e-300))
-            ms = 1000 * statistics.median(t_new)
-            old_ms = 1000 * statistics.median(t_old) if t_old else float("nan")
+            ms = 1000 * statistics.median(c_new)
+            old_ms = 1000 * statistics.median(c_old) if c_old else float("nan")
+            wall = statistics.median(w_old) / statistics.median(w_new) if w_old else float("nan")
             p = pyiqa_res.get(name, {}).get(size)
-            row = {"size": size, "tool": name, "ms": ms, "old_ms": old_ms, "speedup": old_ms / ms,
-                   "max_rel_diff": rel if old is not None else None, "pyiqa_ms": p["ms"] if p else None,
-                   "vs_pyiqa": p["ms"] / ms if p else None}
+            row = {"size": size, "tool": name, "cpu_ms": ms, "old_cpu_ms": old_ms, "speedup": old_ms / ms,
+                   "wall_speedup": wall, "max_rel_diff": rel if old is not None else None,
+                   "pyiqa_cpu_ms": p["ms"] if p else None, "vs_pyiqa": p["ms"] / ms if p else None}
             rows.append(row)
-            pyiqa_txt = f"{p['ms']:>10.1f}{p['ms'] / ms:>8.2f}×" if p else f"{'-':>10}{'not measured':>13}"
-            print(f"{size:<10}{name:<9}{ms:>9.1f}{old_ms:>9.1f}{old_ms / ms:>8.2f}×{rel:>13.1e}{pyiqa_txt}",
-                  flush=True)
+            pyiqa_txt = f"{p['ms']:>10.1f}{p['ms'] / ms:>9.2f}×" if p else f"{'-':>10}{'unmeasured':>11}"
+            print(f"{size:<10}{name:<9}{ms:>9.1f}{old_ms:>9.1f}{old_ms / ms:>8.2f}×{wall:>7.2f}×{rel:>13.1e}"
+                  f"{pyiqa_txt}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "baseline": args.baseline, "load": load}, indent=2))
     if tmp is not None:

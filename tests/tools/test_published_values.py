@@ -140,5 +140,27 @@ def test_calibration_brisque_close_to_matlab(images_dir):
     t = get_tool("brisque")
     got = [t.compute(_dist(images_dir, n)) for n in NAMES]
     for n, g, m in zip(NAMES, got, MATLAB["brisque"]):
-        # 0–100 scale: I03/I04/I06 within 0.01, I08 within 0.6, I19 (JPEG-flat blocks) within 2.2
+        # 0–100 scale: I03/I04/I06 within 0.01 (0.2 %); I08 (+10 %) and I19 (+3 %) are off by the measured
+        # flat-pixel effect (test_brisque_flat_pixel_root_cause), frozen here so that they cannot get worse
         assert abs(g - m) < {"I08": 0.6, "I19": 2.2}.get(n, 0.01), n
+
+
+def test_brisque_flat_pixel_root_cause(images_dir, monkeypatch):
+    """Why I08/I19 are off: the MATLAB values lie between "every flat residue kept" and "every one zeroed".
+
+    Which flat pixels have an exactly-zero ``I − μ`` decides on which AGGD side they count; MATLAB's filter2
+    bits zero some flat grey levels and not others (see lmmiqa.tools.brisque). This pins the measured bracket.
+    """
+    from lmmiqa.tools import _nss
+
+    t = get_tool("brisque")
+    zeroed = {n: t.compute(_dist(images_dir, n)) for n in ("I06", "I08", "I19")}
+    monkeypatch.setattr(_nss, "FLAT_TOLERANCE", 0.0)
+    monkeypatch.setattr(_nss, "gaussian_factor", lambda w: None)  # the 2-D filter, residues as they come
+    kept = {n: t.compute(_dist(images_dir, n)) for n in ("I06", "I08", "I19")}
+    matlab = dict(zip(NAMES, MATLAB["brisque"]))
+    for n in ("I08", "I19"):
+        assert kept[n] < matlab[n] < zeroed[n], n
+    # zeroing is what keeps the image without large flat areas right
+    assert zeroed["I06"] == pytest.approx(matlab["I06"], rel=0.005)
+    assert kept["I06"] > 1.05 * matlab["I06"]

@@ -38,11 +38,12 @@ def _channel_luts(weights: tuple[float, float, float]) -> tuple[np.ndarray, np.n
 def _weighted_sum_u8(rgb: np.ndarray, weights: tuple[float, float, float]) -> np.ndarray:
     """``w0·R + w1·G + w2·B`` (float64, summed left to right) of a uint8 H×W×3 image, by table lookup."""
     rg_lut, b_lut = _channel_luts(weights)
-    idx = rgb[..., 0].astype(np.intp)
-    idx <<= 8
-    idx |= rgb[..., 1]
-    out = np.take(rg_lut, idx)
-    out += np.take(b_lut, rgb[..., 2])
+    rgb = np.ascontiguousarray(rgb)
+    h, w = rgb.shape[:2]
+    # each pixel's R and G bytes read as one big-endian 16-bit number R·256 + G (an unaligned strided view)
+    rg = np.ndarray((h, w), dtype=">u2", buffer=rgb, strides=(3 * w, 3))
+    out = rg_lut.take(rg)
+    out += b_lut.take(rgb[..., 2])
     return out
 
 
@@ -183,14 +184,23 @@ def _cubic(x: np.ndarray) -> np.ndarray:
     return near + far
 
 
-@lru_cache(maxsize=64)
 def _contributions(in_len: int, out_len: int, scale: float, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """MATLAB's bicubic ``contributions``: ``(weights, 0-based indices)`` (see :func:`_contributions_full`)."""
+    weights, idx0, _raw = _contributions_full(in_len, out_len, scale, antialias)
+    return weights, idx0
+
+
+@lru_cache(maxsize=64)
+def _contributions_full(
+    in_len: int, out_len: int, scale: float, antialias: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MATLAB's bicubic ``contributions`` along one dimension: ``(weights, indices)``, each out_len×taps.
 
     Output pixel ``x`` (1-based) sits at input coordinate ``u = x/scale + (1 − 1/scale)/2``. When shrinking with
     antialiasing the kernel is stretched by ``1/scale`` (and scaled by ``scale``). Weights are normalized to sum
     to one per output pixel, out-of-range taps are mirrored (symmetric boundary), and taps whose weight is zero
-    for every output pixel are dropped, as MATLAB does. Indices are 0-based.
+    for every output pixel are dropped, as MATLAB does. Indices are 0-based; the third array holds the 1-based
+    positions before mirroring (an arithmetic progression per tap when ``1/scale`` is an integer).
     """
     kernel_width = 4.0
     if scale < 1.0 and antialias:
@@ -211,33 +221,52 @@ def _contributions(in_len: int, out_len: int, scale: float, antialias: bool) -> 
     mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
     idx0 = mirror[np.mod(idx.astype(np.int64) - 1, 2 * in_len)]
     keep = np.any(weights != 0, axis=0)
-    weights, idx0 = weights[:, keep], idx0[:, keep]
-    weights.setflags(write=False)
-    idx0.setflags(write=False)
-    return weights, idx0
+    weights, idx0, raw = weights[:, keep], idx0[:, keep], idx[:, keep].astype(np.int64)
+    for a in (weights, idx0, raw):
+        a.setflags(write=False)
+    return weights, idx0, raw
+
+
+def _resize_axis(img: np.ndarray, axis: int, out_len: int, scale: float, antialias: bool) -> np.ndarray:
+    """Resize a 2-D image along ``axis`` (0: rows, 1: columns), tap by tap like MATLAB's per-pixel sum (no
+    BLAS: the same bits everywhere).
+
+    When the taps step through the input regularly (``1/scale`` an integer, e.g. the 0.5 of NIQE/BRISQUE), the
+    input is mirrored once at its ends and every tap reads a strided view of it instead of gathering rows or
+    columns: the same products summed in the same order, without the copies.
+    """
+    n = img.shape[axis]
+    weights, idx, raw = _contributions_full(n, out_len, scale, antialias)
+    shape = (out_len, img.shape[1]) if axis == 0 else (img.shape[0], out_len)
+    out = np.zeros(shape, dtype=np.float64)
+    tmp = np.empty_like(out)
+    steps = np.diff(raw, axis=0)
+    regular = out_len > 1 and steps.size > 0 and bool(np.all(steps == steps[0, 0])) and steps[0, 0] > 0
+    if regular:
+        step = int(steps[0, 0])
+        lo, hi = int(raw.min()), int(raw.max())
+        mirror = np.concatenate([np.arange(n), np.arange(n - 1, -1, -1)])
+        src = np.take(img, mirror[np.mod(np.arange(lo, hi + 1) - 1, 2 * n)], axis=axis)
+    for k in range(weights.shape[1]):
+        if regular:
+            start = int(raw[0, k]) - lo
+            sl = slice(start, start + step * (out_len - 1) + 1, step)
+            view = src[sl] if axis == 0 else src[:, sl]
+        else:
+            view = np.take(img, idx[:, k], axis=axis)
+        np.multiply(view, weights[:, k, None] if axis == 0 else weights[None, :, k], out=tmp)
+        out += tmp
+    return out
 
 
 def _resize_rows(img: np.ndarray, out_len: int, scale: float, antialias: bool) -> np.ndarray:
-    weights, idx = _contributions(img.shape[0], out_len, scale, antialias)
-    out = np.zeros((out_len, img.shape[1]), dtype=np.float64)
-    tmp = np.empty_like(out)
-    for k in range(weights.shape[1]):  # tap by tap, like MATLAB's per-pixel sum (no BLAS: same bits everywhere)
-        np.take(img, idx[:, k], axis=0, out=tmp)
-        tmp *= weights[:, k, None]
-        out += tmp
-    return out
+    """:func:`_resize_axis` along the rows."""
+    return _resize_axis(img, 0, out_len, scale, antialias)
 
 
 def _resize_cols(img: np.ndarray, out_len: int, scale: float, antialias: bool) -> np.ndarray:
-    """:func:`_resize_rows` along the second axis (same taps in the same order, on contiguous rows)."""
-    weights, idx = _contributions(img.shape[1], out_len, scale, antialias)
-    out = np.zeros((img.shape[0], out_len), dtype=np.float64)
-    tmp = np.empty_like(out)
-    for k in range(weights.shape[1]):
-        np.take(img, idx[:, k], axis=1, out=tmp)
-        tmp *= weights[None, :, k]
-        out += tmp
-    return out
+    """:func:`_resize_axis` along the columns."""
+    return _resize_axis(img, 1, out_len, scale, antialias)
 
 
 def imresize(img: np.ndarray, scale: float, antialias: bool = True) -> np.ndarray:
