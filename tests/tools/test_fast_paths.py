@@ -130,3 +130,17 @@ def test_uint8_arrays_skip_the_pil_round_trip_but_keep_the_limits():
         load_matlab_rgb(a, ImageLimits(max_pixels=100))
     with pytest.raises(ImageLoadError):
         load_matlab_rgb(np.zeros((0, 30, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (7, 9), (33, 50)])
+def test_gmsd_downsampling_and_gradients_match_the_filters(shape):
+    from lmmiqa.tools import gmsd as G
+
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, size=shape).astype(np.float64)
+    p = np.pad(x, ((0, 1), (0, 1)))
+    full = (p[:-1, :-1] + p[1:, :-1] + p[:-1, 1:] + p[1:, 1:]) / 4.0  # conv2(x, ones(2)/4, 'same')
+    assert np.array_equal(G._average_down2(x), full[::2, ::2])
+    k = np.array([[1.0, 0.0, -1.0]] * 3) / 3.0
+    gx, gy = correlate(x, k, mode="constant"), correlate(x, k.T, mode="constant")
+    np.testing.assert_allclose(G.prewitt_magnitude(x), np.sqrt(gx * gx + gy * gy), rtol=1e-13, atol=1e-12)
