@@ -131,7 +131,7 @@ def gaussian_factor(win: np.ndarray) -> np.ndarray | None:
     if ratio is None:
         return None
     sigma = float(np.sqrt(-1.0 / (2.0 * np.log(ratio))))  # w(0,1)/w(0,0) = exp(-1/(2σ²))
-    for s in (sigma, round(sigma * 6.0) / 6.0, round(sigma, 6)):
+    for s in (round(sigma * 6.0) / 6.0, round(sigma, 6), sigma):  # the release's 7/6 first: the same bits
         g = gaussian_1d(win.shape[0], s)
         if np.allclose(np.outer(g, g), win, rtol=0.0, atol=1e-15):
             return g

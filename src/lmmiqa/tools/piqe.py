@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lmmiqa.tools._matlab import fspecial_gaussian, gaussian_factor, separable_same
+from lmmiqa.tools._matlab import gaussian_1d, separable_same
 from lmmiqa.tools.base import NR, Tool, luminance
 
 BLOCK = 16
@@ -39,8 +39,9 @@ def piqe_blocks(grey: np.ndarray) -> dict[str, np.ndarray]:
     """
     img = np.asarray(grey, dtype=np.float64)
     h, w = img.shape
-    img = np.pad(img, ((0, (-h) % BLOCK), (0, (-w) % BLOCK)), mode="edge")
-    g = gaussian_factor(fspecial_gaussian(7, 7.0 / 6.0))  # the 7×7 window, applied in two 1-D passes
+    if h % BLOCK or w % BLOCK:
+        img = np.pad(img, ((0, (-h) % BLOCK), (0, (-w) % BLOCK)), mode="edge")
+    g = gaussian_1d(7, 7.0 / 6.0)  # fspecial('gaussian', 7, 7/6), applied in two 1-D passes
     mu = separable_same(img, g, "nearest")
     sigma = separable_same(img * img, g, "nearest")
     sigma -= mu * mu
