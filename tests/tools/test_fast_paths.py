@@ -144,3 +144,9 @@ def test_gmsd_downsampling_and_gradients_match_the_filters(shape):
     k = np.array([[1.0, 0.0, -1.0]] * 3) / 3.0
     gx, gy = correlate(x, k, mode="constant"), correlate(x, k.T, mode="constant")
     np.testing.assert_allclose(G.prewitt_magnitude(x), np.sqrt(gx * gx + gy * gy), rtol=1e-13, atol=1e-12)
+
+
+def test_circshift_product_is_the_product_with_the_shifted_copy():
+    a = np.random.default_rng(7).normal(size=(13, 17))
+    for shift in ((0, 1), (1, 0), (1, 1), (-1, 1), (1, -1), (5, -8)):
+        assert np.array_equal(M.circshift_product(a, shift), a * M.circshift(a, shift))

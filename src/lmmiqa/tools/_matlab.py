@@ -174,6 +174,18 @@ def circshift(a: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
     return np.roll(a, shift, axis=(0, 1))
 
 
+def circshift_product(a: np.ndarray, shift: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """``a .* circshift(a, shift)`` for a 2-D array without building the shifted copy (the same products)."""
+    h, w = a.shape
+    s0, s1 = shift[0] % h, shift[1] % w
+    out = np.empty_like(a) if out is None else out
+    # circshift: out(i, j) = a(i, j) · a(i − s0, j − s1), indices taken circularly
+    for r_out, r_in in ((slice(s0, h), slice(0, h - s0)), (slice(0, s0), slice(h - s0, h))):
+        for c_out, c_in in ((slice(s1, w), slice(0, w - s1)), (slice(0, s1), slice(w - s1, w))):
+            np.multiply(a[r_out, c_out], a[r_in, c_in], out=out[r_out, c_out])
+    return out
+
+
 def _cubic(x: np.ndarray) -> np.ndarray:
     """Keys' bicubic kernel with a = -0.5 (MATLAB ``imresize`` 'bicubic')."""
     ax = np.abs(x)

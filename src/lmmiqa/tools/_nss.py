@@ -46,20 +46,16 @@ def compute_shape_tables() -> ShapeTables:
     return ShapeTables(g, r_ggd, 1.0 / r_ggd)
 
 
-def _mean_sq(v: np.ndarray) -> np.float64:
-    """Mean of squares (NaN for an empty selection, as MATLAB's ``mean([])``); a numpy float, so that a later
-    division by zero gives inf/NaN like MATLAB instead of raising."""
-    return np.float64(np.mean(v * v)) if v.size else np.float64(np.nan)
-
-
 def estimate_ggd(vec: np.ndarray, tables: ShapeTables) -> tuple[float, float]:
     """GGD shape and standard deviation of ``vec`` (BRISQUE ``estimateggdparam``).
 
     Returns ``(shape, sigma)``; the shape minimizes ``|E[x²]/E[|x|]² − r_ggd(γ)|`` over the grid.
     """
-    v = np.asarray(vec, dtype=np.float64).ravel()
-    sigma_sq = _mean_sq(v)
-    e_abs = np.float64(np.mean(np.abs(v)))
+    v = np.ascontiguousarray(vec, dtype=np.float64).ravel()
+    if v.size == 0:
+        return float(tables.gamma[0]), float("nan")
+    sigma_sq = np.float64(np.dot(v, v)) / v.size
+    e_abs = np.float64(np.abs(v).sum()) / v.size
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = sigma_sq / (e_abs * e_abs)
     idx = int(np.argmin(np.abs(rho - tables.r_ggd))) if np.isfinite(rho) else 0

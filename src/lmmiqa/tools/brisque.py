@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from lmmiqa.tools._matlab import circshift, fspecial_gaussian, imresize
+from lmmiqa.tools._matlab import circshift_product, fspecial_gaussian, imresize
 from lmmiqa.tools._nss import ShapeTables, estimate_aggd, estimate_ggd, mscn
 from lmmiqa.tools.base import NR, AssetToolConfig, Tool, luminance, require_size
 
@@ -56,8 +56,9 @@ def brisque_features(grey: np.ndarray, tables: ShapeTables) -> np.ndarray:
         structdis = mscn(img, window, "zero")
         shape, sigma = estimate_ggd(structdis, tables)
         feat += [shape, sigma * sigma]
+        pair = np.empty_like(structdis)
         for shift in SHIFTS:
-            pair = structdis * circshift(structdis, shift)
+            circshift_product(structdis, shift, out=pair)
             shape, left, right = estimate_aggd(pair, tables)
             const = np.sqrt(gamma(1.0 / shape)) / np.sqrt(gamma(3.0 / shape))
             mean = (right - left) * (gamma(2.0 / shape) / gamma(1.0 / shape)) * const
