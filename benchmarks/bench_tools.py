@@ -104,9 +104,11 @@ def _run_pyiqa(python: str, sizes: list[str], tools: list[str], repeats: int, co
             for i, (d, r) in enumerate(zip(dist, ref)):
                 arrays[f"{size}_d{i}"], arrays[f"{size}_r{i}"] = d, r
         np.savez(Path(tmp) / "imgs.npz", **arrays)
+        from lmmiqa.tools.assets import PACKAGE_DIR
+
         out = subprocess.run(
             [python, __file__, "--pyiqa-worker", str(Path(tmp) / "imgs.npz"), "--repeats", str(repeats),
-             "--sizes", *sizes, "--tools", *tools, "--count", str(count)],
+             "--sizes", *sizes, "--tools", *tools, "--count", str(count), "--pyiqa-params", str(PACKAGE_DIR)],
             capture_output=True, text=True, check=False,
         )
         if out.returncode != 0:
@@ -115,16 +117,29 @@ def _run_pyiqa(python: str, sizes: list[str], tools: list[str], repeats: int, co
         return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _pyiqa_worker(path: str, sizes: list[str], tools: list[str], repeats: int, count: int) -> None:
-    import pyiqa  # in the pyiqa venv
+def _pyiqa_worker(path: str, sizes: list[str], tools: list[str], repeats: int, count: int, params: str) -> None:
+    """Runs in the pyiqa venv. pyiqa downloads NIQE/BRISQUE parameters at first use; offline they are written
+    from lmmiqa's shipped files instead (NIQE: the same official pristine model; BRISQUE: the official SVR's
+    774 support vectors in pyiqa's format — the same amount of work, values not comparable)."""
+    import pyiqa
+    import scipy.io
     import torch
 
     torch.set_num_threads(1)
     data = np.load(path)
+    tmp = tempfile.mkdtemp()
+    niqe = np.load(Path(params) / "niqe_pris_params.npz")
+    scipy.io.savemat(Path(tmp) / "niqe.mat", {"mu_prisparam": niqe["mu_pris_param"],
+                                               "cov_prisparam": niqe["cov_pris_param"]})
+    svm = np.load(Path(params) / "brisque_svm.npz")
+    torch.save((torch.from_numpy(svm["sv_coef"].astype(np.float64)), torch.from_numpy(svm["sv"].astype(np.float64))),
+               Path(tmp) / "brisque.pth")
+    model_path = {"niqe": str(Path(tmp) / "niqe.mat"), "brisque": str(Path(tmp) / "brisque.pth")}
     result: dict[str, dict[str, dict[str, float]]] = {}
     with torch.no_grad():
         for name in tools:
-            metric = pyiqa.create_metric(PYIQA[name], device="cpu")
+            extra = {"pretrained_model_path": model_path[name]} if name in model_path else {}
+            metric = pyiqa.create_metric(PYIQA[name], device="cpu", **extra)
             for size in sizes:
                 times, values = [], []
                 tensors = [(torch.from_numpy(data[f"{size}_d{i}"]).permute(2, 0, 1)[None].float() / 255.0,
@@ -152,9 +167,10 @@ def main() -> None:
     ap.add_argument("--pyiqa-python", default=None, help="python of a venv with pyiqa (side-by-side ratio)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--pyiqa-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--pyiqa-params", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.pyiqa_worker:
-        _pyiqa_worker(args.pyiqa_worker, args.sizes, args.tools, args.repeats, args.count)
+        _pyiqa_worker(args.pyiqa_worker, args.sizes, args.tools, args.repeats, args.count, args.pyiqa_params)
         return
 
     sys.path.insert(0, str(REPO / "src"))

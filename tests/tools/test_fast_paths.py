@@ -20,7 +20,7 @@ def _colours(step: int) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
-def test_rgb2gray_and_rgb2y_lookup_tables_are_bit_identical_to_the_formula():
+def test_rgb2gray_and_rgb2y_fast_conversion_is_bit_identical_to_the_formula():
     rgb = _colours(3)  # every (R, G) pair, B in steps of 3: 5.6 M colours
     x = rgb.astype(np.float64)
     gray = np.floor(M.RGB2GRAY[0] * x[..., 0] + M.RGB2GRAY[1] * x[..., 1] + M.RGB2GRAY[2] * x[..., 2] + 0.5)

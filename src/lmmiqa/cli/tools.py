@@ -47,9 +47,9 @@ def register(sub: Any) -> None:
     pr.add_argument("--ref", action="append", default=None, metavar="IMAGE", help="reference image (FR tools)")
     pr.add_argument("--normalized", action="store_true", help="text output: add the value mapped to 1-5")
     pr.add_argument("--format", choices=FORMATS, default="text", help="stdout format (default: text)")
-    pr.add_argument("--assets", default=None, metavar="DIR", help="folder with the parameter files (NIQE, BRISQUE)")
+    pr.add_argument("--assets", default=None, metavar="DIR", help="folder with your own NIQE/BRISQUE parameter files (default: the official ones shipped with lmmiqa)")
     pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="a tool option, e.g. channel=gray for niqe (repeatable)")
+                    help="a tool option, e.g. channel=y for niqe (BasicSR's Y of YCbCr; default gray = MATLAB rgb2gray) (repeatable)")
     pr.add_argument("--workers", type=int, default=1, help="images measured in parallel (threads; default 1)")
     pr.set_defaults(func=run_run)
 
@@ -64,7 +64,7 @@ def register(sub: Any) -> None:
     from lmmiqa.cli._data_args import add_data_args
 
     add_data_args(pf, split=True, images=True, required=False)
-    pf.add_argument("--assets", default=None, metavar="DIR", help="folder with the parameter files (NIQE, BRISQUE)")
+    pf.add_argument("--assets", default=None, metavar="DIR", help="folder with your own NIQE/BRISQUE parameter files (default: the official ones shipped with lmmiqa)")
     pf.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a tool option (repeatable)")
     pf.add_argument("--workers", type=int, default=1, help="images measured in parallel (threads; default 1)")
     pf.add_argument("--dry-run", action="store_true", help="fit and print, but do not store the map")

@@ -20,30 +20,21 @@ RGB2GRAY = (0.298936021293775, 0.587043074451121, 0.114020904255103)
 YCBCR_Y = (65.481, 128.553, 24.966)
 
 
-@lru_cache(maxsize=4)
-def _channel_luts(weights: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel product tables: ``(w0·R + w1·G)`` for every (R, G) pair and ``w2·B`` for every B.
-
-    Each entry is the same float64 product (and the same first sum) the direct formula computes, so a lookup
-    gives bit-identical results without converting the whole image to float64 first.
-    """
-    v = np.arange(256, dtype=np.float64)
-    rg = (weights[0] * v[:, None] + weights[1] * v[None, :]).ravel()
-    b = weights[2] * v
-    rg.setflags(write=False)
-    b.setflags(write=False)
-    return rg, b
-
-
 def _weighted_sum_u8(rgb: np.ndarray, weights: tuple[float, float, float]) -> np.ndarray:
-    """``w0·R + w1·G + w2·B`` (float64, summed left to right) of a uint8 H×W×3 image, by table lookup."""
-    rg_lut, b_lut = _channel_luts(weights)
-    rgb = np.ascontiguousarray(rgb)
+    """``w0·R + w1·G + w2·B`` (float64, summed left to right) of a uint8 H×W×3 image.
+
+    The same products and sums as converting the image to float64 first, but each channel is converted inside
+    the multiplication into two reused buffers: no H×W×3 float64 copy (measured faster than per-channel
+    lookup tables, which need index conversions).
+    """
     h, w = rgb.shape[:2]
-    # each pixel's R and G bytes read as one big-endian 16-bit number R·256 + G (an unaligned strided view)
-    rg = np.ndarray((h, w), dtype=">u2", buffer=rgb, strides=(3 * w, 3))
-    out = rg_lut.take(rg)
-    out += b_lut.take(rgb[..., 2])
+    out = np.empty((h, w))
+    tmp = np.empty((h, w))
+    np.multiply(rgb[..., 0], weights[0], out=out)
+    np.multiply(rgb[..., 1], weights[1], out=tmp)
+    out += tmp
+    np.multiply(rgb[..., 2], weights[2], out=tmp)
+    out += tmp
     return out
 
 
@@ -138,20 +129,41 @@ def gaussian_factor(win: np.ndarray) -> np.ndarray | None:
     return None
 
 
+#: rows filtered together by the vertical pass of :func:`separable_same` (keeps its temporaries in cache)
+ROW_BLOCK = 64
+
+
 def separable_same(img: np.ndarray, g: np.ndarray, mode: str) -> np.ndarray:
-    """``filter2(outer(g, g), img, 'same')`` for an odd-length ``g``, in two 1-D passes.
+    """``filter2(outer(g, g), img, 'same')`` for a symmetric odd-length ``g``, in two 1-D passes.
 
     ``mode`` is ``"constant"`` (zero padding, MATLAB ``filter2``/``conv2``) or ``"nearest"`` (edge replication,
     ``imfilter(..., 'replicate')``). Equal to the direct 2-D sum to rounding (|Δ| < 1e-12 on 0–255 images,
-    about 2.5× faster): the columns are filtered with a ``len(g)``×1 kernel (which scipy runs along contiguous
-    rows, unlike ``correlate1d(axis=0)``), the rows with ``correlate1d``.
+    2-3× faster): the columns are filtered by adding shifted rows of a padded copy (symmetric taps in pairs,
+    a block of rows at a time), the rows by ``scipy.ndimage.correlate1d``.
     """
-    from scipy.ndimage import correlate, correlate1d
+    from scipy.ndimage import correlate1d
 
     if mode not in ("constant", "nearest"):
         raise ValueError(f"mode must be 'constant' or 'nearest', got {mode!r}")
+    img = np.asarray(img, dtype=np.float64)
     g = np.asarray(g, dtype=np.float64)
-    col = correlate(np.asarray(img, dtype=np.float64), g[:, None], mode=mode, cval=0.0)
+    n = len(g)
+    r = (n - 1) // 2
+    h, w = img.shape
+    p = np.empty((h + 2 * r, w))
+    p[r : h + r] = img
+    p[:r] = 0.0 if mode == "constant" else img[0]
+    p[h + r :] = 0.0 if mode == "constant" else img[-1]
+    col = np.empty((h, w))
+    tmp = np.empty((min(ROW_BLOCK, h), w))
+    for r0 in range(0, h, ROW_BLOCK):
+        r1 = min(h, r0 + ROW_BLOCK)
+        out, t = col[r0:r1], tmp[: r1 - r0]
+        np.multiply(p[r0 + r : r1 + r], g[r], out=out)
+        for k in range(r):
+            np.add(p[r0 + k : r1 + k], p[r0 + n - 1 - k : r1 + n - 1 - k], out=t)
+            t *= g[k]
+            out += t
     return correlate1d(col, g, axis=1, mode=mode, cval=0.0)
 
 

@@ -57,10 +57,8 @@ def piqe_blocks(grey: np.ndarray) -> dict[str, np.ndarray]:
 
     # the distortion tests only matter for active blocks (the reference implementation skips the others)
     act = blocks[active]  # (active blocks, 16, 16)
-    edges = (act[:, 0, :], act[:, :, -1], act[:, -1, :], act[:, :, 0])
-    artifact_act = np.zeros(act.shape[0], dtype=bool)
-    for edge in edges:
-        artifact_act |= (_segment_std(edge) < IMPAIRED_THRESHOLD).any(axis=-1)
+    edges = np.stack([act[:, 0, :], act[:, :, -1], act[:, -1, :], act[:, :, 0]])  # (4, active, 16)
+    artifact_act = (_segment_std(edges) < IMPAIRED_THRESHOLD).any(axis=(0, 2))
 
     # centre = the two middle columns; the surround leaves out columns 8 and 10 (1-based), as the reference
     # implementation deletes column 8 and then column 9 of what remains
