@@ -150,3 +150,11 @@ def test_circshift_product_is_the_product_with_the_shifted_copy():
     a = np.random.default_rng(7).normal(size=(13, 17))
     for shift in ((0, 1), (1, 0), (1, 1), (-1, 1), (1, -1), (5, -8)):
         assert np.array_equal(M.circshift_product(a, shift), a * M.circshift(a, shift))
+
+
+@pytest.mark.parametrize("shape", [(130, 97), (129, 64), (64, 8)])
+def test_gmsd_blockwise_grey_downsampling_is_the_full_one(shape):
+    from lmmiqa.tools import gmsd as G
+
+    rgb = np.random.default_rng(8).integers(0, 256, size=shape + (3,), dtype=np.uint8)
+    assert np.array_equal(G.grey_down2(rgb), G._average_down2(M.rgb2gray(rgb)))

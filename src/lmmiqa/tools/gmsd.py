@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lmmiqa.tools._matlab import rgb2gray
 from lmmiqa.tools.base import FR, Tool, luminance, require_size
 
 T = 170.0
@@ -53,10 +54,10 @@ def prewitt_magnitude(img: np.ndarray) -> np.ndarray:
     return np.sqrt(gx, out=gx)
 
 
-def gms_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The gradient magnitude similarity map of two grey 0–255 images at half resolution (pure function)."""
-    m1 = prewitt_magnitude(_average_down2(a))
-    m2 = prewitt_magnitude(_average_down2(b))
+def _gms(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The similarity map of two already averaged-and-decimated grey images."""
+    m1 = prewitt_magnitude(x)
+    m2 = prewitt_magnitude(y)
     num = m1 * m2
     num *= 2.0
     num += T
@@ -68,9 +69,27 @@ def gms_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return num
 
 
+def gms_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The gradient magnitude similarity map of two grey 0–255 images at half resolution (pure function)."""
+    return _gms(_average_down2(a), _average_down2(b))
+
+
 def gmsd(a: np.ndarray, b: np.ndarray) -> float:
     """GMSD of two grey 0–255 images (pure function): the sample standard deviation of :func:`gms_map`."""
     return float(np.std(gms_map(a, b), ddof=1))
+
+
+#: input rows converted and averaged together by :func:`grey_down2` (even, so 2×2 blocks are not split)
+ROW_BLOCK = 64
+
+
+def grey_down2(rgb: np.ndarray) -> np.ndarray:
+    """``_average_down2(rgb2gray(rgb))`` of a uint8 H×W×3 image, a block of rows at a time (the full-size grey
+    image never exists; the same values, as every step works on single pixels or 2×2 blocks)."""
+    h = rgb.shape[0]
+    return np.concatenate(
+        [_average_down2(rgb2gray(rgb[r0 : min(h, r0 + ROW_BLOCK)])) for r0 in range(0, h, ROW_BLOCK)]
+    )
 
 
 class GMSD(Tool):
@@ -90,4 +109,6 @@ class GMSD(Tool):
     def _measure(self, rgb: np.ndarray, ref: np.ndarray | None) -> float:
         require_size(self.name, rgb.shape, 4, 4, "2× downsampling and 3×3 gradients")
         assert ref is not None
+        if rgb.ndim == 3 and rgb.dtype == np.uint8 and ref.ndim == 3 and ref.dtype == np.uint8:
+            return float(np.std(_gms(grey_down2(rgb), grey_down2(ref)), ddof=1))
         return gmsd(luminance(rgb, "gray"), luminance(ref, "gray"))
