@@ -173,12 +173,33 @@ def mscn(img: np.ndarray, window: np.ndarray, padding: str) -> np.ndarray:
 
     img = np.asarray(img, dtype=np.float64)
     mu = filt(img)
-    sigma = filt(img * img)
-    sigma -= mu * mu
-    np.abs(sigma, out=sigma)
-    np.sqrt(sigma, out=sigma)
-    sigma += 1.0
-    diff = np.subtract(img, mu, out=mu)
-    diff[(diff < FLAT_TOLERANCE) & (diff > -FLAT_TOLERANCE)] = 0.0
-    diff /= sigma
-    return diff
+    second = filt(img * img)
+    return normalize_contrast(img, mu, second, flat_tolerance=FLAT_TOLERANCE)
+
+
+#: rows processed together by :func:`normalize_contrast` (keeps its temporaries in cache)
+ROW_BLOCK = 64
+
+
+def normalize_contrast(
+    img: np.ndarray, mu: np.ndarray, second: np.ndarray, flat_tolerance: float | None = None
+) -> np.ndarray:
+    """``(I − μ) / (sqrt(|E[I²] − μ²|) + 1)`` from the local mean ``μ`` and local second moment ``E[I²]``.
+
+    Overwrites ``mu`` with the result and ``second`` with the denominators, a block of rows at a time (the
+    same operations per pixel as whole-array arithmetic, with the temporaries in cache). With
+    ``flat_tolerance``, residues ``|I − μ|`` below it are set to exactly zero first (see :func:`mscn`).
+    """
+    h = img.shape[0]
+    for r0 in range(0, h, ROW_BLOCK):
+        r1 = min(h, r0 + ROW_BLOCK)
+        m, s, x = mu[r0:r1], second[r0:r1], img[r0:r1]
+        s -= m * m
+        np.abs(s, out=s)
+        np.sqrt(s, out=s)
+        s += 1.0
+        np.subtract(x, m, out=m)
+        if flat_tolerance is not None:
+            m[(m < flat_tolerance) & (m > -flat_tolerance)] = 0.0
+        m /= s
+    return mu

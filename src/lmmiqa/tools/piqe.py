@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lmmiqa.tools._matlab import gaussian_1d, separable_same
+from lmmiqa.tools._nss import normalize_contrast
 from lmmiqa.tools.base import NR, Tool, luminance
 
 BLOCK = 16
@@ -42,14 +43,7 @@ def piqe_blocks(grey: np.ndarray) -> dict[str, np.ndarray]:
     if h % BLOCK or w % BLOCK:
         img = np.pad(img, ((0, (-h) % BLOCK), (0, (-w) % BLOCK)), mode="edge")
     g = gaussian_1d(7, 7.0 / 6.0)  # fspecial('gaussian', 7, 7/6), applied in two 1-D passes
-    mu = separable_same(img, g, "nearest")
-    sigma = separable_same(img * img, g, "nearest")
-    sigma -= mu * mu
-    np.abs(sigma, out=sigma)
-    np.sqrt(sigma, out=sigma)
-    sigma += 1.0
-    norm = np.subtract(img, mu, out=mu)
-    norm /= sigma
+    norm = normalize_contrast(img, separable_same(img, g, "nearest"), separable_same(img * img, g, "nearest"))
     nby, nbx = norm.shape[0] // BLOCK, norm.shape[1] // BLOCK
     blocks = np.ascontiguousarray(norm.reshape(nby, BLOCK, nbx, BLOCK).transpose(0, 2, 1, 3))
     variance = blocks.reshape(nby, nbx, -1).var(axis=-1, ddof=1)
