@@ -156,5 +156,5 @@ def test_circshift_product_is_the_product_with_the_shifted_copy():
 def test_gmsd_blockwise_grey_downsampling_is_the_full_one(shape):
     from lmmiqa.tools import gmsd as G
 
-    rgb = np.random.default_rng(8).integers(0, 256, size=shape + (3,), dtype=np.uint8)
+    rgb = np.random.default_rng(8).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
     assert np.array_equal(G.grey_down2(rgb), G._average_down2(M.rgb2gray(rgb)))
