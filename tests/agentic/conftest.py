@@ -13,9 +13,9 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def tool_env(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tools use their shipped maps (empty user cache), never download, and find the shared parameter files."""
+    """Tools use their shipped maps (empty user cache) and the shared parameter files when present (the package
+    ships the same files)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.setenv("LMMIQA_OFFLINE", "1")
     params = (pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "params").resolve()
     if (params / "niqe_pris_params.npz").is_file():
         monkeypatch.setenv("LMMIQA_ASSETS", str(params))

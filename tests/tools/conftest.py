@@ -11,24 +11,20 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
-    """Every tool test gets an empty user cache (no refitted maps, no downloaded files) and no downloads."""
+    """Every tool test gets an empty user cache (no refitted maps) and no ``$LMMIQA_ASSETS`` override, so the
+    NIQE/BRISQUE tests run on the parameter files shipped inside the package."""
     cache = tmp_path / "xdg-cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    monkeypatch.setenv("LMMIQA_OFFLINE", "1")
     monkeypatch.delenv("LMMIQA_ASSETS", raising=False)
-    from lmmiqa.tools import assets
-
-    monkeypatch.setattr(assets, "_failed_downloads", {})
     return cache / "lmmiqa"
 
 
 @pytest.fixture()
-def params_dir(shared_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
-    """``$LMMIQA_ASSETS`` pointed at the official parameter files in ``../shared/data/params``."""
+def params_dir(shared_dir: pathlib.Path) -> pathlib.Path:
+    """``../shared/data/params``: the official parameter files the package ships a copy of."""
     path = shared_dir / "data" / "params"
     if not (path / "niqe_pris_params.npz").is_file():
         pytest.skip(f"official parameter files not found in {path}")
-    monkeypatch.setenv("LMMIQA_ASSETS", str(path))
     return path
 
 

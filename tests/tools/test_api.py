@@ -35,7 +35,7 @@ def test_every_registered_tool_is_complete(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_every_tool_measures_a_photo(name, params_dir, make_rgb):
+def test_every_tool_measures_a_photo(name, make_rgb):
     img = make_rgb(seed=11, h=200, w=256)
     if get_tool(name).kind == FR:
         rng = np.random.default_rng(0)
@@ -103,7 +103,7 @@ def test_image_limits_are_tool_options(make_rgb):
     assert r.error is not None and "exceeds the limit" in r.error
 
 
-def test_tools_are_thread_safe(params_dir, make_rgb):
+def test_tools_are_thread_safe(make_rgb):
     """Concurrent runs of several tools on several images give exactly the sequential results."""
     images = [make_rgb(seed=s, h=192, w=192) for s in range(4)]
     jobs = [(name, i) for name in ("niqe", "brisque", "piqe", "sharpness", "ssim") for i in range(4)]

@@ -37,11 +37,12 @@ def test_list(capsys):
     assert {"kind", "higher_is_better", "typical_range", "description", "map_source"} <= set(rows[0])
 
 
-def test_run_nr_text(params_dir, images_dir, capsys):
+def test_run_nr_text(images_dir, capsys):
     path = str(images_dir / "rated" / "baboon.png")
     assert main(["tools", "run", "niqe", path]) == 0
-    line = capsys.readouterr().out.strip()
-    assert line == f"{path}\t5.72957"
+    assert capsys.readouterr().out.strip() == f"{path}\t5.74964"  # rgb2gray, the original release
+    assert main(["tools", "run", "niqe", path, "--option", "channel=y"]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}\t5.72957"  # BasicSR's published value
 
 
 def test_run_fr_normalized(pngs, capsys):
@@ -57,7 +58,7 @@ def test_run_fr_one_reference_per_input(pngs, capsys):
     assert float(lines[1].split("\t")[1]) > 20
 
 
-def test_run_json_one_object_per_image(params_dir, images_dir, tmp_path, capsys):
+def test_run_json_one_object_per_image(images_dir, tmp_path, capsys):
     a, b = str(images_dir / "rated" / "I01.BMP"), str(images_dir / "rated" / "goldhill.gif")
     assert main(["tools", "run", "brisque", a, b, "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -103,9 +104,13 @@ def test_usage_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_missing_parameter_file_is_a_per_image_error(pngs, capsys):
-    assert main(["tools", "run", "niqe", pngs[0]]) == 1  # isolated cache, offline, no LMMIQA_ASSETS
-    assert "niqe_pris_params.npz" in capsys.readouterr().out
+def test_missing_parameter_file_is_a_per_image_error(pngs, capsys, tmp_path, monkeypatch):
+    from lmmiqa.tools import assets
+
+    monkeypatch.setattr(assets, "PACKAGE_DIR", tmp_path / "stripped")  # an incomplete installation
+    assert main(["tools", "run", "niqe", pngs[0]]) == 1
+    out = capsys.readouterr().out
+    assert "niqe_pris_params.npz" in out and "reinstall" in out
 
 
 @pytest.fixture()
@@ -151,13 +156,25 @@ def test_fit_fr_tool_without_references_is_a_usage_error(ladder, tmp_path, capsy
     assert "reference column" in capsys.readouterr().err
 
 
-def test_assets_command(params_dir, capsys):
+def test_assets_command(capsys):
     assert main(["tools", "assets"]) == 0
     out = capsys.readouterr().out
-    assert out.count("official") == 3
+    assert out.count("official") == 3 and "lmmiqa (shipped)" in out and "MIT" in out and "Apache-2.0" in out
 
 
-def test_assets_command_reports_missing(capsys):
+def test_assets_command_says_how_to_fix_what_is_missing(capsys, tmp_path, monkeypatch):
+    from lmmiqa.tools import assets
+
+    monkeypatch.setattr(assets, "PACKAGE_DIR", tmp_path / "stripped")
     assert main(["tools", "assets", "--format", "json"]) == 1
     rows = json.loads(capsys.readouterr().out)
-    assert all(r["found"] is None for r in rows)
+    assert all(r["found"] is None and "reinstall" in r["fix"] for r in rows)
+    assert main(["tools", "assets"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("MISSING") == 3 and out.count("fix:") == 3 and "--assets" in out
+
+
+def test_assets_command_with_a_wrong_folder(capsys, tmp_path):
+    assert main(["tools", "assets", "--assets", str(tmp_path / "typo")]) == 1
+    out = capsys.readouterr().out
+    assert "does not exist" in out and "drop --assets" in out

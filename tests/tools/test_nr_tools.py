@@ -33,12 +33,25 @@ def test_rgb2gray_and_rgb2y_conventions():
                                           np.floor(16 + 24.966 + 0.5), 235])
 
 
-def test_luminance_uses_grey_images_as_they_are():
+def test_equal_channels_follow_the_same_conversion_as_any_rgb():
     g = np.arange(256, dtype=np.uint8).reshape(16, 16)
     rgb = np.stack([g, g, g], axis=-1)
     assert is_grey(rgb)
-    np.testing.assert_array_equal(luminance(rgb, "y"), g)  # not 16 + 219/255·g
-    np.testing.assert_array_equal(luminance(rgb, "gray"), g)
+    np.testing.assert_array_equal(luminance(rgb, "y"), M.rgb2y(rgb))  # 16 + 219/255·g, as for any RGB
+    np.testing.assert_array_equal(luminance(rgb, "gray"), g)  # rgb2gray leaves grey levels unchanged
+    np.testing.assert_array_equal(luminance(g, "y"), g)  # a 2-D array is grey levels already
+
+
+@pytest.mark.parametrize("channel", ["gray", "y"])
+def test_niqe_does_not_jump_when_one_pixel_gets_colour(make_rgb, channel):
+    """One changed pixel must not switch the conversion (it moved NIQE by 5.5 % on Y)."""
+    grey = make_rgb(3, 200, 300)[..., 1]
+    rgb = np.stack([grey, grey, grey], axis=-1)
+    tinted = rgb.copy()
+    tinted[100, 150, 0] ^= 1
+    tool = get_tool("niqe", channel=channel)
+    a, b = tool.compute(rgb), tool.compute(tinted)
+    assert b == pytest.approx(a, rel=2e-3)
 
 
 def test_imresize_sizes_constants_and_ramps():
@@ -91,17 +104,17 @@ def test_ggd_and_aggd_estimates_recover_known_shapes():
 # --------------------------------------------------------------------------- NIQE / BRISQUE / PIQE
 
 
-def test_niqe_needs_two_patches(params_dir):
+def test_niqe_needs_two_patches():
     r = get_tool("niqe").run(np.zeros((100, 150, 3), dtype=np.uint8))
     assert r.error is not None and "two 96×96 patches" in r.error
 
 
-def test_niqe_flat_image_is_an_error_not_nan(params_dir):
+def test_niqe_flat_image_is_an_error_not_nan():
     r = get_tool("niqe").run(np.full((192, 192, 3), 128, dtype=np.uint8))
     assert r.raw is None and r.error is not None and "undefined" in r.error
 
 
-def test_niqe_and_brisque_rise_with_distortion(params_dir, make_rgb):
+def test_niqe_and_brisque_rise_with_distortion(make_rgb):
     from scipy.ndimage import gaussian_filter
 
     img = make_rgb(seed=1, h=288, w=288)

@@ -3,7 +3,7 @@
 * ``lmmiqa tools list [--kind nr|fr] [--format text|json]``
 * ``lmmiqa tools run TOOL INPUTS... [--ref REF] [--normalized] [--format text|json|jsonl]``
 * ``lmmiqa tools fit --tool TOOL (--dataset NAME | --labels CSV) --root DIR [...]`` (``--reset`` to forget)
-* ``lmmiqa tools assets [--fetch]``: where the parameter files of NIQE/BRISQUE are (and download them)
+* ``lmmiqa tools assets [--assets DIR]``: which NIQE/BRISQUE parameter files are used, and how to fix a missing one
 
 Exit status: 0 on success (``run``: at least one image measured), 1 when the work failed, 2 for usage errors.
 """
@@ -47,9 +47,9 @@ def register(sub: Any) -> None:
     pr.add_argument("--ref", action="append", default=None, metavar="IMAGE", help="reference image (FR tools)")
     pr.add_argument("--normalized", action="store_true", help="text output: add the value mapped to 1-5")
     pr.add_argument("--format", choices=FORMATS, default="text", help="stdout format (default: text)")
-    pr.add_argument("--assets", default=None, metavar="DIR", help="folder with the parameter files (NIQE, BRISQUE)")
+    pr.add_argument("--assets", default=None, metavar="DIR", help="folder with your own NIQE/BRISQUE parameter files (default: the official ones shipped with lmmiqa)")
     pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="a tool option, e.g. channel=gray for niqe (repeatable)")
+                    help="a tool option, e.g. channel=y for niqe (BasicSR's Y of YCbCr; default gray = MATLAB rgb2gray) (repeatable)")
     pr.add_argument("--workers", type=int, default=1, help="images measured in parallel (threads; default 1)")
     pr.set_defaults(func=run_run)
 
@@ -58,13 +58,14 @@ def register(sub: Any) -> None:
         help="refit a tool's 1-5 map on a labeled set",
         description="Measure every image of a labeled set with one tool and fit its 5-parameter logistic map to "
         "the opinion scores (rescaled to 1-5, flipped for lower-is-better scales). The map is stored in the "
-        "user cache and used automatically afterwards; --reset removes it.",
+        "user cache, where `tools run --normalized` uses it; agentic-iqa uses refitted maps only when "
+        "given --tool-maps FILE; --reset removes it.",
     )
     pf.add_argument("--tool", required=True, help="tool name")
     from lmmiqa.cli._data_args import add_data_args
 
     add_data_args(pf, split=True, images=True, required=False)
-    pf.add_argument("--assets", default=None, metavar="DIR", help="folder with the parameter files (NIQE, BRISQUE)")
+    pf.add_argument("--assets", default=None, metavar="DIR", help="folder with your own NIQE/BRISQUE parameter files (default: the official ones shipped with lmmiqa)")
     pf.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a tool option (repeatable)")
     pf.add_argument("--workers", type=int, default=1, help="images measured in parallel (threads; default 1)")
     pf.add_argument("--dry-run", action="store_true", help="fit and print, but do not store the map")
@@ -74,12 +75,15 @@ def register(sub: Any) -> None:
                     help="progress bar on stderr (default: when > 8 images and a terminal)")
     pf.set_defaults(func=run_fit)
 
-    pa = tsub.add_parser("assets", help="where the parameter files are; --fetch downloads missing ones",
-                         description="Show where NIQE/BRISQUE parameter files are found (--assets, $LMMIQA_ASSETS, "
-                         "the user cache) and whether they are the official ones; --fetch downloads missing "
-                         "files into the user cache (sha256-verified).")
-    pa.add_argument("--assets", default=None, metavar="DIR")
-    pa.add_argument("--fetch", action="store_true", help="download missing files into the user cache")
+    pa = tsub.add_parser(
+        "assets",
+        help="which NIQE/BRISQUE parameter files are used",
+        description="Show which parameter file NIQE and BRISQUE use: the official ones ship with lmmiqa (nothing "
+        "is downloaded); a folder given with --assets or $LMMIQA_ASSETS holding your own (e.g. refitted) files "
+        "comes first, file by file. Prints where each file is, whether it is the official one and its licence; "
+        "for a missing file, what to do. Exit status 1 when a file is missing.",
+    )
+    pa.add_argument("--assets", default=None, metavar="DIR", help="folder with your own parameter files")
     pa.add_argument("--format", choices=("text", "json"), default="text")
     pa.set_defaults(func=run_assets)
 
@@ -277,7 +281,8 @@ def run_fit(args: argparse.Namespace) -> int:
         print(f"  converged: {f['converged']}" + (f" (fallback: {f['fallback']})" if f["fallback"] else "")
               + (f"; {f['constraint']}" if f["constraint"] else "") + f"; monotone: {f['monotone']}")
         print(f"  β = {', '.join(f'{p:.6g}' for p in m.params)}; domain = {m.domain[0]:.6g}..{m.domain[1]:.6g}")
-        print(f"  stored in {path} (used automatically from now on)" if path else "  not stored (--dry-run)")
+        print(f"  stored in {path} (used by `lmmiqa tools run --normalized`; the agent uses it only when "
+              f"asked: --tool-maps {path})" if path else "  not stored (--dry-run)")
         if not f["converged"] or f["monotone"] is None:
             print("  WARNING: the fit is unreliable (see above); consider more or more varied data",
                   file=sys.stderr)
@@ -290,15 +295,18 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_assets(args: argparse.Namespace) -> int:
     from lmmiqa.tools import assets
 
-    if args.fetch:
-        for spec in assets.ASSETS.values():
-            path = assets.locate(spec.filename, args.assets)
-            print(f"{spec.filename}: {path}", file=sys.stderr)
     rows = assets.describe_assets(args.assets)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            status = "missing" if r["found"] is None else ("official" if r["official"] else "NOT the official file")
-            print(f"{r['file']:<24} {status:<20} {r['found'] or r['url']}")
+            if r["found"] is None:
+                print(f"{r['file']:<24} MISSING")
+                print(f"    problem: {r['problem']}")
+                print(f"    fix:     {r['fix']}")
+                continue
+            status = "official" if r["official"] else "your own (not the official file)"
+            print(f"{r['file']:<24} {status:<32} {r['license']:<11} {r['where']}: {r['found']}")
+        if all(r["found"] for r in rows):
+            print(f"licences: {assets.PACKAGE_DIR} (LICENSE-*); override with --assets DIR or ${assets.ENV_ASSETS}")
     return 0 if all(r["found"] for r in rows) else 1

@@ -1,17 +1,18 @@
-"""Parameter files of the classical tools: where they are looked up, how they are verified and fetched.
+"""Parameter files of the classical tools: shipped inside the package, overridable by the user.
 
-The NIQE pristine model and the BRISQUE SVR are data, not code, and are not shipped inside the package. A tool
-looks for its file, in order:
+The official NIQE pristine model and BRISQUE SVR (and its shape tables) ship with lmmiqa in
+``lmmiqa/tools/params/`` together with their licence files (NIQE model: Apache-2.0, BasicSR authors; BRISQUE
+SVR and tables: MIT; see the ``NOTICE`` file). Nothing is downloaded. A tool looks for each file, in order:
 
 1. in the folder given as the tool option ``assets`` (``lmmiqa tools run niqe --assets DIR``);
 2. in the folder named by the environment variable ``$LMMIQA_ASSETS``;
-3. in the user cache, ``$XDG_CACHE_HOME/lmmiqa/assets`` (default ``~/.cache/lmmiqa/assets``).
+3. in the package's own ``params/`` folder (the official files).
 
-When it is in none of them, one download from :data:`ASSET_BASE_URL` into the user cache is attempted (set
-``LMMIQA_OFFLINE=1`` to forbid it); the file must match its pinned sha256 or it is discarded. When that fails
-too, :class:`AssetError` says exactly which file to place where. Files found in a user folder are checked for
-their keys and shapes; a sha256 that differs from the official one is logged (a user may have fitted their own
-model) but not refused.
+The first two are for user-fitted models (e.g. a NIQE pristine model fitted on your own photos): a folder
+that holds only some of the files falls through to the shipped ones for the others. A folder that does not
+exist is an error (a typo must not silently run the official model). Every file is checked for its arrays and
+shapes; a sha256 that differs from the official one is reported (``source`` in the tool's details) but not
+refused.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +32,11 @@ from lmmiqa.errors import DataError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
-#: where missing parameter files are downloaded from (maintainers may move it; the sha256 pins the content)
-ASSET_BASE_URL = "https://github.com/lmmiqa/lmmiqa/releases/download/assets-v1/"
-
-#: environment variable naming a folder that holds the parameter files
+#: environment variable naming a folder that holds (user-fitted) parameter files
 ENV_ASSETS = "LMMIQA_ASSETS"
-#: environment variable that, when set to 1/true/yes, forbids downloads
-ENV_OFFLINE = "LMMIQA_OFFLINE"
 
-DOWNLOAD_TIMEOUT_S = 30.0
-#: after a failed download, the same file is not tried again for this long (an agent may call a tool often)
-RETRY_AFTER_S = 300.0
+#: the folder of the shipped, official parameter files (package data)
+PACKAGE_DIR = Path(__file__).resolve().parent / "params"
 
 
 @dataclass(frozen=True)
@@ -51,11 +44,12 @@ class AssetSpec:
     """One parameter file.
 
     Attributes:
-        filename: the file name (also its name in every lookup folder and at the download URL).
-        sha256: hex digest of the official file.
+        filename: the file name (also its name in every lookup folder).
+        sha256: hex digest of the official file (the shipped one).
         arrays: array name -> expected shape (``None`` entries match any length on that axis).
         what: one line for messages (which tool, which model).
         license: licence of the parameters.
+        license_file: the licence file shipped next to it.
     """
 
     filename: str
@@ -63,10 +57,12 @@ class AssetSpec:
     arrays: Mapping[str, tuple[int | None, ...]]
     what: str
     license: str
+    license_file: str
 
     @property
-    def url(self) -> str:
-        return ASSET_BASE_URL + self.filename
+    def shipped(self) -> Path:
+        """Where the official copy is installed."""
+        return PACKAGE_DIR / self.filename
 
 
 ASSETS: dict[str, AssetSpec] = {
@@ -78,6 +74,7 @@ ASSETS: dict[str, AssetSpec] = {
             {"mu_pris_param": (1, 36), "cov_pris_param": (36, 36), "gaussian_window": (7, 7)},
             "NIQE pristine multivariate Gaussian model of the original release (Mittal et al. 2012)",
             "Apache-2.0",
+            "LICENSE-niqe-params-Apache-2.0",
         ),
         AssetSpec(
             "brisque_svm.npz",
@@ -85,6 +82,7 @@ ASSETS: dict[str, AssetSpec] = {
             {"sv": (None, 36), "sv_coef": (None,), "gamma": (), "rho": (), "feat_min": (36,), "feat_range": (36,)},
             "BRISQUE epsilon-SVR trained on LIVE, with its feature scaling (Mittal et al. 2012)",
             "MIT",
+            "LICENSE-brisque-params-MIT",
         ),
         AssetSpec(
             "brisque_ggd_tables.npz",
@@ -92,9 +90,16 @@ ASSETS: dict[str, AssetSpec] = {
             {"gamma": (9801,), "r_ggd": (9801,), "r_aggd": (9801,)},
             "BRISQUE generalized-Gaussian shape lookup tables (grid 0.2:0.001:10)",
             "MIT",
+            "LICENSE-brisque-params-MIT",
         ),
     )
 }
+
+#: what to do when the shipped copy is missing (an incomplete installation)
+REINSTALL_HINT = (
+    "the installation is incomplete: reinstall lmmiqa (`pip install --force-reinstall --no-deps lmmiqa`, or "
+    "`pip install -e .` in a source checkout)"
+)
 
 
 class AssetError(DataError):
@@ -102,14 +107,9 @@ class AssetError(DataError):
 
 
 def cache_root() -> Path:
-    """The lmmiqa user cache folder: ``$XDG_CACHE_HOME/lmmiqa``, default ``~/.cache/lmmiqa``."""
+    """The lmmiqa user cache folder: ``$XDG_CACHE_HOME/lmmiqa``, default ``~/.cache/lmmiqa`` (fitted maps)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "lmmiqa"
-
-
-def assets_cache_dir() -> Path:
-    """Where downloaded parameter files are kept."""
-    return cache_root() / "assets"
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
@@ -121,10 +121,6 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def _offline() -> bool:
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _spec(filename: str) -> AssetSpec:
     if filename not in ASSETS:
         raise UnknownNameError("asset", filename, ASSETS)
@@ -132,94 +128,61 @@ def _spec(filename: str) -> AssetSpec:
 
 
 def candidate_dirs(user_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, Path]]:
-    """The folders searched, in order, as ``(where it came from, folder)``."""
+    """The folders searched, in order, as ``(where it came from, folder)``.
+
+    Raises:
+        AssetError: the ``assets`` option or ``$LMMIQA_ASSETS`` names a folder that does not exist.
+    """
     out: list[tuple[str, Path]] = []
     if user_dir:
-        out.append(("the 'assets' option", Path(user_dir).expanduser()))
+        folder = Path(user_dir).expanduser()
+        if not folder.is_dir():
+            raise AssetError(
+                f"the 'assets' folder {folder} does not exist (option assets= / --assets); give a folder that "
+                "holds your own parameter files, or leave the option out to use the official files shipped "
+                "with lmmiqa"
+            )
+        out.append(("the 'assets' option", folder))
     env = os.environ.get(ENV_ASSETS)
     if env:
-        out.append((f"${ENV_ASSETS}", Path(env).expanduser()))
-    out.append(("the user cache", assets_cache_dir()))
+        folder = Path(env).expanduser()
+        if not folder.is_dir():
+            raise AssetError(
+                f"${ENV_ASSETS}={env} is not a folder; point it at a folder with your own parameter files, or "
+                f"unset it to use the official files shipped with lmmiqa"
+            )
+        out.append((f"${ENV_ASSETS}", folder))
+    out.append(("lmmiqa (shipped)", PACKAGE_DIR))
     return out
 
 
-def download(spec: AssetSpec, dest_dir: Path, url: str | None = None) -> Path:
-    """Download ``spec`` into ``dest_dir`` (atomically) and verify its sha256; return the file path.
+def find(filename: str, user_dir: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
+    """``(path, where it came from)`` of a parameter file; see the module docstring for the order.
 
     Raises:
-        AssetError: the download failed or the content does not match the pinned sha256.
-    """
-    import urllib.error
-    import urllib.request
-
-    url = url or spec.url
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=spec.filename + ".", suffix=".part", dir=dest_dir)
-    tmp = Path(tmp_name)
-    try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
-        digest = h.hexdigest()
-        if digest != spec.sha256:
-            raise AssetError(
-                f"downloaded {spec.filename} from {url} has sha256 {digest}, expected {spec.sha256}; discarded"
-            )
-        final = dest_dir / spec.filename
-        os.replace(tmp, final)
-        log.info("downloaded %s to %s (sha256 verified)", spec.filename, final)
-        return final
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        raise AssetError(f"could not download {spec.filename} from {url}: {err}") from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _missing_message(spec: AssetSpec, searched: list[tuple[str, Path]], why: str) -> str:
-    where = "; ".join(f"{label}: {folder / spec.filename}" for label, folder in searched)
-    return (
-        f"{spec.filename} ({spec.what}) not found. Looked in {where}. {why} "
-        f"To fix it, place the file (sha256 {spec.sha256}) at {assets_cache_dir() / spec.filename}, "
-        f"or put it in a folder and set {ENV_ASSETS}=<folder>, or pass the tool option assets=<folder> "
-        f"(CLI: --assets <folder>). It can be downloaded from {spec.url}."
-    )
-
-
-_failed_downloads: dict[str, tuple[float, str]] = {}
-
-
-def locate(filename: str, user_dir: str | os.PathLike[str] | None = None, *, allow_download: bool = True) -> Path:
-    """Find a parameter file (see the module docstring for the order); download it when missing.
-
-    Raises:
-        AssetError: the file is nowhere and could not be downloaded; the message says where to put it.
+        AssetError: the file is in none of the folders; the message says how to fix it.
     """
     spec = _spec(filename)
     searched = candidate_dirs(user_dir)
-    for _label, folder in searched:
+    for label, folder in searched:
         path = folder / spec.filename
         if path.is_file():
-            return path
-    if user_dir is not None and not Path(user_dir).expanduser().is_dir():
-        raise AssetError(_missing_message(spec, searched, f"The 'assets' folder {user_dir} does not exist."))
-    if not allow_download or _offline():
-        why = f"Downloads are disabled ({ENV_OFFLINE} is set)." if _offline() else "Downloads were not allowed."
-        raise AssetError(_missing_message(spec, searched, why))
-    failed = _failed_downloads.get(spec.filename)
-    if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER_S:
-        raise AssetError(_missing_message(spec, searched, f"The download failed {failed[1]} (not retried yet)."))
-    try:
-        return download(spec, assets_cache_dir())
-    except AssetError as err:
-        _failed_downloads[spec.filename] = (time.monotonic(), f"recently: {err}")
-        raise AssetError(_missing_message(spec, searched, f"The download failed: {err}.")) from err
+            return path, label
+    where = "; ".join(f"{label}: {folder / spec.filename}" for label, folder in searched)
+    raise AssetError(
+        f"{spec.filename} ({spec.what}) not found. Looked in {where}. The official file ships with lmmiqa, so "
+        f"{REINSTALL_HINT}. Or put the file in a folder and pass --assets <folder> (Python: assets=<folder>) "
+        f"or set {ENV_ASSETS}=<folder>."
+    )
+
+
+def locate(filename: str, user_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The path of a parameter file (see :func:`find`)."""
+    return find(filename, user_dir)[0]
 
 
 def validate_arrays(spec: AssetSpec, arrays: Mapping[str, np.ndarray], path: Path) -> None:
-    """Check that every expected array is present with the expected shape."""
+    """Check that every expected array is present with the expected shape and finite values."""
     for key, shape in spec.arrays.items():
         if key not in arrays:
             raise AssetError(f"{path}: array {key!r} missing (has: {', '.join(sorted(arrays))}); is this {spec.what}?")
@@ -230,18 +193,33 @@ def validate_arrays(spec: AssetSpec, arrays: Mapping[str, np.ndarray], path: Pat
             raise AssetError(f"{path}: array {key!r} contains NaN or infinite values")
 
 
+@dataclass(frozen=True)
+class LoadedAsset:
+    """A parameter file as read: its arrays (float64, read-only), path, lookup place and whether it is official."""
+
+    arrays: Mapping[str, np.ndarray]
+    path: Path
+    where: str
+    official: bool
+
+    @property
+    def source(self) -> str:
+        """``"official"`` for the official file (shipped or an identical copy), else ``"user:<path>"``."""
+        return "official" if self.official else f"user:{self.path}"
+
+
 _lock = threading.Lock()
-_loaded: dict[tuple[str, float, int], dict[str, np.ndarray]] = {}
+_loaded: dict[tuple[str, float, int], LoadedAsset] = {}
 
 
-def load_arrays(filename: str, user_dir: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
-    """Locate, read (as float64, read-only) and validate a parameter file; cached per path and mtime.
+def load_asset(filename: str, user_dir: str | os.PathLike[str] | None = None) -> LoadedAsset:
+    """Find, read (as float64, read-only) and validate a parameter file; cached per path, mtime and size.
 
     Thread-safe: concurrent callers share one read.
     """
     spec = _spec(filename)
     with _lock:
-        path = locate(filename, user_dir)
+        path, where = find(filename, user_dir)
         st = path.stat()
         key = (str(path.resolve()), st.st_mtime, st.st_size)
         if key in _loaded:
@@ -252,33 +230,47 @@ def load_arrays(filename: str, user_dir: str | os.PathLike[str] | None = None) -
         except (OSError, ValueError) as err:
             raise AssetError(f"{path}: cannot read {spec.filename} as a .npz file ({err})") from err
         validate_arrays(spec, arrays, path)
-        digest = sha256_of(path)
-        if digest != spec.sha256:
-            log.warning("%s: sha256 %s differs from the official %s (using it as given)", path, digest, spec.sha256)
+        official = sha256_of(path) == spec.sha256
+        if not official:
+            log.info("%s: not the official %s (sha256 differs); using it as given", path, spec.filename)
         for a in arrays.values():
             a.setflags(write=False)
-        _loaded[key] = arrays
-        return arrays
+        _loaded[key] = LoadedAsset(arrays, path, where, official)
+        return _loaded[key]
+
+
+def load_arrays(filename: str, user_dir: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a parameter file (see :func:`load_asset`)."""
+    return dict(load_asset(filename, user_dir).arrays)
 
 
 def describe_assets(user_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    """For each parameter file: where it was found (or ``None``), its sha256 status, licence and URL."""
+    """For each parameter file: where it is found (or ``None`` with ``problem`` and ``fix``), whether it is the
+    official one, its licence and licence file."""
     out = []
     for spec in ASSETS.values():
-        found = None
-        for _label, folder in candidate_dirs(user_dir):
-            if (folder / spec.filename).is_file():
-                found = folder / spec.filename
-                break
-        out.append(
-            {
-                "file": spec.filename,
-                "what": spec.what,
-                "found": str(found) if found else None,
-                "official": (sha256_of(found) == spec.sha256) if found else None,
-                "sha256": spec.sha256,
-                "license": spec.license,
-                "url": spec.url,
-            }
-        )
+        row: dict[str, Any] = {
+            "file": spec.filename,
+            "what": spec.what,
+            "found": None,
+            "where": None,
+            "official": None,
+            "sha256": spec.sha256,
+            "license": spec.license,
+            "license_file": str(PACKAGE_DIR / spec.license_file),
+            "problem": None,
+            "fix": None,
+        }
+        try:
+            path, where = find(spec.filename, user_dir)
+            row.update(found=str(path), where=where, official=sha256_of(path) == spec.sha256)
+        except AssetError as err:
+            row["problem"] = str(err)
+            folder_problem = "does not exist" in str(err) or "is not a folder" in str(err)
+            row["fix"] = (
+                f"create that folder with your files, or drop --assets / unset {ENV_ASSETS} to use the shipped ones"
+                if folder_problem
+                else f"{REINSTALL_HINT}; or put {spec.filename} in a folder and pass --assets <folder>"
+            )
+        out.append(row)
     return out

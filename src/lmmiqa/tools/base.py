@@ -57,8 +57,8 @@ class AssetToolConfig(ToolConfig):
     """Options of tools that need a parameter file.
 
     Attributes:
-        assets: folder holding the parameter files (else ``$LMMIQA_ASSETS``, else the user cache; see
-            :mod:`lmmiqa.tools.assets`).
+        assets: folder holding your own parameter files (else ``$LMMIQA_ASSETS``, else the official files
+            shipped with lmmiqa; see :mod:`lmmiqa.tools.assets`).
     """
 
     assets: str | None = None
@@ -190,10 +190,10 @@ class Tool(ABC):
 
     # -- measuring ----------------------------------------------------------------------------------------
     def _load(self, image: Any) -> np.ndarray:
-        from lmmiqa.images import ImageLimits, load_input
+        from lmmiqa.images import ImageLimits
 
         limits = ImageLimits(max_pixels=int(self.config.max_pixels), max_bytes=int(self.config.max_bytes))
-        return np.asarray(load_input(image, limits), dtype=np.uint8)
+        return load_matlab_rgb(image, limits)
 
     def measure(self, image: Any, ref: Any = None) -> tuple[float, dict[str, Any]]:
         """The raw value and tool-specific details; raises :class:`ToolError` / ``ImageLoadError``."""
@@ -245,6 +245,70 @@ class Tool(ABC):
 
 # --------------------------------------------------------------------------- shared helpers
 
+#: PIL modes that carry an alpha channel (MATLAB ``imread`` returns it as a separate output)
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _drop_alpha(img: Any) -> Any:
+    """A PIL image without its alpha channel (colour values kept as stored, not composited)."""
+    if img.mode in ("LA", "La"):
+        return img.getchannel(0)
+    if img.mode in ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+        return img.convert("RGBA").convert("RGB")
+    return img
+
+
+def load_matlab_rgb(image: Any, limits: Any = None) -> np.ndarray:
+    """An input as the MATLAB releases see it after ``imread``: H×W×3 uint8 (METHODS §8).
+
+    Alpha is dropped, not composited (``imread`` returns it as a separate output); 16-bit images convert like
+    ``im2uint8`` (``round(x / 257)``, by :mod:`lmmiqa.images`), greyscale files become three equal channels.
+    Paths, bytes, PIL images and arrays (H×W×4 arrays: the fourth channel is alpha) are accepted; errors are
+    :class:`~lmmiqa.images.ImageLoadError` as for every other input. Pillow decodes 16-bit *RGB* files to 8
+    bits itself (high byte, i.e. truncation); pass such images as uint16 arrays to get the rounding.
+    """
+    import io
+    import os
+
+    from lmmiqa.images import ImageLimits, ImageLoadError, load_input
+
+    limits = limits or ImageLimits()
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        h, w = image.shape[:2]  # already what imread gives: no round trip through PIL
+        if h * w == 0 or h * w > limits.max_pixels:
+            return np.asarray(load_input(image, limits), dtype=np.uint8)  # raises the usual error
+        return image
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] in (2, 4):
+        image = image[..., :-1] if image.shape[2] == 4 else image[..., 0]
+    elif isinstance(image, (str, os.PathLike, bytes, bytearray)):
+        from PIL import Image
+
+        data = None
+        try:  # header only: does the file carry alpha?
+            data = bytes(image) if isinstance(image, (bytes, bytearray)) else None
+            with Image.open(io.BytesIO(data) if data is not None else image) as probe:
+                has_alpha = probe.mode in ALPHA_MODES or (probe.mode == "P" and "transparency" in probe.info)
+        except (OSError, SyntaxError, ValueError):
+            has_alpha = False  # let the regular loader report what is wrong
+        if has_alpha:
+            from PIL import ImageOps
+
+            what = "<bytes>" if data is not None else str(image)
+            if data is None and os.path.getsize(image) > limits.max_bytes:
+                return np.asarray(load_input(image, limits), dtype=np.uint8)  # raises the size error
+            try:
+                with Image.open(io.BytesIO(data) if data is not None else image) as img:
+                    if img.width * img.height > limits.max_pixels:
+                        return np.asarray(load_input(image, limits), dtype=np.uint8)  # raises the pixel error
+                    img.load()
+                    image = _drop_alpha(ImageOps.exif_transpose(img))
+            except (OSError, SyntaxError, ValueError) as err:
+                raise ImageLoadError(f"{what}: corrupt or truncated image ({err})") from err
+    elif not isinstance(image, np.ndarray) and hasattr(image, "mode"):
+        image = _drop_alpha(image)
+    return np.asarray(load_input(image, limits), dtype=np.uint8)
+
+
 
 def is_grey(rgb: np.ndarray) -> bool:
     """True when the three channels are identical (a greyscale image stored as RGB)."""
@@ -252,16 +316,14 @@ def is_grey(rgb: np.ndarray) -> bool:
 
 
 def luminance(rgb: np.ndarray, convention: str = "gray") -> np.ndarray:
-    """Grey levels (float64, 0–255 integers) as the MATLAB releases compute them.
+    """Grey levels (float64, 0–255 integers) as the MATLAB releases compute them (METHODS §8).
 
-    A greyscale image (identical channels) is used as it is, which is what the releases do with a one-channel
-    input. Otherwise ``"gray"`` is MATLAB ``rgb2gray`` and ``"y"`` the Y of ``rgb2ycbcr`` (BT.601, 16–235),
-    both rounded to uint8.
+    ``"gray"`` is MATLAB ``rgb2gray`` and ``"y"`` the Y of ``rgb2ycbcr`` (BT.601, 16–235), both rounded to
+    uint8. Every H×W×3 input is converted the same way, also one whose channels are equal (``rgb2gray`` leaves
+    those unchanged, ``y`` does not); a 2-D array is taken as grey levels already.
     """
     if convention not in ("gray", "y"):
         raise ConfigError(f"unknown luminance convention {convention!r}; known: gray, y")
-    if is_grey(rgb):
-        return rgb[..., 0].astype(np.float64)
     return rgb2gray(rgb) if convention == "gray" else rgb2y(rgb)
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from lmmiqa.tools._matlab import correlate_same_replicate, fspecial_gaussian
+from lmmiqa.tools._matlab import gaussian_1d, separable_same
+from lmmiqa.tools._nss import normalize_contrast
 from lmmiqa.tools.base import NR, Tool, luminance
 
 BLOCK = 16
@@ -39,32 +40,35 @@ def piqe_blocks(grey: np.ndarray) -> dict[str, np.ndarray]:
     """
     img = np.asarray(grey, dtype=np.float64)
     h, w = img.shape
-    img = np.pad(img, ((0, (-h) % BLOCK), (0, (-w) % BLOCK)), mode="edge")
-    win = fspecial_gaussian(7, 7.0 / 6.0)
-    mu = correlate_same_replicate(img, win)
-    sigma = np.sqrt(np.abs(correlate_same_replicate(img * img, win) - mu * mu))
-    norm = (img - mu) / (sigma + 1.0)
+    if h % BLOCK or w % BLOCK:
+        img = np.pad(img, ((0, (-h) % BLOCK), (0, (-w) % BLOCK)), mode="edge")
+    g = gaussian_1d(7, 7.0 / 6.0)  # fspecial('gaussian', 7, 7/6), applied in two 1-D passes
+    norm = normalize_contrast(img, separable_same(img, g, "nearest"), separable_same(img * img, g, "nearest"))
     nby, nbx = norm.shape[0] // BLOCK, norm.shape[1] // BLOCK
-    blocks = norm.reshape(nby, BLOCK, nbx, BLOCK).transpose(0, 2, 1, 3)
+    blocks = np.ascontiguousarray(norm.reshape(nby, BLOCK, nbx, BLOCK).transpose(0, 2, 1, 3))
     variance = blocks.reshape(nby, nbx, -1).var(axis=-1, ddof=1)
     active = variance > ACTIVITY_THRESHOLD
 
-    edges = (blocks[..., 0, :], blocks[..., :, -1], blocks[..., -1, :], blocks[..., :, 0])
-    artifact = np.zeros_like(active)
-    for edge in edges:
-        artifact |= (_segment_std(edge) < IMPAIRED_THRESHOLD).any(axis=-1)
+    # the distortion tests only matter for active blocks (the reference implementation skips the others)
+    act = blocks[active]  # (active blocks, 16, 16)
+    edges = np.stack([act[:, 0, :], act[:, :, -1], act[:, -1, :], act[:, :, 0]])  # (4, active, 16)
+    artifact_act = (_segment_std(edges) < IMPAIRED_THRESHOLD).any(axis=(0, 2))
 
     # centre = the two middle columns; the surround leaves out columns 8 and 10 (1-based), as the reference
     # implementation deletes column 8 and then column 9 of what remains
-    centre = np.concatenate([blocks[..., :, 7], blocks[..., :, 8]], axis=-1)
-    surround = blocks[..., :, [c for c in range(BLOCK) if c not in (7, 9)]].reshape(nby, nbx, -1)
-    block_sigma = np.sqrt(variance)
+    centre = np.concatenate([act[:, :, 7], act[:, :, 8]], axis=-1)
+    surround = act[:, :, [c for c in range(BLOCK) if c not in (7, 9)]].reshape(act.shape[0], BLOCK * (BLOCK - 2))
+    block_sigma = np.sqrt(variance[active])
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = centre.std(axis=-1, ddof=1) / surround.std(axis=-1, ddof=1)
         ratio = np.where(np.isnan(ratio), 0.0, ratio)
         beta = np.abs(block_sigma - ratio) / np.maximum(block_sigma, ratio)
-        noise = block_sigma > 2.0 * beta
-    return {"variance": variance, "active": active, "artifact": artifact & active, "noise": noise & active}
+        noise_act = block_sigma > 2.0 * beta
+    artifact = np.zeros_like(active)
+    noise = np.zeros_like(active)
+    artifact[active] = artifact_act
+    noise[active] = noise_act
+    return {"variance": variance, "active": active, "artifact": artifact, "noise": noise}
 
 
 def pool_blocks(blocks: dict[str, np.ndarray]) -> float:
