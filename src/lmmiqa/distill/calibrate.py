@@ -33,83 +33,14 @@ from typing import Any
 
 import numpy as np
 
+from lmmiqa.distill.artifact import CALIBRATION_KINDS, Calibration
 from lmmiqa.errors import ConfigError, DataError, require
 from lmmiqa.types import json_safe
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_KINDS = ("logistic", "isotonic", "linear")
 #: smallest scale |β4| of a calibration logistic, in standard deviations of the student outputs
 MIN_LOGISTIC_SCALE = 0.1
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A fitted map from raw student output to a MOS scale.
-
-    Attributes:
-        kind: ``logistic``, ``isotonic`` or ``linear``.
-        params: the map's parameters: logistic → the :class:`~lmmiqa.evaluation.logistic.FitResult` fields;
-            isotonic → ``x``/``y`` thresholds; linear → ``a``, ``b`` (``ŷ = a·x + b``).
-        input_sign: +1, or −1 when fitted from the negated output (lower-is-better labels).
-        higher_is_better: direction of the calibrated score (the dataset's).
-        scale: ``(low, high)`` of the MOS scale, or ``None``.
-    """
-
-    kind: str
-    params: dict[str, Any]
-    input_sign: float = 1.0
-    higher_is_better: bool = True
-    scale: tuple[float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in CALIBRATION_KINDS:
-            raise ConfigError(f"unknown calibration {self.kind!r}; known: {', '.join(CALIBRATION_KINDS)}")
-        if self.input_sign not in (1.0, -1.0):
-            raise ConfigError(f"input_sign must be +1 or -1, got {self.input_sign}")
-
-    def apply(self, raw: Any) -> np.ndarray:
-        """Calibrated scores for raw student outputs (NaN stays NaN)."""
-        x = self.input_sign * np.asarray(raw, dtype=np.float64)
-        if self.kind == "logistic":
-            return _fit_result(self.params).predict(x)
-        if self.kind == "isotonic":
-            xs = np.asarray(self.params["x"], dtype=np.float64)
-            ys = np.asarray(self.params["y"], dtype=np.float64)
-            out = np.interp(x, xs, ys)
-            return np.where(np.isfinite(x), out, np.nan)
-        return float(self.params["a"]) * x + float(self.params["b"])
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_safe(
-            {"kind": self.kind, "params": self.params, "input_sign": self.input_sign,
-             "higher_is_better": self.higher_is_better, "scale": list(self.scale) if self.scale else None}
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        scale = data.get("scale")
-        return cls(
-            kind=data["kind"],
-            params=dict(data["params"]),
-            input_sign=float(data.get("input_sign", 1.0)),
-            higher_is_better=bool(data.get("higher_is_better", True)),
-            scale=(float(scale[0]), float(scale[1])) if scale else None,
-        )
-
-
-def _fit_result(params: dict[str, Any]) -> Any:
-    from lmmiqa.evaluation.logistic import FitResult
-
-    return FitResult(
-        kind=params["kind"],
-        params=tuple(float(p) for p in params["params"]),
-        converged=bool(params.get("converged", False)),
-        fallback=params.get("fallback"),
-        n=int(params.get("n", 0)),
-        sse=float("nan") if params.get("sse") is None else float(params["sse"]),
-        requested=params.get("requested", params["kind"]),
-    )
 
 
 def fit_calibration(

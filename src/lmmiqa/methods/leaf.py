@@ -92,9 +92,11 @@ class LEAF(Scorer):
     def score_items(self, items: list[ImageItem]) -> list[ScoreResult]:
         pred = self.predictor
         t0 = time.perf_counter()
-        arrays = np.stack([pred.preprocess.to_uint8(it.image) for it in items])
+        prep = pred.preprocess
+        views = [prep.views(prep.base(it.image)) for it in items]
         t1 = time.perf_counter()
-        raw, probs = pred.predict_arrays(arrays)
+        out_views = pred.predict_views(views, chunk=max(int(self.config.batch_size), 1))
+        raw, probs = out_views["raw"], out_views["probs"]
         t2 = time.perf_counter()
         scores = self.calibration.apply(raw) if self.calibration is not None else raw
         n = max(len(items), 1)
@@ -107,6 +109,9 @@ class LEAF(Scorer):
                 "raw": float(raw[i]),
                 "student": self.artifact.student_name,
             }
+            if prep.mode == "crops":
+                details["crops"] = int(out_views["n_views"][i])
+                details["crop_std"] = float(out_views["crop_std"][i])
             if self.calibration is not None:
                 details["calibration"] = self.calibration.kind
             probabilities = None
