@@ -279,6 +279,31 @@ class StudentArtifact:
             }
         )
 
+    def used_images(self) -> dict[str, set[str] | None]:
+        """Canonical paths (``os.path.realpath``) of the images this student has seen, by use: ``training`` (every
+        teacher-judged image: the train and validation parts of ``training.json``; for folders written before
+        schema 2, the teacher cache's images when the cache is still there) and ``calibration`` (the labelled
+        subset of ``calibration.json``). ``None`` where it is not recorded."""
+        training: set[str] | None = None
+        tpath = self.path / TRAINING_FILE
+        data = json.loads(tpath.read_text(encoding="utf-8")) if tpath.is_file() else {}
+        images = data.get("images")
+        if isinstance(images, dict):
+            training = {os.path.realpath(p) for part in images.values() for p in part}
+        elif (self.teacher or {}).get("folder") and Path(self.teacher["folder"]).is_dir():  # type: ignore[index]
+            from lmmiqa.distill.teacher import load_teacher_labels
+
+            try:
+                training = {os.path.realpath(p) for p in load_teacher_labels(self.teacher["folder"]).images}  # type: ignore[index]
+            except DataError:
+                training = None
+        calibration: set[str] | None = None
+        if self.calibration is not None:
+            subset = (self.calibration_report or {}).get("subset") or {}
+            if subset.get("paths") is not None:
+                calibration = {os.path.realpath(p) for p in subset["paths"]}
+        return {"training": training, "calibration": calibration}
+
     def predictor(self, device: str = "auto") -> StudentPredictor:
         """Build the network on ``device`` with the stored weights (no download)."""
         return StudentPredictor(self, device)

@@ -36,7 +36,8 @@ def crop_positions(height: int, width: int, size: int, n: int, layout: str = "gr
     """Deterministic ``(top, left)`` corners of up to ``n`` ``size``×``size`` crops of a ``height``×``width`` image.
 
     ``grid``: ``rows × cols`` evenly spaced crops (first and last touch the borders), ``rows`` chosen so that the
-    grid follows the image's aspect ratio; when ``rows × cols`` exceeds ``n``, ``n`` of them evenly spaced in
+    grid follows the image's aspect ratio (a side no longer than the crop gets one position, the crops spread
+    along the other); when ``rows × cols`` exceeds ``n``, ``n`` of them evenly spaced in
     row-major order. ``corners``: the centre, then the four corners (``n`` ≤ 5). Positions that coincide (an image
     no larger than the crop along a side) are returned once, so a ``size``×``size`` image gives one crop.
 
@@ -56,8 +57,11 @@ def crop_positions(height: int, width: int, size: int, n: int, layout: str = "gr
             raise ConfigError(f"the corners layout has at most 5 crops (centre + 4 corners), got {n}")
         pos = [(dy // 2, dx // 2), (0, 0), (0, dx), (dy, 0), (dy, dx)][:n]
     else:
-        rows = min(n, max(1, round(np.sqrt(n * height / width))))
-        cols = -(-n // rows)
+        if dx == 0 or dy == 0:  # the crop spans one side: all crops along the other
+            rows, cols = (n, 1) if dx == 0 else (1, n)
+        else:
+            rows = min(n, max(1, round(np.sqrt(n * height / width))))
+            cols = -(-n // rows)
         ys = [round(dy * r / (rows - 1)) if rows > 1 else dy // 2 for r in range(rows)]
         xs = [round(dx * c / (cols - 1)) if cols > 1 else dx // 2 for c in range(cols)]
         grid = [(y, x) for y in ys for x in xs]

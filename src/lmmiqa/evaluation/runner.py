@@ -579,11 +579,12 @@ def evaluate(
         if n_overlap and not allow_overlap:
             raise ConfigError(
                 f"{n_overlap} of the {len(sel)} image(s) to evaluate are also in the method's reference data "
-                "(e.g. the IQARAG bank): their own scores would leak into the evaluation. Build the bank from "
-                "another split, or pass --allow-overlap (allow_overlap=True) to evaluate anyway"
+                "(e.g. the IQARAG bank): their own scores would leak into the evaluation. "
+                f"{getattr(scorer, 'overlap_hint', 'Build the bank from another split')}, or pass --allow-overlap "
+                "(allow_overlap=True) to evaluate anyway"
             )
-        if n_overlap:
-            _say(verbose, f"{n_overlap} of the {len(sel)} image(s) are also in the reference data (--allow-overlap)")
+        _say(verbose, f"{n_overlap} of the {len(sel)} image(s) are also in the method's reference data"
+             + (" (--allow-overlap)" if n_overlap else ""))
 
     desc = scorer.describe()
     versions = package_versions()

@@ -71,6 +71,7 @@ class LEAF(Scorer):
         self.calibration = self.artifact.calibration if config.calibrated else None
         self.higher_is_better = self.calibration.higher_is_better if self.calibration is not None else True  # type: ignore[misc]
         self._predictor: Any = None
+        self.overlap: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -136,7 +137,34 @@ class LEAF(Scorer):
             )
         return out
 
+    #: the evaluation runner's hint when check_overlap finds images (instead of the bank's)
+    overlap_hint = ("Evaluate on images the student was not distilled or calibrated on (another split, or "
+                    "calibrate on another split)")
+
+    def check_overlap(self, paths: list[str]) -> int:
+        """How many of ``paths`` the student was distilled from (teacher-judged images) or calibrated on (the
+        evaluation runner's leakage guard calls this; ``--allow-overlap`` evaluates anyway). The counts per use
+        are kept in :attr:`overlap` and shown by :meth:`describe`."""
+        import os
+
+        used = self.artifact.used_images()
+        canon = {os.path.realpath(p) for p in paths if isinstance(p, str)}
+        counts: dict[str, Any] = {"images": len(canon)}
+        hit: set[str] = set()
+        for use, known in used.items():
+            if known is None:
+                counts[use] = None  # not recorded (older student folder)
+                continue
+            both = canon & known
+            counts[use] = len(both)
+            hit |= both
+        counts["overlapping"] = len(hit)
+        self.overlap = counts
+        return len(hit)
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
+        if getattr(self, "overlap", None) is not None:
+            d["overlap"] = self.overlap
         d["student"] = self.artifact.summary()
         return d
