@@ -361,11 +361,12 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[96, 256, 512], help="ladder sides (default 96 256 512)")
     ap.add_argument("--teachers", nargs="+", default=["brisque", "niqe", "q-align"],
                     help="teachers (default brisque niqe q-align; q-align is the tiny random-weight MLLM)")
-    ap.add_argument("--crops", type=int, default=4, help="crops per built-in photo in the ladder (default 4)")
-    ap.add_argument("--crop", type=int, default=None, help="student crop side (default: small-cnn's, 96)")
+    ap.add_argument("--crops", type=int, default=2, help="crops per built-in photo in the ladder (default 2)")
+    ap.add_argument("--crop", type=int, default=None, help="student crop side (default: small-cnn's, 64)")
     ap.add_argument("--n-crops", type=int, default=None, help="student inference crops (default: train's, 4)")
-    ap.add_argument("--resize", type=int, default=96, help="side of the whole-image resize comparison (default 96)")
-    ap.add_argument("--epochs", type=int, default=8, help="student epochs (default 8)")
+    ap.add_argument("--resize", type=int, default=128,
+                    help="side of the whole-image resize comparison (default 128, small-cnn's resize default)")
+    ap.add_argument("--epochs", type=int, default=6, help="student epochs (default 6)")
     ap.add_argument("--seeds", type=int, default=5, help="calibration subsets per label count (default 5)")
     ap.add_argument("--n-speed", type=int, default=64, help="images in the speed test (default 64)")
     ap.add_argument("--speed-size", type=int, default=512, help="side of the speed-test images (default 512)")
@@ -377,7 +378,7 @@ def main() -> None:
     from lmmiqa.distill.students import get_student
     from lmmiqa.distill.train import DEFAULT_CROPS
 
-    args.crop = args.crop or get_student("small-cnn").default_size
+    args.crop = args.crop or get_student("small-cnn").default_crop
     args.n_crops = args.n_crops or DEFAULT_CROPS
     if args.quick:
         args.sizes, args.teachers, args.crops, args.epochs, args.seeds = [96], ["brisque"], 2, 2, 2

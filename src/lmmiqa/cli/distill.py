@@ -149,7 +149,7 @@ def _register_train(dsub: Any) -> None:
                    help="load pretrained weights (default: yes for convnext/resnet; --no-pretrained builds them "
                    "from their config with random weights, offline)")
     p.add_argument("--image-size", type=int, default=None,
-                   help="input side: the crop side in crops mode (default: the student's; 224, small-cnn 96)")
+                   help="input side: the crop side in crops mode (default: the student's; 224, small-cnn 64 in crops mode, 128 otherwise)")
     p.add_argument("--resize-mode", choices=["crops", "resize", "center-crop"], default="crops",
                    help="crops (default: random native-resolution crops in training, the mean of --crops fixed crops "
                    "at inference; keeps noise, blur and blocking), resize (whole image squashed to the input side) "

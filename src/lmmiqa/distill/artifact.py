@@ -14,6 +14,7 @@ Load with :meth:`StudentArtifact.load`; score with the ``leaf`` method (:class:`
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -391,8 +392,8 @@ def forward_views(net: Any, preprocess: Any, views: Sequence[np.ndarray], device
         net.train()
     s = np.concatenate(scores) if scores else np.zeros(0)
     p = np.concatenate(probs) if probs else None
-    bounds = np.cumsum([0, *counts])
-    mean = np.array([s[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
-    std = np.array([s[a:b].std() for a, b in zip(bounds[:-1], bounds[1:])])
-    pm = np.stack([p[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])]) if p is not None else None
+    spans = list(itertools.pairwise(np.cumsum([0, *counts])))
+    mean = np.array([s[a:b].mean() for a, b in spans])
+    std = np.array([s[a:b].std() for a, b in spans])
+    pm = np.stack([p[a:b].mean(axis=0) for a, b in spans]) if p is not None else None
     return (mean, std), pm

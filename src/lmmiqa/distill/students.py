@@ -2,7 +2,7 @@
 
 Registered in :data:`lmmiqa.registry.STUDENTS` (one line each):
 
-* ``small-cnn`` — a small built-in CNN (≈0.4 M parameters) that trains on a CPU in minutes;
+* ``small-cnn`` — a small built-in CNN (≈0.13 M parameters) that trains on a CPU in minutes;
 * ``convnext-base`` (the LEAF paper's student), ``convnext-tiny``, ``resnet-50`` — transformers image models
   (``ConvNextModel``/``ResNetModel``; not timm, no torchvision) with ImageNet-pretrained weights
   (``facebook/convnext-base-224``, ``facebook/convnext-tiny-224``, ``microsoft/resnet-50``, or a local folder
@@ -206,7 +206,8 @@ class StudentSpec:
     Attributes:
         name: registered name.
         summary: one line for ``--help``.
-        default_size: input side used when none is given.
+        default_size: input side used when none is given (whole-image ``resize``/``center-crop`` modes).
+        default_crop: crop side used when none is given in ``crops`` mode.
         default_lr: AdamW learning rate used when none is given.
         has_pretrained: whether pretrained weights exist (the default of ``pretrained`` when training).
     """
@@ -214,6 +215,7 @@ class StudentSpec:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     default_size: ClassVar[int] = 224
+    default_crop: ClassVar[int] = 224
     default_lr: ClassVar[float] = 1e-4
     has_pretrained: ClassVar[bool] = False
 
@@ -237,11 +239,12 @@ class SmallCNN(StudentSpec):
     """A small built-in CNN (four conv stages, mean+std statistics of each stage); trains on a CPU in minutes."""
 
     name = "small-cnn"
-    summary = "built-in 4-stage CNN (~0.4 M parameters, local-contrast input channel, multi-stage mean/std pooling); CPU-friendly"
+    summary = "built-in 4-stage CNN (~0.13 M parameters, local-contrast input channel, multi-stage mean/std pooling; 64² crops by default); CPU-friendly"
     default_size = 128
+    default_crop = 64
     default_lr = 2e-3
 
-    def __init__(self, channels: Sequence[int] = (16, 32, 64, 128), norm: str = "batch", lcn: bool = True) -> None:
+    def __init__(self, channels: Sequence[int] = (8, 16, 32, 64), norm: str = "batch", lcn: bool = True) -> None:
         """Args: channels: output channels of each stage (1 to 6 stages; the first keeps full resolution);
         norm: ``batch`` (batch norm after each conv) or ``none``; lcn: add a locally contrast-normalized grey
         channel to the input."""

@@ -69,7 +69,8 @@ class TrainConfig:
         student_options: options of the student spec (e.g. ``{"channels": [8, 16, 32, 64]}`` for small-cnn).
         student_model: hub id or local folder of the student checkpoint (default: the student's own hub id).
         pretrained: load pretrained weights (default: yes for students that have them; ``small-cnn`` has none).
-        image_size: input side (default: the student's).
+        image_size: input side, the crop side in ``crops`` mode (default: the student's ``default_crop`` in
+            ``crops`` mode — small-cnn 64, ConvNeXt/ResNet 224 — else its ``default_size``).
         resize_mode: ``crops`` (default: random ``image_size`` crops at native resolution in training, the mean of
             ``crops`` deterministic crops at inference), ``resize`` (whole image squashed) or ``center-crop``.
         crops: inference crops per image in ``crops`` mode (also used for the validation fidelity).
@@ -324,7 +325,8 @@ def train_student(
     spec = get_student(config.student, **config.student_options)
     pretrained = spec.has_pretrained if config.pretrained is None else bool(config.pretrained)
     arch = spec.arch(pretrained=pretrained, source=config.student_model)
-    preprocess = spec.preprocessing(size=config.image_size, pretrained=pretrained, source=config.student_model)
+    size = config.image_size or (spec.default_crop if config.resize_mode == "crops" else None)
+    preprocess = spec.preprocessing(size=size, pretrained=pretrained, source=config.student_model)
     from dataclasses import replace
 
     preprocess = replace(preprocess, mode=config.resize_mode, crops=int(config.crops), crop_layout=config.crop_layout)

@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from lmmiqa.errors import ConfigError
 from lmmiqa.images import ImageItem
 from lmmiqa.methods.base import Scorer, ScorerConfig
