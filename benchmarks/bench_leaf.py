@@ -371,10 +371,23 @@ def main() -> None:
     ap.add_argument("--n-speed", type=int, default=64, help="images in the speed test (default 64)")
     ap.add_argument("--speed-size", type=int, default=512, help="side of the speed-test images (default 512)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
+    ap.add_argument("--speed-teachers", nargs="+", default=None,
+                    help="teachers timed in the speed test (default: --teachers)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-resize", action="store_true", help="skip the resize-vs-crops comparison")
     ap.add_argument("--quick", action="store_true", help="smoke run (96² ladder, brisque, 2 epochs, 16 speed images)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                    help="only build the report from leaf.json files of runs over parts (e.g. one process per "
+                    "--sizes value) into --results")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.results))
+        return
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(int(args.threads))
     from lmmiqa.distill.students import get_student
     from lmmiqa.distill.train import DEFAULT_CROPS
 
@@ -411,17 +424,38 @@ def main() -> None:
                                   "rows": calibration_rows(main_train, main_row, args)}
         res["heldout"] = [{k: v for k, v in r.items() if k not in ("_arrays", "student")} for r in held]
         if not args.skip_speed:
-            res["speed"] = speed(args, work, main_row, args.teachers)
+            res["speed"] = speed(args, work, main_row, args.speed_teachers or args.teachers)
     res["seconds"] = time.perf_counter() - t_all
-    table = _table(res) + f"\nTotal benchmark time: {res['seconds'] / 60:.1f} min.\n"
+    write_report(res, results)
+
+
+def write_report(res: dict[str, Any], results: Path) -> None:
+    """``leaf.md``, ``leaf.json`` and the plots into ``results``."""
+    results.mkdir(parents=True, exist_ok=True)
+    table = _table(res) + f"\nBenchmark time: {res['seconds'] / 60:.1f} min" + (
+        f" (parts run in parallel: {', '.join(f'{s / 60:.1f}' for s in res['part_seconds'])} min)"
+        if res.get("part_seconds") else "") + ".\n"
     print(table)
     (results / "leaf.md").write_text(table, encoding="utf-8")
     (results / "leaf.json").write_text(json.dumps(res, indent=2, default=float) + "\n", encoding="utf-8")
-    if res["heldout"]:
+    if res.get("heldout"):
         _plot_heldout(res["heldout"], results / "leaf_heldout.png")
     if res.get("calibration"):
         _plot_labels(res["calibration"], results / "leaf_labels.png")
     print(f"written to {results}/", file=sys.stderr)
+
+
+def merge(files: list[str], results: Path) -> None:
+    """One report from the ``leaf.json`` of several partial runs (held-out rows by ladder size; the calibration
+    table of the run that has the 256² ladder, else the first; the first speed table)."""
+    parts = [json.loads(Path(f).read_text(encoding="utf-8")) for f in files]
+    held = sorted((r for p in parts for r in p.get("heldout", [])), key=lambda r: (r["size"], r["mode"] != "crops"))
+    cals = [p["calibration"] for p in parts if p.get("calibration")]
+    cal = next((c for c in cals if "256" in c["setting"]), cals[0] if cals else None)
+    spd = next((p["speed"] for p in parts if p.get("speed")), None)
+    secs = [float(p.get("seconds", 0.0)) for p in parts]
+    write_report({"args": [p.get("args") for p in parts], "heldout": held, "calibration": cal, "speed": spd,
+                  "seconds": max(secs), "part_seconds": secs}, results)
 
 
 if __name__ == "__main__":
