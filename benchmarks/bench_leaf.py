@@ -118,7 +118,7 @@ def run_setting(train: Any, test: Any, teacher: str, size: int, args: argparse.N
     crop = args.crop if mode == "crops" else min(size, args.resize)
     train_student(cache, work / f"student-{tag}",
                   TrainConfig(student="small-cnn", image_size=crop, resize_mode=mode, crops=args.n_crops,
-                              batch_size=16, epochs=args.epochs, seed=0, val_fraction=0.0,
+                              batch_size=args.batch_size, epochs=args.epochs, seed=0, val_fraction=0.0,
                               progress=sys.stderr.isatty()))
     t_train = time.perf_counter() - t0
     sign = -1.0 if summary.negated else 1.0
@@ -127,7 +127,7 @@ def run_setting(train: Any, test: Any, teacher: str, size: int, args: argparse.N
     y = test.scores()
     row = {
         "teacher": teacher, "size": size, "mode": mode, "crop": crop, "n_crops": args.n_crops if mode == "crops" else 1,
-        "n_train": len(train), "n_test": len(test), "epochs": args.epochs,
+        "n_train": len(train), "n_test": len(test), "epochs": args.epochs, "batch_size": args.batch_size,
         "teacher_srcc": srcc(t_test, y), "student_srcc": srcc(s_test, y), "fidelity": srcc(s_test, t_test),
         "teach_seconds": t_teach, "train_seconds": t_train,
         "student": str(work / f"student-{tag}"),
@@ -255,17 +255,18 @@ def _table(res: dict[str, Any]) -> str:
         r0 = held[0]
         lines += [
             f"Held-out photos: ladders of {r0['n_train']} train / {r0['n_test']} test images (2 of 7 photos held out, "
-            f"{', '.join(TYPES)}; 5 severities). Student small-cnn, {r0['epochs']} epochs, batch 16; teachers judge "
+            f"{', '.join(TYPES)}; 5 severities). Student small-cnn (8-16-32-64); teachers judge "
             "the train part only (pairs derived from their scores).",
             "",
-            "| ladder | teacher | student input | teacher SRCC | student SRCC | gap (target ≤ 0.05) | fidelity "
-            "(student vs teacher) | teach s | train s |",
-            "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+            "| ladder | teacher | student input | epochs / batch | teacher SRCC | student SRCC | gap (target ≤ 0.05) "
+            "| fidelity (student vs teacher) | teach s | train s |",
+            "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in held:
             view = f"{r['n_crops']} crops of {r['crop']}²" if r["mode"] == "crops" else f"resize to {r['crop']}²"
             ok = "✓" if r["gap"] <= 0.05 else "✗"
-            lines.append(f"| {r['size']}² | {r['teacher']} | {view} | {r['teacher_srcc']:.3f} | {r['student_srcc']:.3f} | "
+            lines.append(f"| {r['size']}² | {r['teacher']} | {view} | {r['epochs']} / {r.get('batch_size', 16)} | "
+                         f"{r['teacher_srcc']:.3f} | {r['student_srcc']:.3f} | "
                          f"{r['gap']:+.3f} {ok} | {r['fidelity']:.3f} | {r['teach_seconds']:.0f} | "
                          f"{r['train_seconds']:.0f} |")
         lines.append("")
@@ -367,6 +368,7 @@ def main() -> None:
     ap.add_argument("--resize", type=int, default=128,
                     help="side of the whole-image resize comparison (default 128, small-cnn's resize default)")
     ap.add_argument("--epochs", type=int, default=6, help="student epochs (default 6)")
+    ap.add_argument("--batch-size", type=int, default=16, help="student batch size (default 16)")
     ap.add_argument("--seeds", type=int, default=5, help="calibration subsets per label count (default 5)")
     ap.add_argument("--n-speed", type=int, default=64, help="images in the speed test (default 64)")
     ap.add_argument("--speed-size", type=int, default=512, help="side of the speed-test images (default 512)")

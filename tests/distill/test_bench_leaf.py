@@ -33,8 +33,8 @@ def test_report_table_and_plot(tmp_path):
     res = {"heldout": held, "calibration": {"setting": "brisque, 256², crops",
                                             "rows": [{"labels": 10, **row}, {"labels": 80, **row}]}, "speed": spd}
     table = bench._table(res)
-    assert "| 256² | brisque | 4 crops of 64² | 0.570 | 0.650 | -0.080 ✓ | 0.620 | 3 | 90 |" in table
-    assert "| 256² | brisque | resize to 128² | 0.570 | 0.300 | +0.270 ✗ | 0.200 | 3 | 90 |" in table
+    assert "| 256² | brisque | 4 crops of 64² | 6 / 16 | 0.570 | 0.650 | -0.080 ✓ | 0.620 | 3 | 90 |" in table
+    assert "| 256² | brisque | resize to 128² | 6 / 16 | 0.570 | 0.300 | +0.270 ✗ | 0.200 | 3 | 90 |" in table
     assert "| 10 | 5 | 0.600 | 0.550 (0.500–0.600) | 0.700 | 0.650 | 0/1 |" in table
     # × tiny MLLM, × brisque, × the 8B teacher by FLOPs (3943 / 0.1)
     assert "| student small-cnn crops 4x64² (trained) | 40.0 | 0.1 | 4.0 | 2.0 | 39430 |" in table

@@ -168,6 +168,9 @@ def test_training_records_fidelity_images_and_warns(crops_student):
     msg = fidelity_warning({"val_srcc": -0.06, "n_val": 10, "train_srcc": 0.9})
     assert msg and "-0.060" in msg and "held-out" in msg
     assert "training" in fidelity_warning({"train_srcc": 0.05, "n_train_checked": 9})
+    assert "only 80 optimizer steps" in fidelity_warning({"val_srcc": 0.1, "n_val": 9, "optimizer_steps": 80})
+    assert "optimizer steps" not in fidelity_warning({"val_srcc": 0.1, "n_val": 9, "optimizer_steps": 2000})
+    assert fid["optimizer_steps"] == 2 * 3  # 9 training images in batches of 4, 2 epochs
 
 
 def test_version_1_folder_still_loads_and_scores(crops_student, tmp_path):

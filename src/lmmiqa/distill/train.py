@@ -50,6 +50,9 @@ STATE_DIR = "train_state"
 DEFAULT_CROPS = 4
 #: |SRCC| of the student against its teacher below which training warns that the student did not learn it
 LOW_FIDELITY = 0.3
+#: optimizer steps below which a low-fidelity warning suggests more epochs (bench_leaf: 80 steps fell short, 375
+#: sufficed for the BRISQUE-taught small-cnn)
+MIN_STEPS_HINT = 300
 #: ``val_fraction=None``: hold out this share when the cache has at least AUTO_VAL_MIN_IMAGES images
 AUTO_VAL_FRACTION = 0.1
 AUTO_VAL_MIN_IMAGES = 50
@@ -425,7 +428,7 @@ def train_student(
         if bar is not None:
             bar.close()
 
-    fidelity: dict[str, Any] = {"n_val": len(val_idx)}
+    fidelity: dict[str, Any] = {"n_val": len(val_idx), "optimizer_steps": steps * int(config.epochs)}
     if len(val_idx):
         fidelity["val_srcc"] = history[-1].get("val_srcc_vs_teacher") if history else None
         if fidelity["val_srcc"] is None:
@@ -576,10 +579,14 @@ def fidelity_warning(fidelity: dict[str, Any]) -> str | None:
             continue
         if abs(float(v)) < LOW_FIDELITY:
             n = fidelity.get("n_val" if key == "val_srcc" else "n_train_checked")
+            steps = fidelity.get("optimizer_steps")
+            few = (f" The run made only {steps} optimizer steps; students in benchmarks/bench_leaf.py needed "
+                   f"~{MIN_STEPS_HINT}: raise --epochs (or lower --batch-size)."
+                   if steps is not None and int(steps) < MIN_STEPS_HINT else "")
             return (
                 f"the student barely follows its teacher: SRCC {float(v):+.3f} against the teacher on {n} {where} "
-                f"image(s) (below {LOW_FIDELITY}). Calibrating or evaluating it measures noise. Try more teacher-"
-                "judged images, more --epochs, or --resize-mode crops (whole-image resizing removes the noise, "
+                f"image(s) (below {LOW_FIDELITY}). Calibrating or evaluating it measures noise.{few} Otherwise try "
+                "more teacher-judged images, or --resize-mode crops (whole-image resizing removes the noise, "
                 "blur and blocking a quality teacher reacts to)"
             )
         return None
