@@ -312,8 +312,9 @@ def _plot_heldout(held: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in held if r["mode"] == "crops" or r.get("main")]
-    labels = [f"{r['teacher']}\n{r['size']}²" + ("" if r["mode"] == "crops" else "\nresize") for r in rows]
+    rows = held
+    labels = [f"{r['teacher']} {r['size']}²\n" + (f"{r['crop']}² crops" if r["mode"] == "crops" else "resize")
+              + f"\n{r['epochs']} ep" for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(rows)), 3.6), dpi=120)
     ax.bar(x - 0.2, [r["teacher_srcc"] for r in rows], 0.4, label="teacher SRCC (pseudo-MOS)")
@@ -451,7 +452,7 @@ def merge(files: list[str], results: Path) -> None:
     """One report from the ``leaf.json`` of several partial runs (held-out rows by ladder size; the calibration
     table of the run that has the 256² ladder, else the first; the first speed table)."""
     parts = [json.loads(Path(f).read_text(encoding="utf-8")) for f in files]
-    held = sorted((r for p in parts for r in p.get("heldout", [])), key=lambda r: (r["size"], r["mode"] != "crops"))
+    held = sorted((r for p in parts for r in p.get("heldout", [])), key=lambda r: (r["size"], r["mode"] != "crops", r["epochs"], r["crop"]))
     cals = [p["calibration"] for p in parts if p.get("calibration")]
     cal = next((c for c in cals if "256" in c["setting"]), cals[0] if cals else None)
     spd = next((p["speed"] for p in parts if p.get("speed")), None)

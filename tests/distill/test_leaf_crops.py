@@ -172,6 +172,12 @@ def test_training_records_fidelity_images_and_warns(crops_student):
     assert "optimizer steps" not in fidelity_warning({"val_srcc": 0.1, "n_val": 9, "optimizer_steps": 2000})
     assert fid["optimizer_steps"] == 2 * 3  # 9 training images in batches of 4, 2 epochs
 
+    from lmmiqa.distill.train import auto_epochs
+
+    assert auto_epochs(313) == 10  # a large cache: 10 epochs
+    assert auto_epochs(3) == 100  # ~100 images in batches of 32: enough epochs for 300 steps
+    assert auto_epochs(1) == 200  # capped
+
 
 def test_version_1_folder_still_loads_and_scores(crops_student, tmp_path):
     """A schema-1 folder (whole-image resize, no crop keys, no recorded images) scores as before."""

@@ -53,6 +53,9 @@ LOW_FIDELITY = 0.3
 #: optimizer steps below which a low-fidelity warning suggests more epochs (bench_leaf: 80 steps fell short, 375
 #: sufficed for the BRISQUE-taught small-cnn)
 MIN_STEPS_HINT = 300
+#: ``epochs=None``: at least DEFAULT_EPOCHS, more on small caches until about MIN_STEPS_HINT optimizer steps
+DEFAULT_EPOCHS = 10
+MAX_AUTO_EPOCHS = 200
 #: ``val_fraction=None``: hold out this share when the cache has at least AUTO_VAL_MIN_IMAGES images
 AUTO_VAL_FRACTION = 0.1
 AUTO_VAL_MIN_IMAGES = 50
@@ -78,7 +81,8 @@ class TrainConfig:
             ``crops`` deterministic crops at inference), ``resize`` (whole image squashed) or ``center-crop``.
         crops: inference crops per image in ``crops`` mode (also used for the validation fidelity).
         crop_layout: ``grid`` or ``corners`` (centre + 4 corners; at most 5 crops).
-        epochs: passes over the training images.
+        epochs: passes over the training images (default ``None``: 10, or more on small caches so that training
+            makes about 300 optimizer steps — :func:`auto_epochs`; at most 200).
         batch_size: images per point batch.
         pairs_per_batch: pairs per step (default: ``batch_size // 2``; 0: no pair term).
         lr: AdamW learning rate (default: the student's).
@@ -109,7 +113,7 @@ class TrainConfig:
     resize_mode: str = "crops"
     crops: int = DEFAULT_CROPS
     crop_layout: str = "grid"
-    epochs: int = 10
+    epochs: int | None = None
     batch_size: int = 32
     pairs_per_batch: int | None = None
     lr: float | None = None
@@ -139,7 +143,7 @@ class TrainConfig:
         if int(self.crops) < 1 or (self.crop_layout == "corners" and int(self.crops) > 5):
             raise ConfigError(f"crops must be >= 1 (at most 5 with the corners layout), got {self.crops}")
         for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size is not None and int(self.image_size) < 8:
             raise ConfigError(f"image_size must be >= 8, got {self.image_size}")
@@ -386,12 +390,13 @@ def train_student(
     m = len(pairs)
     per_step = (int(config.batch_size) // 2 if config.pairs_per_batch is None else int(config.pairs_per_batch)) if m else 0
     pair_stream = PairStream(m, per_step, int(config.seed))
-    total_steps = steps * int(config.epochs)
+    epochs = int(config.epochs) if config.epochs is not None else auto_epochs(steps)
+    total_steps = steps * epochs
     warmup = round(float(config.warmup_fraction) * total_steps)
     targets = _Targets.build(z, labels, probs, pair_p, pair_w, device, torch)
-    bar = _bar((int(config.epochs) - start_epoch) * steps, config)
+    bar = _bar((epochs - start_epoch) * steps, config)
     try:
-        for epoch in range(start_epoch, int(config.epochs)):
+        for epoch in range(start_epoch, epochs):
             t_epoch = time.perf_counter()
             rng = np.random.default_rng([int(config.seed), epoch])
             order = train_idx[rng.permutation(n_train)]
@@ -428,7 +433,7 @@ def train_student(
         if bar is not None:
             bar.close()
 
-    fidelity: dict[str, Any] = {"n_val": len(val_idx), "optimizer_steps": steps * int(config.epochs)}
+    fidelity: dict[str, Any] = {"n_val": len(val_idx), "optimizer_steps": steps * epochs}
     if len(val_idx):
         fidelity["val_srcc"] = history[-1].get("val_srcc_vs_teacher") if history else None
         if fidelity["val_srcc"] is None:
@@ -442,6 +447,7 @@ def train_student(
         log.warning("%s", warning)
     training = {
         "config": config_to_dict(config),
+        "epochs": epochs,
         "val_fraction": float(val_fraction),
         "fidelity": fidelity,
         "warnings": [warning] if warning else [],
@@ -471,7 +477,7 @@ def train_student(
     return TrainSummary(
         out=str(root),
         student=spec.name,
-        epochs=int(config.epochs),
+        epochs=epochs,
         resumed_from_epoch=start_epoch,
         n_train=n_train,
         n_val=len(val_idx),
@@ -568,6 +574,12 @@ def _val_srcc(net: Any, bank: ImageBank, preprocess: Any, val_idx: np.ndarray, s
         (mean, _), _ = forward_views(net, preprocess, views, device, torch)
         preds.append(mean)
     return srcc(np.concatenate(preds), scores[val_idx])
+
+
+def auto_epochs(steps_per_epoch: int) -> int:
+    """Default epochs: :data:`DEFAULT_EPOCHS`, or enough for ~:data:`MIN_STEPS_HINT` optimizer steps on a small
+    cache (bench_leaf: 80 steps left students far from their teacher), at most :data:`MAX_AUTO_EPOCHS`."""
+    return int(min(MAX_AUTO_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS_HINT / max(int(steps_per_epoch), 1)))))
 
 
 def fidelity_warning(fidelity: dict[str, Any]) -> str | None:
