@@ -50,9 +50,9 @@ STATE_DIR = "train_state"
 DEFAULT_CROPS = 4
 #: |SRCC| of the student against its teacher below which training warns that the student did not learn it
 LOW_FIDELITY = 0.3
-#: optimizer steps below which a low-fidelity warning suggests more epochs (bench_leaf: 80 steps fell short, 375
+#: optimizer steps below which a low-fidelity warning suggests more epochs (bench_leaf: 80 steps fell short, ~380
 #: sufficed for the BRISQUE-taught small-cnn)
-MIN_STEPS_HINT = 300
+MIN_STEPS_HINT = 400
 #: ``epochs=None``: at least DEFAULT_EPOCHS, more on small caches until about MIN_STEPS_HINT optimizer steps
 DEFAULT_EPOCHS = 10
 MAX_AUTO_EPOCHS = 200
@@ -82,7 +82,7 @@ class TrainConfig:
         crops: inference crops per image in ``crops`` mode (also used for the validation fidelity).
         crop_layout: ``grid`` or ``corners`` (centre + 4 corners; at most 5 crops).
         epochs: passes over the training images (default ``None``: 10, or more on small caches so that training
-            makes about 300 optimizer steps — :func:`auto_epochs`; at most 200).
+            makes about 400 optimizer steps — :func:`auto_epochs`; at most 200).
         batch_size: images per point batch.
         pairs_per_batch: pairs per step (default: ``batch_size // 2``; 0: no pair term).
         lr: AdamW learning rate (default: the student's).
