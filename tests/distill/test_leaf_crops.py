@@ -161,6 +161,7 @@ def test_training_records_fidelity_images_and_warns(crops_student):
     assert fid["n_val"] == 3 and -1 <= fid["val_srcc"] <= 1 and fid["n_train_checked"] == 9
     assert len(training["images"]["train"]) == 9 and len(training["images"]["val"]) == 3
     assert training["val_fraction"] == 0.25
+    assert StudentArtifact.load(student).summary()["fidelity"] == fid  # shown by `distill info`
 
     from lmmiqa.distill.train import fidelity_warning
 

@@ -277,8 +277,13 @@ class StudentArtifact:
                 "calibration": self.calibration.to_dict() if self.calibration is not None else None,
                 "calibration_report": self.calibration_report,
                 "teacher": (self.teacher or {}).get("identity"),
+                "fidelity": self._training().get("fidelity"),
             }
         )
+
+    def _training(self) -> dict[str, Any]:
+        path = self.path / TRAINING_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     def used_images(self) -> dict[str, set[str] | None]:
         """Canonical paths (``os.path.realpath``) of the images this student has seen, by use: ``training`` (every
@@ -286,9 +291,7 @@ class StudentArtifact:
         schema 2, the teacher cache's images when the cache is still there) and ``calibration`` (the labelled
         subset of ``calibration.json``). ``None`` where it is not recorded."""
         training: set[str] | None = None
-        tpath = self.path / TRAINING_FILE
-        data = json.loads(tpath.read_text(encoding="utf-8")) if tpath.is_file() else {}
-        images = data.get("images")
+        images = self._training().get("images")
         if isinstance(images, dict):
             training = {os.path.realpath(p) for part in images.values() for p in part}
         elif (self.teacher or {}).get("folder") and Path(self.teacher["folder"]).is_dir():  # type: ignore[index]
