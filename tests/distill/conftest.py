@@ -16,12 +16,11 @@ from leaf_helpers import write_blur_set  # noqa: E402
 
 @pytest.fixture()
 def tool_assets(shared_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
-    """Point the classical tools (brisque, niqe) at the shared parameter files; forbid downloads."""
+    """Point the classical tools (brisque, niqe) at the shared parameter files (the package ships the same)."""
     params = shared_dir / "data" / "params"
     if not (params / "brisque_svm.npz").is_file():
         pytest.skip(f"classical-tool parameters not found in {params}")
     monkeypatch.setenv("LMMIQA_ASSETS", str(params))
-    monkeypatch.setenv("LMMIQA_OFFLINE", "1")
     return params
 
 

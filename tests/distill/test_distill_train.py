@@ -46,10 +46,11 @@ def test_artifact_is_self_describing(cache, tmp_path):
     summary = train_student(cache, tmp_path / "s", tiny_config())
     assert summary.epochs == 2 and len(summary.history) == 2 and summary.n_pairs == 30
     cfg = json.loads((tmp_path / "s" / CONFIG_FILE).read_text())
-    assert cfg["registered_name"] == "leaf" and cfg["kind"] == "lmmiqa-leaf-student" and cfg["schema_version"] == 1
+    assert cfg["registered_name"] == "leaf" and cfg["kind"] == "lmmiqa-leaf-student" and cfg["schema_version"] == 2
     assert cfg["student"] == {"name": "small-cnn", "arch": {"channels": [4, 8], "norm": "batch", "lcn": True},
                               "k_levels": None}
-    assert cfg["preprocessing"]["size"] == 32 and cfg["preprocessing"]["mode"] == "resize"
+    pre = cfg["preprocessing"]
+    assert pre["size"] == 32 and pre["mode"] == "crops" and pre["crops"] == 4 and pre["crop_layout"] == "grid"
     assert cfg["output"]["target_std"] > 0
     teacher = json.loads((tmp_path / "s" / TEACHER_FILE).read_text())
     assert teacher["identity"]["method"] == "cue_scorer:SharpnessTeacher" and teacher["n_pairs"] == 30

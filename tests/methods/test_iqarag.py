@@ -275,8 +275,12 @@ def test_eval_refuses_overlap_unless_allowed(pixel_bank, ladder, queries):
         evaluate(scorer, ladder, n_boot=0, plot=False)
     report = evaluate(scorer, ladder, n_boot=0, plot=False, allow_overlap=True, limit=3)
     assert report.n == 3
+    assert report.overlap == {"n": 3, "of": 3, "allowed": True}  # the report says so
+    assert "evaluated anyway (--allow-overlap)" in report.to_markdown()
     held_out = ladder.subset([it.ref_id == HELD_OUT for it in ladder])
-    assert evaluate(scorer, held_out, n_boot=0, plot=False).n == 15
+    clean = evaluate(scorer, held_out, n_boot=0, plot=False)
+    assert clean.n == 15 and clean.overlap == {"n": 0, "of": 15, "allowed": False}
+    assert "0 of 15 evaluated images (checked)" in clean.to_markdown()
     desc = scorer.describe()
     assert desc["config"]["bank_fingerprint"] == scorer.bank.fingerprint and desc["bank"]["count"] == 30
 

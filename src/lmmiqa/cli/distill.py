@@ -127,6 +127,7 @@ def _student_help() -> str:
 
 def _register_train(dsub: Any) -> None:
     from lmmiqa import registry
+    from lmmiqa.distill.train import DEFAULT_CROPS
 
     names = registry.names("student")
     p = dsub.add_parser(
@@ -147,9 +148,19 @@ def _register_train(dsub: Any) -> None:
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="load pretrained weights (default: yes for convnext/resnet; --no-pretrained builds them "
                    "from their config with random weights, offline)")
-    p.add_argument("--image-size", type=int, default=None, help="input side (default: the student's; 224, small-cnn 128)")
-    p.add_argument("--resize-mode", choices=["resize", "center-crop"], default="resize", help="resize (default) or center-crop")
-    p.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input side: the crop side in crops mode (default: the student's; 224, small-cnn 64 in crops mode, 128 otherwise)")
+    p.add_argument("--resize-mode", choices=["crops", "resize", "center-crop"], default="crops",
+                   help="crops (default: random native-resolution crops in training, the mean of --crops fixed crops "
+                   "at inference; keeps noise, blur and blocking), resize (whole image squashed to the input side) "
+                   "or center-crop")
+    p.add_argument("--crops", type=int, default=None,
+                   help=f"inference crops per image in crops mode (default {DEFAULT_CROPS})")
+    p.add_argument("--crop-layout", choices=["grid", "corners"], default="grid",
+                   help="grid (default; follows the image's aspect ratio) or corners (centre + 4 corners, at most 5)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs (default: 10, or more on small teacher caches so that training makes about 400 "
+                   "optimizer steps; at most 200)")
     p.add_argument("--batch-size", type=int, default=32, help="images per point batch (default 32)")
     p.add_argument("--pairs-per-batch", type=int, default=None, help="pairs per step (default batch-size/2)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the student's)")
@@ -160,8 +171,9 @@ def _register_train(dsub: Any) -> None:
     p.add_argument("--pair-prob", choices=["thurstone", "sigmoid"], default="thurstone",
                    help="student pair probability: Phi(d/sqrt2) (default) or sigmoid(d)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal-flip augmentation")
-    p.add_argument("--val-fraction", type=float, default=0.0,
-                   help="hold out this share of images to report student-vs-teacher SRCC per epoch (default 0)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="hold out this share of images to report the student's SRCC to its teacher per epoch and at "
+                   "the end (default: 0.1 with at least 50 images, else 0)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0): the run is deterministic for it")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: CPU count, at most 8)")
@@ -182,6 +194,8 @@ def run_train(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         image_size=args.image_size,
         resize_mode=args.resize_mode,
+        crop_layout=args.crop_layout,
+        **({"crops": args.crops} if args.crops is not None else {}),
         epochs=args.epochs,
         batch_size=args.batch_size,
         pairs_per_batch=args.pairs_per_batch,
@@ -201,6 +215,17 @@ def run_train(args: argparse.Namespace) -> int:
     )
     summary = train_student(args.teacher_labels, args.out, config, restart=args.restart)
     print(json.dumps(summary.to_dict(), indent=2))
+    fid = summary.fidelity
+    parts = []
+    if fid.get("val_srcc") is not None:
+        parts.append(f"held-out {fid['val_srcc']:+.3f} on {fid['n_val']} image(s)")
+    if fid.get("train_srcc") is not None:
+        parts.append(f"training {fid['train_srcc']:+.3f} on {fid['n_train_checked']} image(s)")
+    if parts:
+        print(f"lmmiqa distill train: fidelity to the teacher (SRCC student vs teacher): {', '.join(parts)}",
+              file=sys.stderr)
+    for warning in summary.warnings:
+        print(f"lmmiqa distill train: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -258,6 +283,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(f"  held-out {report.n_heldout} image(s):     SRCC {h['srcc']:.4f}  PLCC {h['plcc']:.4f}  RMSE {h['rmse']:.4f}")
     if report.n_failed:
         print(f"  {report.n_failed} image(s) could not be scored by the student (left out)")
+    subset = report.extra.get("subset") or {}
+    print(f"  calibration subset drawn by {subset.get('by', 'image')}")
+    for warning in report.extra.get("warnings", []):
+        print(f"lmmiqa distill calibrate: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -31,7 +31,7 @@ def local_contrast_normalize(gray: torch.Tensor, size: int = 7, c: float = 1e-2)
 class SmallCNNBackbone(nn.Module):
     """Four 3×3 conv stages; output = concatenated per-channel mean and std of every stage."""
 
-    def __init__(self, channels: Sequence[int] = (16, 32, 64, 128), norm: str = "batch", lcn: bool = False) -> None:
+    def __init__(self, channels: Sequence[int] = (8, 16, 32, 64), norm: str = "batch", lcn: bool = False) -> None:
         super().__init__()
         layers = []
         self.lcn = bool(lcn)

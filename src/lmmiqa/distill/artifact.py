@@ -14,6 +14,7 @@ Load with :meth:`StudentArtifact.load`; score with the ``leaf`` method (:class:`
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -24,17 +25,21 @@ from typing import Any
 
 import numpy as np
 
-from lmmiqa.errors import DataError, require
+from lmmiqa.errors import ConfigError, DataError, require
 from lmmiqa.types import json_safe
 
 ARTIFACT_KIND = "lmmiqa-leaf-student"
 REGISTERED_NAME = "leaf"
-SCHEMA_VERSION = 1
+#: 2: ``crops`` preprocessing (mode, crops, crop_layout) and the images the student was distilled from in
+#: ``training.json``; version-1 folders (whole-image ``resize``/``center-crop``) load unchanged
+SCHEMA_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TEACHER_FILE = "teacher.json"
 TRAINING_FILE = "training.json"
 CALIBRATION_FILE = "calibration.json"
+#: the calibration maps (:mod:`lmmiqa.distill.calibrate` fits them; this module stores and applies them)
+CALIBRATION_KINDS = ("logistic", "isotonic", "linear")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -105,13 +110,82 @@ def save_artifact(
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """A fitted map from raw student output to a MOS scale.
+
+    Attributes:
+        kind: ``logistic``, ``isotonic`` or ``linear``.
+        params: the map's parameters: logistic → the :class:`~lmmiqa.evaluation.logistic.FitResult` fields;
+            isotonic → ``x``/``y`` thresholds; linear → ``a``, ``b`` (``ŷ = a·x + b``).
+        input_sign: +1, or −1 when fitted from the negated output (lower-is-better labels).
+        higher_is_better: direction of the calibrated score (the dataset's).
+        scale: ``(low, high)`` of the MOS scale, or ``None``.
+    """
+
+    kind: str
+    params: dict[str, Any]
+    input_sign: float = 1.0
+    higher_is_better: bool = True
+    scale: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in CALIBRATION_KINDS:
+            raise ConfigError(f"unknown calibration {self.kind!r}; known: {', '.join(CALIBRATION_KINDS)}")
+        if self.input_sign not in (1.0, -1.0):
+            raise ConfigError(f"input_sign must be +1 or -1, got {self.input_sign}")
+
+    def apply(self, raw: Any) -> np.ndarray:
+        """Calibrated scores for raw student outputs (NaN stays NaN)."""
+        x = self.input_sign * np.asarray(raw, dtype=np.float64)
+        if self.kind == "logistic":
+            return _fit_result(self.params).predict(x)
+        if self.kind == "isotonic":
+            xs = np.asarray(self.params["x"], dtype=np.float64)
+            ys = np.asarray(self.params["y"], dtype=np.float64)
+            out = np.interp(x, xs, ys)
+            return np.where(np.isfinite(x), out, np.nan)
+        return float(self.params["a"]) * x + float(self.params["b"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(
+            {"kind": self.kind, "params": self.params, "input_sign": self.input_sign,
+             "higher_is_better": self.higher_is_better, "scale": list(self.scale) if self.scale else None}
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        scale = data.get("scale")
+        return cls(
+            kind=data["kind"],
+            params=dict(data["params"]),
+            input_sign=float(data.get("input_sign", 1.0)),
+            higher_is_better=bool(data.get("higher_is_better", True)),
+            scale=(float(scale[0]), float(scale[1])) if scale else None,
+        )
+
+
+def _fit_result(params: dict[str, Any]) -> Any:
+    from lmmiqa.evaluation.logistic import FitResult
+
+    return FitResult(
+        kind=params["kind"],
+        params=tuple(float(p) for p in params["params"]),
+        converged=bool(params.get("converged", False)),
+        fallback=params.get("fallback"),
+        n=int(params.get("n", 0)),
+        sse=float("nan") if params.get("sse") is None else float(params["sse"]),
+        requested=params.get("requested", params["kind"]),
+    )
+
+
+@dataclass(frozen=True)
 class StudentArtifact:
     """A loaded student folder (metadata only; the network is built by :meth:`predictor`).
 
     Attributes:
         path: the folder.
         config: ``config.json``.
-        calibration: the :class:`~lmmiqa.distill.calibrate.Calibration`, or ``None`` when not calibrated.
+        calibration: the :class:`Calibration`, or ``None`` when not calibrated.
         calibration_report: the held-out report stored with the calibration, or ``None``.
         teacher: ``teacher.json`` (the teacher summary), or ``None``.
     """
@@ -152,8 +226,6 @@ class StudentArtifact:
         calibration = report = None
         cal_path = root / CALIBRATION_FILE
         if cal_path.is_file():
-            from lmmiqa.distill.calibrate import Calibration
-
             data = json.loads(cal_path.read_text(encoding="utf-8"))
             calibration = Calibration.from_dict(data)
             report = data.get("report")
@@ -205,8 +277,36 @@ class StudentArtifact:
                 "calibration": self.calibration.to_dict() if self.calibration is not None else None,
                 "calibration_report": self.calibration_report,
                 "teacher": (self.teacher or {}).get("identity"),
+                "fidelity": self._training().get("fidelity"),
             }
         )
+
+    def _training(self) -> dict[str, Any]:
+        path = self.path / TRAINING_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def used_images(self) -> dict[str, set[str] | None]:
+        """Canonical paths (``os.path.realpath``) of the images this student has seen, by use: ``training`` (every
+        teacher-judged image: the train and validation parts of ``training.json``; for folders written before
+        schema 2, the teacher cache's images when the cache is still there) and ``calibration`` (the labelled
+        subset of ``calibration.json``). ``None`` where it is not recorded."""
+        training: set[str] | None = None
+        images = self._training().get("images")
+        if isinstance(images, dict):
+            training = {os.path.realpath(p) for part in images.values() for p in part}
+        elif (self.teacher or {}).get("folder") and Path(self.teacher["folder"]).is_dir():  # type: ignore[index]
+            from lmmiqa.distill.teacher import load_teacher_labels
+
+            try:
+                training = {os.path.realpath(p) for p in load_teacher_labels(self.teacher["folder"]).images}  # type: ignore[index]
+            except DataError:
+                training = None
+        calibration: set[str] | None = None
+        if self.calibration is not None:
+            subset = (self.calibration_report or {}).get("subset") or {}
+            if subset.get("paths") is not None:
+                calibration = {os.path.realpath(p) for p in subset["paths"]}
+        return {"training": training, "calibration": calibration}
 
     def predictor(self, device: str = "auto") -> StudentPredictor:
         """Build the network on ``device`` with the stored weights (no download)."""
@@ -242,18 +342,61 @@ class StudentPredictor:
         self._lock = threading.Lock()
 
     def predict_arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Raw scores (teacher unit) and level probabilities for uint8 arrays [B, S, S, 3] already resized."""
-        torch = self._torch
-        x = torch.from_numpy(self.preprocess.normalize(batch)).to(self.device)
-        with self._lock, torch.inference_mode():
-            score, logits = self.network(x)
-        raw = score.double().cpu().numpy() * self.std + self.mean
-        probs = torch.softmax(logits.double(), dim=-1).cpu().numpy() if logits is not None else None
-        return raw, probs
+        """Raw scores (teacher unit) and level probabilities for uint8 views [B, S, S, 3] (one view per row)."""
+        with self._lock:
+            z, probs = forward_views(self.network, self.preprocess, [v[None] for v in batch], self.device,
+                                     self._torch)
+        return z[0] * self.std + self.mean, probs
+
+    def predict_views(self, views: Sequence[np.ndarray], chunk: int = 64) -> dict[str, Any]:
+        """Per image, the mean over its views (uint8 [V, S, S, 3], :meth:`Preprocess.views`).
+
+        Returns:
+            ``raw`` (teacher unit), ``crop_std`` (standard deviation of the views' raw outputs; 0 for one view),
+            ``n_views`` and ``probs`` (mean level probabilities, or ``None``).
+        """
+        with self._lock:
+            (mean, spread), probs = forward_views(self.network, self.preprocess, views, self.device, self._torch,
+                                                  chunk=chunk)
+        return {"raw": mean * self.std + self.mean, "crop_std": spread * self.std,
+                "n_views": np.array([len(v) for v in views]), "probs": probs}
 
     def predict(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Raw scores and level probabilities for RGB PIL images."""
+        """Raw scores and level probabilities for RGB PIL images (crop-averaged in ``crops`` mode)."""
         if not images:
             return np.zeros(0), None
-        arrays = np.stack([self.preprocess.to_uint8(im) for im in images])
-        return self.predict_arrays(arrays)
+        out = self.predict_views([self.preprocess.views(self.preprocess.base(im)) for im in images])
+        return out["raw"], out["probs"]
+
+
+def forward_views(net: Any, preprocess: Any, views: Sequence[np.ndarray], device: Any, torch: Any,
+                  chunk: int = 64) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None]:
+    """Run ``net`` (eval mode) over every view and reduce per image.
+
+    Args:
+        views: per image, uint8 [V_i, S, S, 3].
+
+    Returns:
+        ``((mean, std) of the standardized score over each image's views, mean level probabilities or None)``.
+    """
+    counts = [len(v) for v in views]
+    flat = np.concatenate(list(views)) if views else np.zeros((0, preprocess.size, preprocess.size, 3), np.uint8)
+    scores, probs = [], []
+    was_training = bool(getattr(net, "training", False))
+    net.eval()
+    with torch.inference_mode():
+        for start in range(0, len(flat), int(chunk)):
+            x = torch.from_numpy(preprocess.normalize(flat[start : start + int(chunk)])).to(device)
+            score, logits = net(x)
+            scores.append(score.double().cpu().numpy())
+            if logits is not None:
+                probs.append(torch.softmax(logits.double(), dim=-1).cpu().numpy())
+    if was_training:
+        net.train()
+    s = np.concatenate(scores) if scores else np.zeros(0)
+    p = np.concatenate(probs) if probs else None
+    spans = list(itertools.pairwise(np.cumsum([0, *counts])))
+    mean = np.array([s[a:b].mean() for a, b in spans])
+    std = np.array([s[a:b].std() for a, b in spans])
+    pm = np.stack([p[a:b].mean(axis=0) for a, b in spans]) if p is not None else None
+    return (mean, std), pm

@@ -27,89 +27,21 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lmmiqa.distill.artifact import CALIBRATION_KINDS, Calibration
 from lmmiqa.errors import ConfigError, DataError, require
 from lmmiqa.types import json_safe
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_KINDS = ("logistic", "isotonic", "linear")
 #: smallest scale |β4| of a calibration logistic, in standard deviations of the student outputs
 MIN_LOGISTIC_SCALE = 0.1
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A fitted map from raw student output to a MOS scale.
-
-    Attributes:
-        kind: ``logistic``, ``isotonic`` or ``linear``.
-        params: the map's parameters: logistic → the :class:`~lmmiqa.evaluation.logistic.FitResult` fields;
-            isotonic → ``x``/``y`` thresholds; linear → ``a``, ``b`` (``ŷ = a·x + b``).
-        input_sign: +1, or −1 when fitted from the negated output (lower-is-better labels).
-        higher_is_better: direction of the calibrated score (the dataset's).
-        scale: ``(low, high)`` of the MOS scale, or ``None``.
-    """
-
-    kind: str
-    params: dict[str, Any]
-    input_sign: float = 1.0
-    higher_is_better: bool = True
-    scale: tuple[float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in CALIBRATION_KINDS:
-            raise ConfigError(f"unknown calibration {self.kind!r}; known: {', '.join(CALIBRATION_KINDS)}")
-        if self.input_sign not in (1.0, -1.0):
-            raise ConfigError(f"input_sign must be +1 or -1, got {self.input_sign}")
-
-    def apply(self, raw: Any) -> np.ndarray:
-        """Calibrated scores for raw student outputs (NaN stays NaN)."""
-        x = self.input_sign * np.asarray(raw, dtype=np.float64)
-        if self.kind == "logistic":
-            return _fit_result(self.params).predict(x)
-        if self.kind == "isotonic":
-            xs = np.asarray(self.params["x"], dtype=np.float64)
-            ys = np.asarray(self.params["y"], dtype=np.float64)
-            out = np.interp(x, xs, ys)
-            return np.where(np.isfinite(x), out, np.nan)
-        return float(self.params["a"]) * x + float(self.params["b"])
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_safe(
-            {"kind": self.kind, "params": self.params, "input_sign": self.input_sign,
-             "higher_is_better": self.higher_is_better, "scale": list(self.scale) if self.scale else None}
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        scale = data.get("scale")
-        return cls(
-            kind=data["kind"],
-            params=dict(data["params"]),
-            input_sign=float(data.get("input_sign", 1.0)),
-            higher_is_better=bool(data.get("higher_is_better", True)),
-            scale=(float(scale[0]), float(scale[1])) if scale else None,
-        )
-
-
-def _fit_result(params: dict[str, Any]) -> Any:
-    from lmmiqa.evaluation.logistic import FitResult
-
-    return FitResult(
-        kind=params["kind"],
-        params=tuple(float(p) for p in params["params"]),
-        converged=bool(params.get("converged", False)),
-        fallback=params.get("fallback"),
-        n=int(params.get("n", 0)),
-        sse=float("nan") if params.get("sse") is None else float(params["sse"]),
-        requested=params.get("requested", params["kind"]),
-    )
 
 
 def fit_calibration(
@@ -151,7 +83,7 @@ def fit_calibration(
     if math.isfinite(rho) and rho < 0:
         raise DataError(
             f"the student's output runs against the labels on the calibration subset (SRCC {rho:.3f}); an "
-            "increasing map cannot be fitted. Check the label direction (--lower-better) and the teacher"
+            "increasing map cannot be fitted"
         )
     if kind == "logistic":
         from lmmiqa.evaluation.logistic import fit_logistic4
@@ -182,6 +114,45 @@ def fit_calibration(
         )
     return Calibration(kind=kind, params=params, input_sign=sign, higher_is_better=higher_is_better,
                        scale=(float(scale[0]), float(scale[1])))
+
+
+def student_fidelity(artifact: Any) -> dict[str, Any] | None:
+    """The student's fidelity to its teacher recorded by training (``training.json``), or ``None``."""
+    from lmmiqa.distill.artifact import TRAINING_FILE
+
+    path = Path(artifact.path) / TRAINING_FILE
+    if not path.is_file():
+        return None
+    import json
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    fid = data.get("fidelity")
+    if fid is None and data.get("history"):
+        val = data["history"][-1].get("val_srcc_vs_teacher")
+        fid = {"val_srcc": val, "n_val": data.get("n_val")} if val is not None else None
+    return fid
+
+
+def likely_cause(artifact: Any) -> str:
+    """Why a student may rank labelled images against their MOS, from what training recorded."""
+    from lmmiqa.distill.train import LOW_FIDELITY
+
+    fid = student_fidelity(artifact) or {}
+    key = "val_srcc" if fid.get("val_srcc") is not None else "train_srcc"
+    v = fid.get(key)
+    where = "held-out" if key == "val_srcc" else "training"
+    if v is None or not math.isfinite(float(v)):
+        return ("Training recorded no fidelity to the teacher (an older student folder), so the cause cannot be "
+                "told apart: either the student did not learn its teacher (retrain with --val-fraction to see its "
+                "SRCC to the teacher), or the teacher ranks these images against the labels (label direction: "
+                "--lower-better; or a teacher unsuited to this data)")
+    if abs(float(v)) < LOW_FIDELITY:
+        return (f"Likely cause: the student did not learn its teacher (SRCC {float(v):+.3f} against the teacher on "
+                f"{where} images, below {LOW_FIDELITY}); retrain it (more teacher-judged images, more --epochs, "
+                "--resize-mode crops) before calibrating. The label direction is probably not the problem")
+    return (f"The student follows its teacher (SRCC {float(v):+.3f} on {where} images), so the teacher itself ranks "
+            "these images against the labels: check the label direction (--lower-better for DMOS) or use a "
+            "teacher suited to this data")
 
 
 def _refit_min_scale(x: np.ndarray, y: np.ndarray, fit: Any) -> Any:
@@ -220,8 +191,14 @@ def _increasing(predict: Any, x: np.ndarray) -> bool:
     return bool(y[-1] >= y[0] - 1e-12)
 
 
-def choose_subset(n: int, *, fraction: float | None = None, count: int | None = None, seed: int = 0) -> np.ndarray:
+def choose_subset(n: int, *, fraction: float | None = None, count: int | None = None, seed: int = 0,
+                  groups: Sequence[str] | None = None) -> np.ndarray:
     """Indices of the calibration subset among ``n`` items: ``count`` items, or ``round(fraction·n)``, seeded.
+
+    With ``groups`` (the reference image of each item, as the evaluation splits use them: KADID, TID, CSIQ,
+    LIVE), whole groups are drawn in a seeded order until the subset holds at least that many items, so that no
+    reference image has distortions on both sides of the calibration/held-out boundary; at least one group is
+    left out when there are two or more.
 
     Returns:
         int64 indices (sorted). At least 2, at most ``n``.
@@ -241,6 +218,20 @@ def choose_subset(n: int, *, fraction: float | None = None, count: int | None = 
     k = max(2, min(k, n))
     if n < 2:
         raise DataError(f"calibration needs at least 2 labelled images with a student output, got {n}")
+    if groups is not None:
+        if len(groups) != n:
+            raise ConfigError(f"groups has {len(groups)} entries for {n} items")
+        uniq = sorted(set(groups))
+        if 1 < len(uniq) < n:
+            members: dict[str, list[int]] = {}
+            for i, g in enumerate(groups):
+                members.setdefault(g, []).append(i)
+            chosen: list[int] = []
+            for j in np.random.default_rng(int(seed)).permutation(len(uniq))[: len(uniq) - 1]:
+                chosen += members[uniq[j]]
+                if len(chosen) >= k:
+                    break
+            return np.sort(np.asarray(chosen, dtype=np.int64))
     perm = np.random.default_rng(int(seed)).permutation(n)
     return np.sort(perm[:k])
 
@@ -324,17 +315,20 @@ def calibrate_raw(
     *,
     higher_is_better: bool = True,
     scale: tuple[float, float] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> tuple[Calibration, dict[str, Any]]:
     """Draw the calibration subset, fit, and measure on the held-out remainder (pure: no files).
 
     Returns:
         ``(calibration, info)`` with ``info`` = ``n_calibration``, ``n_heldout``, ``heldout`` and
         ``calibration_fit`` metrics, ``indices`` (positions of the calibration subset among the finite pairs).
+        ``groups`` (reference image per item) draws the subset by whole groups (:func:`choose_subset`).
     """
     x = np.asarray(raw, dtype=np.float64)
     y = np.asarray(mos, dtype=np.float64)
     valid = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
-    sub = choose_subset(len(valid), fraction=config.fraction, count=config.n, seed=config.seed)
+    sub = choose_subset(len(valid), fraction=config.fraction, count=config.n, seed=config.seed,
+                        groups=[groups[i] for i in valid] if groups is not None else None)
     cal_idx = valid[sub]
     held = np.setdiff1d(valid, cal_idx)
     calib = fit_calibration(x[cal_idx], y[cal_idx], config.kind, higher_is_better=higher_is_better, scale=scale)
@@ -377,8 +371,12 @@ def calibrate_student(student: str | os.PathLike[str], dataset: Any, config: Cal
         if not r.ok:
             log.warning("calibration: %s: %s", r.image, r.error)
     mos = dataset.scores()
-    calib, info = calibrate_raw(raw, mos, config, higher_is_better=dataset.higher_is_better,
-                                scale=dataset.score_range)
+    groups = dataset.groups() if dataset.full_reference else None
+    try:
+        calib, info = calibrate_raw(raw, mos, config, higher_is_better=dataset.higher_is_better,
+                                    scale=dataset.score_range, groups=groups)
+    except DataError as err:
+        raise DataError(f"{err}. {likely_cause(art)}") from err
     report = CalibrationReport(
         calibration=calib,
         n_calibration=info["n_calibration"],
@@ -389,8 +387,20 @@ def calibrate_student(student: str | os.PathLike[str], dataset: Any, config: Cal
         dataset=dataset.summary(),
         seconds=time.perf_counter() - t0,
         extra={"subset": {"fraction": config.fraction, "n": config.n, "seed": config.seed,
-                          "images": [dataset.items[i].id for i in info["indices"]]}},
+                          "by": "reference image" if groups is not None else "image",
+                          "images": [dataset.items[i].id for i in info["indices"]],
+                          "paths": [dataset.items[i].path for i in info["indices"]]},
+               "student_fidelity": student_fidelity(art)},
     )
+    fid = report.extra["student_fidelity"] or {}
+    low = [v for v in (fid.get("val_srcc"), fid.get("train_srcc")) if v is not None and math.isfinite(float(v))]
+    from lmmiqa.distill.train import LOW_FIDELITY
+
+    if low and abs(float(low[0])) < LOW_FIDELITY:
+        msg = (f"the student barely follows its teacher (SRCC {float(low[0]):+.3f}); this calibration maps mostly "
+               "noise. " + likely_cause(art))
+        log.warning("%s", msg)
+        report.extra["warnings"] = [msg]
     data = {**calib.to_dict(), "report": {k: v for k, v in report.to_dict().items() if k != "calibration"}}
     write_json(Path(art.path) / CALIBRATION_FILE, data)
     return report

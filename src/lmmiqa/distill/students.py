@@ -2,7 +2,7 @@
 
 Registered in :data:`lmmiqa.registry.STUDENTS` (one line each):
 
-* ``small-cnn`` — a small built-in CNN (≈0.4 M parameters) that trains on a CPU in minutes;
+* ``small-cnn`` — a small built-in CNN (≈0.13 M parameters) that trains on a CPU in minutes;
 * ``convnext-base`` (the LEAF paper's student), ``convnext-tiny``, ``resnet-50`` — transformers image models
   (``ConvNextModel``/``ResNetModel``; not timm, no torchvision) with ImageNet-pretrained weights
   (``facebook/convnext-base-224``, ``facebook/convnext-tiny-224``, ``microsoft/resnet-50``, or a local folder
@@ -27,22 +27,66 @@ from lmmiqa.errors import ConfigError, ModelLoadError, require
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_MODES = ("resize", "center-crop")
+RESIZE_MODES = ("resize", "center-crop", "crops")
+CROP_LAYOUTS = ("grid", "corners")
 RESAMPLES = ("bicubic", "bilinear", "lanczos", "box")
+
+
+def crop_positions(height: int, width: int, size: int, n: int, layout: str = "grid") -> list[tuple[int, int]]:
+    """Deterministic ``(top, left)`` corners of up to ``n`` ``size``×``size`` crops of a ``height``×``width`` image.
+
+    ``grid``: ``rows × cols`` evenly spaced crops (first and last touch the borders), ``rows`` chosen so that the
+    grid follows the image's aspect ratio (a side no longer than the crop gets one position, the crops spread
+    along the other); when ``rows × cols`` exceeds ``n``, ``n`` of them evenly spaced in
+    row-major order. ``corners``: the centre, then the four corners (``n`` ≤ 5). Positions that coincide (an image
+    no larger than the crop along a side) are returned once, so a ``size``×``size`` image gives one crop.
+
+    Raises:
+        ConfigError: unknown layout, ``n`` < 1, ``corners`` with ``n`` > 5, or an image smaller than the crop.
+    """
+    if layout not in CROP_LAYOUTS:
+        raise ConfigError(f"unknown crop layout {layout!r}; known: {', '.join(CROP_LAYOUTS)}")
+    n, size, height, width = int(n), int(size), int(height), int(width)
+    if n < 1:
+        raise ConfigError(f"the number of crops must be >= 1, got {n}")
+    if height < size or width < size:
+        raise ConfigError(f"a {width}x{height} image is smaller than the {size}x{size} crop")
+    dy, dx = height - size, width - size
+    if layout == "corners":
+        if n > 5:
+            raise ConfigError(f"the corners layout has at most 5 crops (centre + 4 corners), got {n}")
+        pos = [(dy // 2, dx // 2), (0, 0), (0, dx), (dy, 0), (dy, dx)][:n]
+    else:
+        if dx == 0 or dy == 0:  # the crop spans one side: all crops along the other
+            rows, cols = (n, 1) if dx == 0 else (1, n)
+        else:
+            rows = min(n, max(1, round(np.sqrt(n * height / width))))
+            cols = -(-n // rows)
+        ys = [round(dy * r / (rows - 1)) if rows > 1 else dy // 2 for r in range(rows)]
+        xs = [round(dx * c / (cols - 1)) if cols > 1 else dx // 2 for c in range(cols)]
+        grid = [(y, x) for y in ys for x in xs]
+        if len(grid) > n:
+            grid = [grid[round(i * (len(grid) - 1) / (n - 1))] for i in range(n)] if n > 1 else [(dy // 2, dx // 2)]
+        pos = grid
+    return list(dict.fromkeys(pos))
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How an RGB image becomes the student's input tensor.
+    """How an RGB image becomes the student's input view(s).
 
     Attributes:
         size: side of the square input.
-        mode: ``resize`` (the whole image squashed to ``size``×``size``: every pixel region contributes to the
-            quality judgment) or ``center-crop`` (shorter side to ``size``, then a centred square).
+        mode: ``crops`` (``size``×``size`` crops at native resolution: random ones in training, a deterministic
+            set of ``crops`` at inference whose outputs are averaged; noise, blur and blocking keep their pixel
+            scale), ``resize`` (the whole image squashed to ``size``×``size``) or ``center-crop`` (shorter side to
+            ``size``, then a centred square).
         mean: per-channel mean subtracted after scaling to [0, 1].
         std: per-channel standard deviation divided by.
         resample: PIL filter (``bicubic``, ``bilinear``, ``lanczos``, ``box``).
         source: where mean/std came from (``imagenet`` or the image processor of a checkpoint).
+        crops: inference crops per image (``crops`` mode).
+        crop_layout: ``grid`` or ``corners`` (centre + corners), see :func:`crop_positions`.
     """
 
     size: int = 224
@@ -51,6 +95,8 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
     resample: str = "bicubic"
     source: str = "imagenet"
+    crops: int = 5
+    crop_layout: str = "grid"
 
     def __post_init__(self) -> None:
         if int(self.size) < 8:
@@ -59,30 +105,79 @@ class Preprocess:
             raise ConfigError(f"unknown resize mode {self.mode!r}; known: {', '.join(RESIZE_MODES)}")
         if self.resample not in RESAMPLES:
             raise ConfigError(f"unknown resample filter {self.resample!r}; known: {', '.join(RESAMPLES)}")
+        if self.crop_layout not in CROP_LAYOUTS:
+            raise ConfigError(f"unknown crop layout {self.crop_layout!r}; known: {', '.join(CROP_LAYOUTS)}")
+        if int(self.crops) < 1 or (self.crop_layout == "corners" and int(self.crops) > 5):
+            raise ConfigError(f"crops must be >= 1 (at most 5 with the corners layout), got {self.crops}")
         mean, std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ConfigError("mean and std need 3 values each, std > 0")
         object.__setattr__(self, "size", int(self.size))
+        object.__setattr__(self, "crops", int(self.crops))
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "mode": self.mode, "mean": list(self.mean), "std": list(self.std),
-                "resample": self.resample, "source": self.source}
+        d = {"size": self.size, "mode": self.mode, "mean": list(self.mean), "std": list(self.std),
+             "resample": self.resample, "source": self.source}
+        if self.mode == "crops":
+            d.update(crops=self.crops, crop_layout=self.crop_layout,
+                     training="one random size x size crop per image and step at native resolution, target: the "
+                     "teacher's judgment of the whole image",
+                     inference="mean of the crops' outputs (crop_std in details)")
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names})
 
-    def to_uint8(self, image: Any) -> np.ndarray:
-        """RGB PIL image -> uint8 array [size, size, 3] (resized as configured)."""
+    def _resample(self) -> Any:
         from PIL import Image
 
-        resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS,
-                    "box": Image.BOX}[self.resample]
+        return {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS,
+                "box": Image.BOX}[self.resample]
+
+    def base(self, image: Any) -> np.ndarray:
+        """RGB PIL image -> the uint8 array views are cut from: [size, size, 3] in the ``resize``/``center-crop``
+        modes; in ``crops`` mode the native image [H, W, 3], enlarged (aspect kept) only when a side is shorter
+        than ``size``."""
+        img = image if image.mode == "RGB" else image.convert("RGB")
+        if self.mode != "crops":
+            return self.to_uint8(img)
+        w, h = img.size
+        s = self.size
+        if min(w, h) < s:
+            scale = s / min(w, h)
+            img = img.resize((max(s, round(w * scale)), max(s, round(h * scale))), self._resample())
+        return np.asarray(img, dtype=np.uint8)
+
+    def views(self, base: np.ndarray) -> np.ndarray:
+        """The deterministic inference views of a :meth:`base` array: uint8 [V, size, size, 3] (V = 1 unless
+        ``crops`` mode)."""
+        if self.mode != "crops":
+            return base[None]
+        s = self.size
+        pos = crop_positions(base.shape[0], base.shape[1], s, self.crops, self.crop_layout)
+        return np.stack([base[y : y + s, x : x + s] for y, x in pos])
+
+    def random_view(self, base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One training view of a :meth:`base` array: a uniformly placed ``size`` crop (``crops`` mode), else the
+        array itself."""
+        if self.mode != "crops":
+            return base
+        s = self.size
+        y = int(rng.integers(0, base.shape[0] - s + 1))
+        x = int(rng.integers(0, base.shape[1] - s + 1))
+        return base[y : y + s, x : x + s]
+
+    def to_uint8(self, image: Any) -> np.ndarray:
+        """RGB PIL image -> uint8 array [size, size, 3], resized as configured (``crops`` mode: the first view)."""
+        resample = self._resample()
         img = image if image.mode == "RGB" else image.convert("RGB")
         s = self.size
+        if self.mode == "crops":
+            return self.views(self.base(img))[0]
         if self.mode == "resize":
             if img.size != (s, s):
                 img = img.resize((s, s), resample)
@@ -111,7 +206,8 @@ class StudentSpec:
     Attributes:
         name: registered name.
         summary: one line for ``--help``.
-        default_size: input side used when none is given.
+        default_size: input side used when none is given (whole-image ``resize``/``center-crop`` modes).
+        default_crop: crop side used when none is given in ``crops`` mode.
         default_lr: AdamW learning rate used when none is given.
         has_pretrained: whether pretrained weights exist (the default of ``pretrained`` when training).
     """
@@ -119,6 +215,7 @@ class StudentSpec:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     default_size: ClassVar[int] = 224
+    default_crop: ClassVar[int] = 224
     default_lr: ClassVar[float] = 1e-4
     has_pretrained: ClassVar[bool] = False
 
@@ -142,11 +239,12 @@ class SmallCNN(StudentSpec):
     """A small built-in CNN (four conv stages, mean+std statistics of each stage); trains on a CPU in minutes."""
 
     name = "small-cnn"
-    summary = "built-in 4-stage CNN (~0.4 M parameters, local-contrast input channel, multi-stage mean/std pooling); CPU-friendly"
+    summary = "built-in 4-stage CNN (~0.13 M parameters, local-contrast input channel, multi-stage mean/std pooling; 64² crops by default); CPU-friendly"
     default_size = 128
+    default_crop = 64
     default_lr = 2e-3
 
-    def __init__(self, channels: Sequence[int] = (16, 32, 64, 128), norm: str = "batch", lcn: bool = True) -> None:
+    def __init__(self, channels: Sequence[int] = (8, 16, 32, 64), norm: str = "batch", lcn: bool = True) -> None:
         """Args: channels: output channels of each stage (1 to 6 stages; the first keeps full resolution);
         norm: ``batch`` (batch norm after each conv) or ``none``; lcn: add a locally contrast-normalized grey
         channel to the input."""

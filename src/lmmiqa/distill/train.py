@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,21 @@ from lmmiqa.types import json_safe
 log = logging.getLogger(__name__)
 
 STATE_DIR = "train_state"
+#: inference crops per image in ``crops`` mode (see the README's LEAF section for how it was chosen)
+DEFAULT_CROPS = 4
+#: |SRCC| of the student against its teacher below which training warns that the student did not learn it
+LOW_FIDELITY = 0.3
+#: optimizer steps below which a low-fidelity warning suggests more epochs (bench_leaf: 80 steps fell short, ~380
+#: sufficed for the BRISQUE-taught small-cnn)
+MIN_STEPS_HINT = 400
+#: ``epochs=None``: at least DEFAULT_EPOCHS, more on small caches until about MIN_STEPS_HINT optimizer steps
+DEFAULT_EPOCHS = 10
+MAX_AUTO_EPOCHS = 200
+#: ``val_fraction=None``: hold out this share when the cache has at least AUTO_VAL_MIN_IMAGES images
+AUTO_VAL_FRACTION = 0.1
+AUTO_VAL_MIN_IMAGES = 50
+#: training images (a seeded sample) on which the final in-sample fidelity is measured
+FIT_CHECK_IMAGES = 256
 CHECKPOINT_FILE = "checkpoint.pt"
 #: options that may change between a run and its resumption
 RESUMABLE_CHANGES = ("epochs", "device", "progress", "workers", "cache_mb")
@@ -59,9 +75,14 @@ class TrainConfig:
         student_options: options of the student spec (e.g. ``{"channels": [8, 16, 32, 64]}`` for small-cnn).
         student_model: hub id or local folder of the student checkpoint (default: the student's own hub id).
         pretrained: load pretrained weights (default: yes for students that have them; ``small-cnn`` has none).
-        image_size: input side (default: the student's).
-        resize_mode: ``resize`` (whole image) or ``center-crop``.
-        epochs: passes over the training images.
+        image_size: input side, the crop side in ``crops`` mode (default: the student's ``default_crop`` in
+            ``crops`` mode — small-cnn 64, ConvNeXt/ResNet 224 — else its ``default_size``).
+        resize_mode: ``crops`` (default: random ``image_size`` crops at native resolution in training, the mean of
+            ``crops`` deterministic crops at inference), ``resize`` (whole image squashed) or ``center-crop``.
+        crops: inference crops per image in ``crops`` mode (also used for the validation fidelity).
+        crop_layout: ``grid`` or ``corners`` (centre + 4 corners; at most 5 crops).
+        epochs: passes over the training images (default ``None``: 10, or more on small caches so that training
+            makes about 400 optimizer steps — :func:`auto_epochs`; at most 200).
         batch_size: images per point batch.
         pairs_per_batch: pairs per step (default: ``batch_size // 2``; 0: no pair term).
         lr: AdamW learning rate (default: the student's).
@@ -72,7 +93,10 @@ class TrainConfig:
         w_pair: weight of the pair-wise fidelity term.
         pair_prob: ``thurstone`` (Φ(Δ/√2)) or ``sigmoid`` for the student's pair probability.
         flip: random horizontal flips.
-        val_fraction: share of the images held out to report student-vs-teacher SRCC per epoch (0: none).
+        val_fraction: share of the images held out to report student-vs-teacher SRCC per epoch (0: none; default
+            ``None``: 0.1 when the cache has at least 50 images, else none). At the end the held-out fidelity (and
+            the in-sample one on up to 256 training images) is stored in ``training.json`` and a warning is
+            logged when it is below :data:`LOW_FIDELITY`.
         seed: seed of initialization, data order and flips.
         device: ``auto``, ``cpu``, ``cuda``, …
         cache_mb: memory for decoded, resized images (beyond it images are decoded again each epoch).
@@ -86,8 +110,10 @@ class TrainConfig:
     student_model: str | None = None
     pretrained: bool | None = None
     image_size: int | None = None
-    resize_mode: str = "resize"
-    epochs: int = 10
+    resize_mode: str = "crops"
+    crops: int = DEFAULT_CROPS
+    crop_layout: str = "grid"
+    epochs: int | None = None
     batch_size: int = 32
     pairs_per_batch: int | None = None
     lr: float | None = None
@@ -98,7 +124,7 @@ class TrainConfig:
     w_pair: float = 1.0
     pair_prob: str = "thurstone"
     flip: bool = True
-    val_fraction: float = 0.0
+    val_fraction: float | None = None
     seed: int = 0
     device: str = "auto"
     cache_mb: int = 2048
@@ -107,13 +133,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from lmmiqa import registry
-        from lmmiqa.distill.students import RESIZE_MODES
+        from lmmiqa.distill.students import CROP_LAYOUTS, RESIZE_MODES
 
         self.student = registry.canonical("student", self.student)
         if self.resize_mode not in RESIZE_MODES:
             raise ConfigError(f"unknown resize mode {self.resize_mode!r}; known: {', '.join(RESIZE_MODES)}")
+        if self.crop_layout not in CROP_LAYOUTS:
+            raise ConfigError(f"unknown crop layout {self.crop_layout!r}; known: {', '.join(CROP_LAYOUTS)}")
+        if int(self.crops) < 1 or (self.crop_layout == "corners" and int(self.crops) > 5):
+            raise ConfigError(f"crops must be >= 1 (at most 5 with the corners layout), got {self.crops}")
         for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size is not None and int(self.image_size) < 8:
             raise ConfigError(f"image_size must be >= 8, got {self.image_size}")
@@ -129,7 +159,7 @@ class TrainConfig:
             raise ConfigError("at least one of w_point, w_kl and w_pair must be > 0")
         if not 0.0 <= float(self.warmup_fraction) < 1.0:
             raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if not 0.0 <= float(self.val_fraction) < 1.0:
+        if self.val_fraction is not None and not 0.0 <= float(self.val_fraction) < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.pair_prob not in PAIR_PROBABILITIES:
             raise ConfigError(f"unknown pair probability {self.pair_prob!r}; known: {', '.join(PAIR_PROBABILITIES)}")
@@ -152,35 +182,41 @@ class TrainSummary:
     n_pairs: int
     history: list[dict[str, Any]]
     seconds: float
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(self.__dict__)
 
 
 class ImageBank:
-    """Decoded, resized uint8 images by index, cached in memory up to ``cache_mb``."""
+    """Decoded uint8 images by index (:meth:`Preprocess.base`: resized, or native in ``crops`` mode), cached in
+    memory up to ``cache_mb``; training views are cut from them."""
 
     def __init__(self, paths: Sequence[str], preprocess: Any, cache_mb: int = 2048, workers: int = 2) -> None:
         self.paths = list(paths)
         self.preprocess = preprocess
-        per_image = preprocess.size * preprocess.size * 3
-        self.capacity = int(cache_mb) * 1024 * 1024 // max(per_image, 1)
+        self.budget = int(cache_mb) * 1024 * 1024
+        self.used = 0
         self.workers = int(workers)
         self._cache: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
 
     def _load(self, i: int) -> np.ndarray:
         from lmmiqa.errors import ImageLoadError
         from lmmiqa.images import open_image
 
         try:
-            return self.preprocess.to_uint8(open_image(self.paths[i]))
+            return self.preprocess.base(open_image(self.paths[i]))
         except ImageLoadError as err:
             raise DataError(f"a teacher-judged image cannot be opened any more: {err}") from err
 
-    def arrays(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 [B, S, S, 3] for ``indices`` (in order)."""
+    def bases(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """The base arrays of ``indices`` (in order)."""
         idx = [int(i) for i in indices]
-        missing = [i for i in dict.fromkeys(idx) if i not in self._cache]
+        with self._lock:
+            missing = [i for i in dict.fromkeys(idx) if i not in self._cache]
+        fresh: dict[int, np.ndarray] = {}
         if missing:
             if self.workers > 1 and len(missing) > 1:
                 with ThreadPoolExecutor(max_workers=self.workers) as pool:
@@ -188,12 +224,19 @@ class ImageBank:
             else:
                 loaded = [self._load(i) for i in missing]
             fresh = dict(zip(missing, loaded))
-            for i, arr in fresh.items():
-                if len(self._cache) < self.capacity:
-                    self._cache[i] = arr
-        else:
-            fresh = {}
-        return np.stack([self._cache[i] if i in self._cache else fresh[i] for i in idx])
+            with self._lock:
+                for i, arr in fresh.items():
+                    if self.used + arr.nbytes <= self.budget:
+                        self._cache[i] = arr
+                        self.used += arr.nbytes
+        with self._lock:
+            return [self._cache[i] if i in self._cache else fresh[i] for i in idx]
+
+    def arrays(self, indices: Sequence[int], seed: Sequence[int] | None = None) -> np.ndarray:
+        """Training views uint8 [B, S, S, 3] for ``indices`` (in order): in ``crops`` mode one random crop per
+        image, drawn from ``numpy.random.default_rng(seed)`` (deterministic for a seed)."""
+        rng = np.random.default_rng(list(seed) if seed is not None else 0)
+        return np.stack([self.preprocess.random_view(b, rng) for b in self.bases(indices)])
 
 
 class PairStream:
@@ -289,15 +332,18 @@ def train_student(
     spec = get_student(config.student, **config.student_options)
     pretrained = spec.has_pretrained if config.pretrained is None else bool(config.pretrained)
     arch = spec.arch(pretrained=pretrained, source=config.student_model)
-    preprocess = spec.preprocessing(size=config.image_size, pretrained=pretrained, source=config.student_model)
-    if config.resize_mode != preprocess.mode:
-        from dataclasses import replace
+    size = config.image_size or (spec.default_crop if config.resize_mode == "crops" else None)
+    preprocess = spec.preprocessing(size=size, pretrained=pretrained, source=config.student_model)
+    from dataclasses import replace
 
-        preprocess = replace(preprocess, mode=config.resize_mode)
+    preprocess = replace(preprocess, mode=config.resize_mode, crops=int(config.crops), crop_layout=config.crop_layout)
     lr = float(config.lr if config.lr is not None else spec.default_lr)
     device = pick_device(config.device)
 
-    train_idx, val_idx = _split_val(n, float(config.val_fraction), int(config.seed))
+    val_fraction = config.val_fraction
+    if val_fraction is None:
+        val_fraction = AUTO_VAL_FRACTION if n >= AUTO_VAL_MIN_IMAGES else 0.0
+    train_idx, val_idx = _split_val(n, float(val_fraction), int(config.seed))
     in_train = np.zeros(n, dtype=bool)
     in_train[train_idx] = True
     pair_keep = in_train[labels.pairs[:, 0]] & in_train[labels.pairs[:, 1]] if len(labels.pairs) else np.zeros(0, bool)
@@ -344,18 +390,19 @@ def train_student(
     m = len(pairs)
     per_step = (int(config.batch_size) // 2 if config.pairs_per_batch is None else int(config.pairs_per_batch)) if m else 0
     pair_stream = PairStream(m, per_step, int(config.seed))
-    total_steps = steps * int(config.epochs)
+    epochs = int(config.epochs) if config.epochs is not None else auto_epochs(steps)
+    total_steps = steps * epochs
     warmup = round(float(config.warmup_fraction) * total_steps)
     targets = _Targets.build(z, labels, probs, pair_p, pair_w, device, torch)
-    bar = _bar((int(config.epochs) - start_epoch) * steps, config)
+    bar = _bar((epochs - start_epoch) * steps, config)
     try:
-        for epoch in range(start_epoch, int(config.epochs)):
+        for epoch in range(start_epoch, epochs):
             t_epoch = time.perf_counter()
             rng = np.random.default_rng([int(config.seed), epoch])
             order = train_idx[rng.permutation(n_train)]
             net.train()
             sums = {"loss": 0.0, "point": 0.0, "kl": 0.0, "pair": 0.0}
-            plan = _step_plan(order, steps, int(config.batch_size), pair_stream, epoch, pairs)
+            plan = _step_plan(order, steps, int(config.batch_size), pair_stream, epoch, pairs, int(config.seed))
             for step, (pts, sel, need, arr) in enumerate(_prefetched(plan, bank)):
                 global_step = epoch * steps + step
                 for group in opt.param_groups:
@@ -386,8 +433,25 @@ def train_student(
         if bar is not None:
             bar.close()
 
+    fidelity: dict[str, Any] = {"n_val": len(val_idx), "optimizer_steps": steps * epochs}
+    if len(val_idx):
+        fidelity["val_srcc"] = history[-1].get("val_srcc_vs_teacher") if history else None
+        if fidelity["val_srcc"] is None:
+            fidelity["val_srcc"] = _val_srcc(net, bank, preprocess, val_idx, labels.scores, device, torch)
+    check = train_idx if n_train <= FIT_CHECK_IMAGES else np.sort(
+        np.random.default_rng([int(config.seed), 15485863]).choice(train_idx, FIT_CHECK_IMAGES, replace=False))
+    fidelity["train_srcc"] = _val_srcc(net, bank, preprocess, check, labels.scores, device, torch)
+    fidelity["n_train_checked"] = len(check)
+    warning = fidelity_warning(fidelity)
+    if warning:
+        log.warning("%s", warning)
     training = {
         "config": config_to_dict(config),
+        "epochs": epochs,
+        "val_fraction": float(val_fraction),
+        "fidelity": fidelity,
+        "warnings": [warning] if warning else [],
+        "images": {"train": [labels.images[i] for i in train_idx], "val": [labels.images[i] for i in val_idx]},
         "pretrained": pretrained,
         "lr": lr,
         "steps_per_epoch": steps,
@@ -413,13 +477,15 @@ def train_student(
     return TrainSummary(
         out=str(root),
         student=spec.name,
-        epochs=int(config.epochs),
+        epochs=epochs,
         resumed_from_epoch=start_epoch,
         n_train=n_train,
         n_val=len(val_idx),
         n_pairs=m,
         history=history,
         seconds=time.perf_counter() - t_start,
+        fidelity=fidelity,
+        warnings=[warning] if warning else [],
     )
 
 
@@ -443,13 +509,13 @@ class _Targets:
 
 
 def _step_plan(order: np.ndarray, steps: int, batch_size: int, pair_stream: PairStream, epoch: int,
-               pairs: np.ndarray) -> Any:
-    """Per step of an epoch: (point indices, pair indices, sorted union of the images they need)."""
+               pairs: np.ndarray, seed: int = 0) -> Any:
+    """Per step of an epoch: (point indices, pair indices, sorted union of the images they need, crop seed)."""
     for step in range(steps):
         pts = order[step * batch_size : (step + 1) * batch_size]
         sel = pair_stream.batch(epoch * steps + step)
         need = np.unique(np.concatenate([pts, pairs[sel, 0], pairs[sel, 1]]))
-        yield pts, sel, need
+        yield pts, sel, need, (int(seed), epoch, step, 7907)
 
 
 def _prefetched(plan: Any, bank: ImageBank) -> Any:
@@ -457,12 +523,12 @@ def _prefetched(plan: Any, bank: ImageBank) -> Any:
     with ThreadPoolExecutor(max_workers=1) as pool:
         it = iter(plan)
         nxt = next(it, None)
-        fut = pool.submit(bank.arrays, nxt[2]) if nxt is not None else None
+        fut = pool.submit(bank.arrays, nxt[2], nxt[3]) if nxt is not None else None
         while nxt is not None:
             cur, arr = nxt, fut.result()  # type: ignore[union-attr]
             nxt = next(it, None)
-            fut = pool.submit(bank.arrays, nxt[2]) if nxt is not None else None
-            yield (*cur, arr)
+            fut = pool.submit(bank.arrays, nxt[2], nxt[3]) if nxt is not None else None
+            yield (*cur[:3], arr)
 
 
 def _step_losses(net: Any, x: Any, pts: np.ndarray, sel: np.ndarray, need: np.ndarray, pairs: np.ndarray,
@@ -497,17 +563,46 @@ def _step_losses(net: Any, x: Any, pts: np.ndarray, sel: np.ndarray, need: np.nd
 
 def _val_srcc(net: Any, bank: ImageBank, preprocess: Any, val_idx: np.ndarray, scores: np.ndarray, device: Any,
               torch: Any) -> float:
+    """SRCC of the student (inference views, as the ``leaf`` method scores) against the teacher on ``val_idx``."""
+    from lmmiqa.distill.artifact import forward_views
     from lmmiqa.evaluation.correlation import srcc
 
-    net.eval()
     preds = []
-    with torch.inference_mode():
-        for start in range(0, len(val_idx), 64):
-            chunk = val_idx[start : start + 64]
-            x = torch.from_numpy(preprocess.normalize(bank.arrays(chunk))).to(device)
-            preds.append(net(x)[0].double().cpu().numpy())
-    net.train()
+    for start in range(0, len(val_idx), 64):
+        chunk = val_idx[start : start + 64]
+        views = [preprocess.views(b) for b in bank.bases(chunk)]
+        (mean, _), _ = forward_views(net, preprocess, views, device, torch)
+        preds.append(mean)
     return srcc(np.concatenate(preds), scores[val_idx])
+
+
+def auto_epochs(steps_per_epoch: int) -> int:
+    """Default epochs: :data:`DEFAULT_EPOCHS`, or enough for ~:data:`MIN_STEPS_HINT` optimizer steps on a small
+    cache (bench_leaf: 80 steps left students far from their teacher), at most :data:`MAX_AUTO_EPOCHS`."""
+    return int(min(MAX_AUTO_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS_HINT / max(int(steps_per_epoch), 1)))))
+
+
+def fidelity_warning(fidelity: dict[str, Any]) -> str | None:
+    """A warning when the student does not follow its teacher (``|SRCC|`` < :data:`LOW_FIDELITY` on held-out
+    images, or on the training images when there are none), else ``None``."""
+    for key, where in (("val_srcc", "held-out"), ("train_srcc", "training")):
+        v = fidelity.get(key)
+        if v is None or not math.isfinite(float(v)):
+            continue
+        if abs(float(v)) < LOW_FIDELITY:
+            n = fidelity.get("n_val" if key == "val_srcc" else "n_train_checked")
+            steps = fidelity.get("optimizer_steps")
+            few = (f" The run made only {steps} optimizer steps; students in benchmarks/bench_leaf.py needed "
+                   f"~{MIN_STEPS_HINT}: raise --epochs (or lower --batch-size)."
+                   if steps is not None and int(steps) < MIN_STEPS_HINT else "")
+            return (
+                f"the student barely follows its teacher: SRCC {float(v):+.3f} against the teacher on {n} {where} "
+                f"image(s) (below {LOW_FIDELITY}). Calibrating or evaluating it measures noise.{few} Otherwise try "
+                "more teacher-judged images, or --resize-mode crops (whole-image resizing removes the noise, "
+                "blur and blocking a quality teacher reacts to)"
+            )
+        return None
+    return None
 
 
 def _save_checkpoint(path: Path, torch: Any, net: Any, opt: Any, epoch: int, history: list[dict[str, Any]],

@@ -43,6 +43,9 @@ class EvalReport:
         covered_mass: ``{"median", "n", "n_low", "threshold"}`` of the items' ``details.covered_mass`` (the level
             tokens' share of the next-token probability; a low median means the prompt, chat template or model
             does not fit, see :mod:`lmmiqa.methods.coverage`), or ``{}`` when the method reports none.
+        overlap: ``{"n", "of", "allowed"}``: how many evaluated images are also in the method's reference or
+            training data (IQARAG bank, LEAF student), evaluated anyway only with ``allow_overlap``; ``{}`` when the
+            method has no such data.
         created: ISO time the report was made. versions: package versions.
     """
 
@@ -75,6 +78,7 @@ class EvalReport:
     run_dir: str | None = None
     seconds_per_image: float | None = None
     covered_mass: dict[str, Any] = field(default_factory=dict)
+    overlap: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     schema: int = REPORT_SCHEMA
@@ -157,6 +161,11 @@ class EvalReport:
         if self.seconds_per_image is not None:
             lines += ["", f"Speed: {self.seconds_per_image:.4f} s per image (mean of per-item timings)."]
         lines += _covered_mass_lines(self.covered_mass)
+        if self.overlap:
+            n, of = self.overlap.get("n", 0), self.overlap.get("of", self.n_total)
+            lines += ["", f"Overlap with the method's reference/training data: {n} of {of} evaluated images"
+                      + (" — **evaluated anyway (--allow-overlap): their own labels leak into these numbers**."
+                         if n else " (checked).")]
         if self.failures:
             lines += ["", "## First failures", ""]
             lines += [f"- `{f.get('image')}`: {f.get('error')}" for f in self.failures]

@@ -18,6 +18,7 @@ results arrive (from one thread). :data:`ENGINES` maps names to engines; ``local
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -603,16 +604,19 @@ def evaluate(
         raise DataError(f"the selection of {ds.name} ({ds.split}) is empty")
 
     check_overlap = getattr(scorer, "check_overlap", None)
+    overlap: dict[str, Any] = {}
     if callable(check_overlap):
         n_overlap = int(check_overlap(sel.paths()))
+        overlap = {"n": n_overlap, "of": len(sel), "allowed": bool(allow_overlap)}
         if n_overlap and not allow_overlap:
             raise ConfigError(
                 f"{n_overlap} of the {len(sel)} image(s) to evaluate are also in the method's reference data "
-                "(e.g. the IQARAG bank): their own scores would leak into the evaluation. Build the bank from "
-                "another split, or pass --allow-overlap (allow_overlap=True) to evaluate anyway"
+                "(e.g. the IQARAG bank): their own scores would leak into the evaluation. "
+                f"{getattr(scorer, 'overlap_hint', 'Build the bank from another split')}, or pass --allow-overlap "
+                "(allow_overlap=True) to evaluate anyway"
             )
-        if n_overlap:
-            _say(verbose, f"{n_overlap} of the {len(sel)} image(s) are also in the reference data (--allow-overlap)")
+        _say(verbose, f"{n_overlap} of the {len(sel)} image(s) are also in the method's reference data"
+             + (" (--allow-overlap)" if n_overlap else ""))
 
     resize = _dataset_resize(scorer, ds, dataset_resize)
     if resize["source"] == "dataset protocol":
@@ -646,7 +650,7 @@ def evaluate(
             sel, records, method=config.method, model=config.model, method_higher_is_better=method_hib,
             n_boot=n_boot, seed=seed, limit=config.limit, n_split=n_split, versions=versions,
         )
-        return report
+        return dataclasses.replace(report, overlap=overlap) if overlap else report
 
     rundir = Path(out)
     rundir.mkdir(parents=True, exist_ok=True)
@@ -679,6 +683,8 @@ def evaluate(
             n_boot=n_boot, seed=seed, limit=config.limit, n_split=n_split, run_dir=str(rundir),
             versions=versions,
         )
+        if overlap:
+            report = dataclasses.replace(report, overlap=overlap)
         try:
             write_report_files(rundir, report, pred, mos, fit, plot=plot)
         except LmmiqaError as err:  # e.g. matplotlib missing: the numbers are still written

@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from lmmiqa.errors import ConfigError
 from lmmiqa.images import ImageItem
 from lmmiqa.methods.base import Scorer, ScorerConfig
@@ -71,6 +69,7 @@ class LEAF(Scorer):
         self.calibration = self.artifact.calibration if config.calibrated else None
         self.higher_is_better = self.calibration.higher_is_better if self.calibration is not None else True  # type: ignore[misc]
         self._predictor: Any = None
+        self.overlap: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -92,9 +91,11 @@ class LEAF(Scorer):
     def score_items(self, items: list[ImageItem]) -> list[ScoreResult]:
         pred = self.predictor
         t0 = time.perf_counter()
-        arrays = np.stack([pred.preprocess.to_uint8(it.image) for it in items])
+        prep = pred.preprocess
+        views = [prep.views(prep.base(it.image)) for it in items]
         t1 = time.perf_counter()
-        raw, probs = pred.predict_arrays(arrays)
+        out_views = pred.predict_views(views, chunk=max(int(self.config.batch_size), 1))
+        raw, probs = out_views["raw"], out_views["probs"]
         t2 = time.perf_counter()
         scores = self.calibration.apply(raw) if self.calibration is not None else raw
         n = max(len(items), 1)
@@ -107,6 +108,9 @@ class LEAF(Scorer):
                 "raw": float(raw[i]),
                 "student": self.artifact.student_name,
             }
+            if prep.mode == "crops":
+                details["crops"] = int(out_views["n_views"][i])
+                details["crop_std"] = float(out_views["crop_std"][i])
             if self.calibration is not None:
                 details["calibration"] = self.calibration.kind
             probabilities = None
@@ -131,7 +135,34 @@ class LEAF(Scorer):
             )
         return out
 
+    #: the evaluation runner's hint when check_overlap finds images (instead of the bank's)
+    overlap_hint = ("Evaluate on images the student was not distilled or calibrated on (another split, or "
+                    "calibrate on another split)")
+
+    def check_overlap(self, paths: list[str]) -> int:
+        """How many of ``paths`` the student was distilled from (teacher-judged images) or calibrated on (the
+        evaluation runner's leakage guard calls this; ``--allow-overlap`` evaluates anyway). The counts per use
+        are kept in :attr:`overlap` and shown by :meth:`describe`."""
+        import os
+
+        used = self.artifact.used_images()
+        canon = {os.path.realpath(p) for p in paths if isinstance(p, str)}
+        counts: dict[str, Any] = {"images": len(canon)}
+        hit: set[str] = set()
+        for use, known in used.items():
+            if known is None:
+                counts[use] = None  # not recorded (older student folder)
+                continue
+            both = canon & known
+            counts[use] = len(both)
+            hit |= both
+        counts["overlapping"] = len(hit)
+        self.overlap = counts
+        return len(hit)
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
+        if getattr(self, "overlap", None) is not None:
+            d["overlap"] = self.overlap
         d["student"] = self.artifact.summary()
         return d
