@@ -277,6 +277,7 @@ def test_training_lowers_the_loss_and_reload_reproduces_scores_exactly(trained_k
         assert r.details["level_words"]["3"] == "<score3>" and 0 < r.details["covered_mass"] <= 1
         assert 1.0 <= r.details["token_mos"] <= 5.0
         assert r.details["bin_range"] == spec["bin_range"]
+        assert r.details["image_tokens"] > 0 and r.details["prompt_tokens"] > r.details["image_tokens"]
         centres = bin_centers(*spec["bin_range"], 5)  # the bins the tokens were trained on
         assert r.details["token_mos"] == pytest.approx(float(np.dot(list(r.probabilities.values()), centres)))
     # batching does not change results beyond float noise

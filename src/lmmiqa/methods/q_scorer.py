@@ -155,10 +155,18 @@ class QScorer(Scorer):
                            batch_size=loaded.backend.config.max_batch)
         t1 = time.perf_counter()
         timings = {"forward": (t1 - t0) / max(len(items), 1)}
-        return [
-            self._result(it.key, pred.head_norm[i], pred.token_logprobs[i], spec, timings)
-            for i, it in enumerate(items)
-        ]
+        from lmmiqa.methods.mllm import token_details
+        from lmmiqa.types import Prompt
+
+        # the cost of each prompt (image and total tokens), counted from the image sizes without a second forward
+        prompts = [Prompt.simple([it.image, spec.question], answer_prefix=spec.answer_prefix) for it in items]
+        counts = token_details(loaded.backend, prompts) or [{} for _ in items]
+        out = []
+        for i, it in enumerate(items):
+            r = self._result(it.key, pred.head_norm[i], pred.token_logprobs[i], spec, timings)
+            r.details.update(counts[i])
+            out.append(r)
+        return out
 
     def _result(self, key: str, u: float, token_lp: np.ndarray, spec: Any, timings: dict[str, float]) -> ScoreResult:
         from lmmiqa.levels import closed_set_probs, covered_mass, level_details
