@@ -72,15 +72,23 @@ def test_level_words_and_digits_resolve_to_the_real_ids(name, real_backend):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_image_token_counts_at_real_resolutions_equal_the_published_ones(name, real_backend):
+def test_image_token_counts_at_real_resolutions_equal_the_published_ones(name, real_file_model):
     """Counted in the processor output of the backend's own encode() (the expanded <|image_pad|> tokens, checked
-    against image_grid_thw), without running the model: the 4000x3000 image only goes through the processor."""
-    backend = real_backend(name)
-    image_token = backend.model.config.image_token_id
-    merge = backend.processor.image_processor.merge_size
-    for (w, h), expected in IMAGE_TOKENS[name].items():
-        image = make_image(w // 8, h // 8, seed=w).resize((w, h))  # real size, cheap to draw
-        inputs = backend.encode([Prompt.simple([image, "How is it?"])])
-        n_pad = int((inputs["input_ids"] == image_token).sum())
-        t, gh, gw = (int(x) for x in inputs["image_grid_thw"][0])
-        assert n_pad == t * gh * gw // merge**2 == expected, (w, h)
+    against image_grid_thw), without running the model: the 4000x3000 image only goes through the processor.
+    With ``max_pixels="model"`` (the checkpoint's own limits) the counts are the published ones; the default
+    scoring budget (1024x1024) leaves the two smaller sizes alone and caps the camera original."""
+    import lmmiqa
+
+    path = str(real_file_model(name))
+    capped = {"Qwen2.5-VL-7B-Instruct": 1302, "Qwen3-VL-8B-Instruct": 972}[name]
+    for budget, table in (("model", IMAGE_TOKENS[name]), (None, {**IMAGE_TOKENS[name], (4000, 3000): capped})):
+        opts = {} if budget is None else {"max_pixels": budget}
+        backend = lmmiqa.create_scorer("q-align", model=path, device="cpu", **opts).backend
+        image_token = backend.model.config.image_token_id
+        merge = backend.processor.image_processor.merge_size
+        for (w, h), expected in table.items():
+            image = make_image(w // 8, h // 8, seed=w).resize((w, h))  # real size, cheap to draw
+            inputs = backend.encode([Prompt.simple([image, "How is it?"])])
+            n_pad = int((inputs["input_ids"] == image_token).sum())
+            t, gh, gw = (int(x) for x in inputs["image_grid_thw"][0])
+            assert n_pad == t * gh * gw // merge**2 == expected, (budget, w, h)

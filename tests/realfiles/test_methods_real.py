@@ -233,7 +233,7 @@ def test_q_scorer_train_and_score(name, real_file_model, labelled, tmp_path, gol
     res = scorer.score(paths[:1])
     assert res[0].ok, res[0].error
     golden.check(name, "q-scorer", {"prompt": seen[0]})
-    centers = bin_centers(1.0, 5.0, 5)
+    centers = bin_centers(*spec.bins, 5)  # the training split's MOS min-max (issue 13 §2)
     for k in (4, 1):
         out = _forced(backend.model, spec.token_ids[k], lambda: scorer.score(paths[:2]))
         for r in out:
