@@ -148,8 +148,15 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int | None = None, 
     """Run a FastAPI app with uvicorn in a background thread; yields the base URL (``http://host:port``)."""
     uvicorn = require("uvicorn", "serve", "running the server")
     port = port or free_port(host)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    with run_server_thread(server, host, port, timeout) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def run_server_thread(server: Any, host: str, port: int, timeout: float = 30.0) -> Iterator[str]:
+    """Run a ``uvicorn.Server`` in a daemon thread until the block ends; yields ``http://host:port`` once it
+    listens (RuntimeError when it has not started within ``timeout`` seconds)."""
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

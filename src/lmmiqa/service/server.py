@@ -29,7 +29,7 @@ from typing import Any
 from lmmiqa.errors import require
 from lmmiqa.service.config import FLAGS, ServiceConfig
 from lmmiqa.service.errors import error_body
-from lmmiqa.service.openai_compat import free_port
+from lmmiqa.service.openai_compat import free_port, run_server_thread
 
 log = logging.getLogger("lmmiqa.service")
 
@@ -212,16 +212,5 @@ def serve_in_thread(app: Any, config: ServiceConfig, host: str = "127.0.0.1", po
     install_log_filter()
     port = port or free_port(host)
     server = uvicorn.Server(uvicorn_config(app, config, host, port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError(f"server on {host}:{port} did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with run_server_thread(server, host, port, timeout) as url:
+        yield url
