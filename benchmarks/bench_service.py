@@ -170,6 +170,10 @@ def main() -> None:
                     for t in workers:
                         t.join(timeout=600)
                     assess = f"{statistics.median(done):.1f} s" if done else "n/a"
+                    if lanes.startswith("separate"):
+                        lock = getattr(getattr(service.scorer_for(config.method, {}), "backend", None), "_lock", None)
+                        print(f"generations lent the model to scoring {getattr(lock, 'lends', 'n/a')} times "
+                              "(between two generated tokens)", flush=True)
                     rows.append(_row(
                         f"beside {args.assessors} clients looping /v1/assess ({args.assess_images} images, median "
                         f"{assess}), {lanes}", lat,

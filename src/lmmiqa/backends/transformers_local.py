@@ -10,6 +10,10 @@ the rendered text and the processor's image-token count for each image size (no 
 sorted by length and cut into forwards whose padded positions stay within ``max_batch_tokens`` and 1.25× the
 real ones, and results come back in input order. Images are held to a pixel budget
 (:mod:`lmmiqa.backends.pixels`, default 1024×1024).
+
+One call uses the model at a time (:class:`lmmiqa.backends.model_lock.ModelLock`), but ``generate()`` lends it to
+waiting scoring calls after each generated token, so a scoring request beside a long generation waits for one
+decoding step, not the whole generation (issue 16 §3); results are the same as without the interleaving.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lmmiqa.backends.base import Backend
+from lmmiqa.backends.model_lock import ModelLock, generation_state, restore_generation_state
 from lmmiqa.backends.pixels import (
     DEFAULT_MAX_PIXELS,
     LARGE_PROMPT_IMAGE_TOKENS,
@@ -165,7 +170,8 @@ class TransformersBackend(Backend):
         super().__init__()
         self.config = config
         self.model_id = config.model
-        self._lock = threading.RLock()
+        #: scoring forwards take it with priority; generate() lends it to them between tokens (model_lock.py)
+        self._lock = ModelLock()
         self._token_cache: dict[tuple[tuple[str, ...], str], list[int]] = {}
         self._min_pixels = parse_pixels(config.min_pixels, "min_pixels")
         self._max_pixels = parse_pixels(config.max_pixels, "max_pixels")
@@ -469,7 +475,7 @@ class TransformersBackend(Backend):
         """``step(group, inputs)`` for each planned group; the outputs (rows per group) in input order."""
         import torch
 
-        with self._lock, torch.inference_mode():
+        with self._lock.priority(), torch.inference_mode():
             groups = self.plan(prompts, kept_layers)
             outs = []
             encoded = self._encoded(prompts, groups)
@@ -619,6 +625,7 @@ class TransformersBackend(Backend):
         return out
 
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        """Generated texts; scoring calls that wait for the model run between two tokens (:meth:`_between_tokens`)."""
         import torch
 
         texts: list[str] = []
@@ -630,10 +637,35 @@ class TransformersBackend(Backend):
                     gen_kwargs.update(do_sample=True, temperature=float(temperature))
                 else:
                     gen_kwargs.update(do_sample=False)
+                gen_kwargs["stopping_criteria"] = self._lending_criteria()
                 out = self.model.generate(**inputs, **gen_kwargs)
                 new = out[:, inputs["input_ids"].shape[1] :]
                 texts.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
         return texts
+
+    def _between_tokens(self) -> None:
+        """Called by generate() after each new token: lend the model to the scoring forwards waiting for it
+        (:meth:`ModelLock.lend`), keeping the generation's model state (``rope_deltas``) across their forwards."""
+        if self._lock.waiting:
+            state = generation_state(self.model)
+            try:
+                self._lock.lend()
+            finally:
+                restore_generation_state(state)
+
+    def _lending_criteria(self) -> Any:
+        """A ``StoppingCriteriaList`` that never stops and calls :meth:`_between_tokens` after each token."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        backend = self
+
+        class _LendBetweenTokens(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                backend._between_tokens()
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        return StoppingCriteriaList([_LendBetweenTokens()])
 
     def hidden_states(self, prompts: Sequence[Prompt]) -> np.ndarray:
         if not prompts:

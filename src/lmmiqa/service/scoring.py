@@ -51,7 +51,8 @@ class ScoringService:
 
     Scoring and agentic assessment run in separate lanes (one queue and one worker thread each, see
     :data:`LANES`), so a long assessment never delays a scoring request behind it; both share the loaded
-    model, whose backend serializes the forwards.
+    model, whose backend serializes the forwards (the transformers backend lends the model to waiting scoring
+    forwards between two generated tokens, :mod:`lmmiqa.backends.model_lock`).
 
     Args:
         config: service options.
