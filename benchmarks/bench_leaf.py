@@ -381,6 +381,7 @@ def main() -> None:
                     help="teachers timed in the speed test (default: --teachers)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-resize", action="store_true", help="skip the resize-vs-crops comparison")
+    ap.add_argument("--skip-calibration", action="store_true", help="skip the calibration-labels table")
     ap.add_argument("--quick", action="store_true", help="smoke run (96² ladder, brisque, 2 epochs, 16 speed images)")
     ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
                     help="only build the report from leaf.json files of runs over parts (e.g. one process per "
@@ -431,7 +432,7 @@ def main() -> None:
                 r = run_setting(train, test, args.teachers[0], size, args, work, mode="resize")
                 r["main"] = True
                 held.append(r)
-        if main_row is not None:
+        if main_row is not None and not args.skip_calibration:
             res["calibration"] = {"setting": f"{main_row['teacher']}, {main_row['size']}², crops",
                                   "rows": calibration_rows(main_train, main_row, args)}
         res["heldout"] = [{k: v for k, v in r.items() if k not in ("_arrays", "student")} for r in held]
@@ -465,7 +466,8 @@ def merge(files: list[str], results: Path) -> None:
     cals = [p["calibration"] for p in parts if p.get("calibration")]
     cal = next((c for c in cals if "256" in c["setting"]), cals[0] if cals else None)
     spd = next((p["speed"] for p in parts if p.get("speed")), None)
-    secs = [float(p.get("seconds", 0.0)) for p in parts]
+    # a part that is itself a merge contributes its own parts' times
+    secs = [float(s) for p in parts for s in (p.get("part_seconds") or [p.get("seconds", 0.0)])]
     write_report({"args": [p.get("args") for p in parts], "heldout": held, "calibration": cal, "speed": spd,
                   "seconds": max(secs), "part_seconds": secs}, results)
 

@@ -41,3 +41,28 @@ def test_report_table_and_plot(tmp_path):
     bench._plot_heldout(held, tmp_path / "heldout.png")
     bench._plot_labels(res["calibration"], tmp_path / "labels.png")
     assert (tmp_path / "heldout.png").stat().st_size > 1000 and (tmp_path / "labels.png").stat().st_size > 1000
+
+
+def test_merge_of_a_merged_result_keeps_rows_and_part_times(tmp_path):
+    """New parts merged into an earlier merged ``leaf.json``: all rows, and the earlier parts' times, kept."""
+    pytest.importorskip("matplotlib")
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_leaf", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def row(teacher, size, crop, srcc):
+        return {"teacher": teacher, "size": size, "mode": "crops", "crop": crop, "n_crops": 4, "n_train": 250,
+                "n_test": 100, "epochs": 12, "batch_size": 8, "teacher_srcc": 0.6, "student_srcc": srcc,
+                "fidelity": 0.5, "gap": 0.6 - srcc, "teach_seconds": 1.0, "train_seconds": 2.0}
+
+    old = {"heldout": [row("niqe", 512, 64, 0.5)], "seconds": 300.0, "part_seconds": [120.0, 300.0]}
+    new = {"heldout": [row("niqe", 512, 256, 0.58)], "seconds": 240.0}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    bench.merge([str(tmp_path / "old.json"), str(tmp_path / "new.json")], tmp_path / "out")
+    res = json.loads((tmp_path / "out" / "leaf.json").read_text())
+    assert res["part_seconds"] == [120.0, 300.0, 240.0]
+    assert [r["crop"] for r in res["heldout"]] == [64, 256]
+    assert "| 512² | niqe | 4 crops of 256² | 12 / 8 |" in (tmp_path / "out" / "leaf.md").read_text()
