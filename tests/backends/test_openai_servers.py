@@ -67,6 +67,11 @@ def _qalign(url: str, **opts):
     return lmmiqa.create_scorer("q-align", backend="openai", model=url, backend_options=opts)
 
 
+def _connect(url: str, **opts):
+    """Create the backend (the start-up checks run here)."""
+    return _connect(url, **opts)
+
+
 # ------------------------------------------------------------------------------- unreachable: one set-up error
 
 
@@ -82,20 +87,19 @@ def test_a_refused_connection_is_one_run_level_error_naming_the_url():
 
 def test_dns_and_tls_failures_say_what_to_check(server):
     with pytest.raises(ServerUnavailableError, match="no-such-host.invalid") as err:
-        lmmiqa.create_scorer("q-align", backend="openai", model="http://no-such-host.invalid:8000/v1#x",
-                             backend_options={"timeout": 5}).backend
+        _connect("http://no-such-host.invalid:8000/v1#x", timeout=5)
     assert "does not resolve" in str(err.value) or "no answer within" in str(err.value)
     https = server.replace("http://", "https://")
     with pytest.raises(ServerUnavailableError, match="TLS failed") as err:
-        _qalign(f"{https}/v1#tiny").backend
+        _connect(f"{https}/v1#tiny")
     assert https in str(err.value)
 
 
 def test_a_wrong_path_or_model_name_is_one_error_listing_what_is_served(server):
     with pytest.raises(ServerUnavailableError, match="usually ends in /v1"):
-        _qalign(f"{server}#tiny").backend  # /models without /v1: 404
+        _connect(f"{server}#tiny")  # /models without /v1: 404
     with pytest.raises(ServerUnavailableError) as err:
-        _qalign(f"{server}/v1#Qwen3-VL").backend
+        _connect(f"{server}/v1#Qwen3-VL")
     assert "does not serve a model named 'Qwen3-VL'; it serves: tiny" in str(err.value)
     assert f"--model '{server}/v1#tiny'" in str(err.value)
 
@@ -114,7 +118,7 @@ def test_a_refused_api_key_names_the_variable(monkeypatch):
 
     monkeypatch.setenv("MY_KEY", "wrong")
     with serve_in_thread(app) as url, pytest.raises(ServerUnavailableError) as err:
-        _qalign(f"{url}/v1#m", api_key_env="MY_KEY").backend
+        _connect(f"{url}/v1#m", api_key_env="MY_KEY")
     assert "refused the API key (401: Incorrect API key provided)" in str(err.value) and "$MY_KEY" in str(err.value)
 
 
@@ -147,12 +151,12 @@ def test_a_server_that_closes_the_turn_is_detected_and_folded_or_refused(local):
         assert r.error or (r.details["prefix_mode"] == "folded" and r.details["candidate_match"] == "surface")
         backend.close()
         with pytest.raises(ServerUnavailableError, match="ignores continue_final_message") as err:
-            _qalign(f"{url}/v1#tiny", prefix_mode="continue").backend
+            _connect(f"{url}/v1#tiny", prefix_mode="continue")
         assert "llama-cpp-python" in str(err.value)
 
 
 def test_a_server_that_continues_passes_the_check(server):
-    backend = _qalign(f"{server}/v1#tiny").backend
+    backend = _connect(f"{server}/v1#tiny")
     assert backend.prefix_mode == "continue" and backend.prefix_check == "continued"
     assert not backend.echoes_prefix
 
@@ -160,14 +164,14 @@ def test_a_server_that_continues_passes_the_check(server):
 def test_a_server_that_rejects_continuation_is_refused_in_continue_mode(local):
     with _serve(local, continue_mode="reject") as url, pytest.raises(ServerUnavailableError,
                                                                        match="rejects continue_final_message"):
-        _qalign(f"{url}/v1#tiny", prefix_mode="continue").backend
+        _connect(f"{url}/v1#tiny", prefix_mode="continue")
 
 
 def test_generate_returns_only_the_new_text_when_the_server_repeats_the_prefix(local, server):
     prompt = Prompt.simple(["Describe it."], answer_prefix=PREFIX)
-    plain = _qalign(f"{server}/v1#tiny").backend
+    plain = _connect(f"{server}/v1#tiny")
     with _serve(local, echo_prefix=True) as echo_url:
-        echo = _qalign(f"{echo_url}/v1#tiny").backend
+        echo = _connect(f"{echo_url}/v1#tiny")
         assert echo.echoes_prefix
         raw = echo.client.chat.completions.create(
             model="tiny", messages=echo._messages(prompt, False), max_tokens=3,

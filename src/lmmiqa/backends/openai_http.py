@@ -349,7 +349,12 @@ class OpenAIBackend(Backend):
             parts: list[dict[str, Any]] = []
             for c in m.content:
                 if isinstance(c, str):
-                    parts.append({"type": "text", "text": c})
+                    # adjacent texts go as one part: llama-server tokenizes each text part after an image on its
+                    # own, which changed the tokens (and log-probs by ~1e-2) of prompts such as the agent's
+                    if parts and parts[-1]["type"] == "text":
+                        parts[-1] = {"type": "text", "text": parts[-1]["text"] + c}
+                    else:
+                        parts.append({"type": "text", "text": c})
                 else:
                     parts.append({"type": "image_url", "image_url": {"url": image_data_url(self._fit(c), self.config.image_format)}})
             if m.role == "system" and all(x["type"] == "text" for x in parts):
