@@ -639,6 +639,11 @@ def make_real_file_vlm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = transformers.AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+        if arch == "gemma3":
+            # Gemma 3 initializes its image projection to zeros: every image would then give the same scores
+            proj = model.model.multi_modal_projector.mm_input_projection_weight
+            with torch.no_grad():
+                proj.normal_(0.0, float(getattr(config, "initializer_range", 0.02)))
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
     for item in src.iterdir():
