@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hf-files", default=None, help="folder of Qwen2.5-VL-7B-Instruct's real files")
     ap.add_argument("--llama-server", default=None, help="folder with llama-server and convert/")
+    ap.add_argument("--gguf", default=None, help="folder with model.gguf and mmproj.gguf already made by this script "
+                    "(skips the build and conversion; the level words must be in the model's top-20)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -49,17 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(x) for x in args.replicas.split(",")]
     folder = llama_server_folder(args.llama_server)
     hf = shared_hf_folder("Qwen2.5-VL-7B-Instruct", args.hf_files)
-    if folder is None or hf is None:
+    if folder is None or (hf is None and args.gguf is None):
         print("needs ../shared/tools/llama-server and ../shared/data/hf/Qwen2.5-VL-7B-Instruct", file=sys.stderr)
         return 2
     images = [make_image(args.size, args.size, seed=i) for i in range(args.images)]
     with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:
         root = Path(tmp)
-        model_dir = make_real_file_vlm(hf, root / "model", vision_depth=3)
-        probe = lmmiqa.create_scorer("q-align", model=str(model_dir), device="cpu")
-        lift_level_tokens(model_dir, [([probe.build_prompt(im) for im in images[:3]], [3873, 7852, 6624, 1661, 9073])])
-        clear_backend_cache()
-        gguf, mmproj = convert_to_gguf(model_dir, root / "gguf", folder=folder)
+        if args.gguf:
+            gguf, mmproj = Path(args.gguf) / "model.gguf", Path(args.gguf) / "mmproj.gguf"
+        else:
+            model_dir = make_real_file_vlm(hf, root / "model", vision_depth=3)
+            probe = lmmiqa.create_scorer("q-align", model=str(model_dir), device="cpu")
+            lift_level_tokens(model_dir, [([probe.build_prompt(im) for im in images[:3]],
+                                           [3873, 7852, 6624, 1661, 9073])])
+            clear_backend_cache()
+            gguf, mmproj = convert_to_gguf(model_dir, root / "gguf", folder=folder)
         servers = [LlamaServer(gguf, mmproj, alias="m", threads=args.threads, folder=folder,
                                log_path=root / f"server{i}.log") for i in range(max(counts))]
         times: dict[int, list[float]] = {n: [] for n in counts}

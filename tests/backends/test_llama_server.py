@@ -268,3 +268,22 @@ def test_two_replicas(served):
         second.stop()
     assert all(s["served"] > 0 for s in stats), stats
     assert [r.score for r in results] == pytest.approx([r.score for r in single], abs=1e-6)
+
+
+def test_replica_benchmark_runs(served, tmp_path, capsys):
+    """benchmarks/bench_replicas.py on this module's GGUF files (smoke: 1 and 2 replicas, 3 images, one run)."""
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_replicas.py"
+    spec = importlib.util.spec_from_file_location("bench_replicas", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    rc = bench.main(["--replicas", "1,2", "--images", "3", "--size", "112", "--repeats", "1",
+                     "--gguf", str(served.gguf[0].parent), "--llama-server", str(FOLDER), "--json", str(out)])
+    assert rc == 0
+    import json
+
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["replicas"] for r in rows] == [1, 2] and sum(rows[1]["requests_per_replica"]) == 3
+    assert "| 2 |" in capsys.readouterr().out
