@@ -69,7 +69,7 @@ def _qalign(url: str, **opts):
 
 def _connect(url: str, **opts):
     """Create the backend (the start-up checks run here)."""
-    return _connect(url, **opts)
+    return _qalign(url, **opts).backend
 
 
 # ------------------------------------------------------------------------------- unreachable: one set-up error
