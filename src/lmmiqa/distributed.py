@@ -103,7 +103,8 @@ def scorer_spec(method: Any, options: Mapping[str, Any] | None = None) -> tuple[
     from lmmiqa import registry
 
     cls = registry.resolve_method(method)
-    opts = {k: v for k, v in (options or {}).items() if v is not None}
+    opts = dict(options or {})
+    opts = cls.preset_options(opts.pop("preset", None), opts)
     return cls, build_config(cls.config_cls, opts, what=f"method {cls.name!r}")
 
 

@@ -149,3 +149,47 @@ def resolve_local_only(
         why = f"it is not a local folder, not in the Hugging Face cache, and the hub is unreachable: {reason}"
         raise ModelLoadError(missing_message(ref, why, what=what, folder=folder, pass_as=pass_as))
     return local_only
+
+
+def read_checkpoint_json(name_or_path: str, filename: str, **hub_kwargs: object) -> dict | None:
+    """A JSON file of a checkpoint (``config.json``, ``preprocessor_config.json``, ...) as a dict.
+
+    Args:
+        name_or_path: a local folder, or a hub id (read from the cache, or fetched as ``from_pretrained`` would,
+            through transformers' ``cached_file``).
+        filename: the file inside it.
+        **hub_kwargs: ``subfolder``, ``revision``, ``local_files_only``, ``cache_dir``, ``token``...
+
+    Returns:
+        The parsed object, or None when the file is absent, unreadable or not a JSON object.
+    """
+    import json
+
+    subfolder = str(hub_kwargs.get("subfolder") or "")
+    if os.path.isdir(name_or_path):
+        local = os.path.join(name_or_path, subfolder, filename)
+        resolved: str | None = local if os.path.isfile(local) else None
+    else:
+        try:
+            from transformers.utils import cached_file
+        except ImportError:
+            return None
+        kwargs = {k: v for k, v in hub_kwargs.items() if k != "trust_remote_code"}
+        try:
+            resolved = cached_file(
+                name_or_path,
+                filename,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+                **kwargs,
+            )
+        except Exception:
+            return None
+    if resolved is None:
+        return None
+    try:
+        with open(resolved, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

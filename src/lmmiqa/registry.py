@@ -83,6 +83,10 @@ STUDENTS: dict[str, str] = {
     "resnet-50": "lmmiqa.distill.students:ResNet50",
 }
 
+#: model families lmmiqa implements natively (architectures transformers does not ship; see lmmiqa.families):
+#: the checkpoint's config.json ``model_type`` -> ``"module:FAMILY"``
+FAMILIES: dict[str, str] = {}
+
 #: alternative names -> canonical name, per kind
 ALIASES: dict[str, dict[str, str]] = {
     "method": {"qalign": "q-align", "sg": "standard-guided", "dog-iqa": "llm-iqa", "dogiqa": "llm-iqa", "qscorer": "q-scorer", "q_scorer": "q-scorer", "llmiqa": "llm-iqa",
@@ -105,6 +109,7 @@ TABLES: dict[str, dict[str, str]] = {
     "segmenter": SEGMENTERS,
     "encoder": ENCODERS,
     "student": STUDENTS,
+    "family": FAMILIES,
 }
 
 _cache: dict[str, Any] = {}
