@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lmmiqa.errors import ConfigError, DataError, require
+from lmmiqa.jsonl import write_json
 from lmmiqa.types import json_safe
 
 ARTIFACT_KIND = "lmmiqa-leaf-student"
@@ -40,13 +41,6 @@ TRAINING_FILE = "training.json"
 CALIBRATION_FILE = "calibration.json"
 #: the calibration maps (:mod:`lmmiqa.distill.calibrate` fits them; this module stores and applies them)
 CALIBRATION_KINDS = ("logistic", "isotonic", "linear")
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON-safe ``data`` atomically (a temporary file, then a rename): readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def save_artifact(

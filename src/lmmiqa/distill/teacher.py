@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 
 from lmmiqa.config import config_to_dict
-from lmmiqa.distill.artifact import write_json
 from lmmiqa.distill.judgments import (
     DERIVED_PAIR_MODELS,
     POINT_RELIABILITIES,
@@ -50,7 +49,7 @@ from lmmiqa.distill.judgments import (
     sample_pairs,
 )
 from lmmiqa.errors import ConfigError, DataError, LmmiqaError, UnsupportedError
-from lmmiqa.jsonl import JsonlAppender, read_jsonl
+from lmmiqa.jsonl import JsonlAppender, read_jsonl, write_json
 from lmmiqa.types import json_safe
 
 log = logging.getLogger(__name__)

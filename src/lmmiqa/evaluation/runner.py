@@ -193,9 +193,9 @@ def package_versions() -> dict[str, str]:
     """Versions of lmmiqa, Python and the packages that influence scores (read from metadata; nothing imported)."""
     from importlib import metadata
 
-    import lmmiqa
+    from lmmiqa._version import __version__
 
-    out = {"lmmiqa": lmmiqa.__version__, "python": platform.python_version()}
+    out = {"lmmiqa": __version__, "python": platform.python_version()}
     for pkg in ("numpy", "scipy", "pillow", "torch", "transformers"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from lmmiqa.config import build_config, config_to_dict
 from lmmiqa.errors import ConfigError, LmmiqaError, is_run_level
-from lmmiqa.images import ImageItem, ImageLimits, expand_inputs, iter_batches, load_many
+from lmmiqa.images import PIXEL_LIMIT_OPTION, ImageItem, ImageLimits, expand_inputs, iter_batches, load_many
 from lmmiqa.presets import Preset, apply_preset, get_preset
 from lmmiqa.types import ScoreResult
 
@@ -136,7 +136,7 @@ class Scorer(ABC):
     def _limits(self) -> ImageLimits:
         cfg = self.config
         return ImageLimits(
-            max_pixels=getattr(cfg, "max_image_pixels", ImageLimits.max_pixels),
+            max_pixels=getattr(cfg, PIXEL_LIMIT_OPTION, ImageLimits.max_pixels),
             max_bytes=getattr(cfg, "max_bytes", ImageLimits.max_bytes),
         )
 
