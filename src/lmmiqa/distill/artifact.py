@@ -272,8 +272,20 @@ class StudentArtifact:
                 "calibration_report": self.calibration_report,
                 "teacher": (self.teacher or {}).get("identity"),
                 "fidelity": self._training().get("fidelity"),
+                "recipe": self.recipe(),
             }
         )
+
+    def recipe(self) -> dict[str, str | None]:
+        """The preset each step that made this student was run with (``{"distill teach": "paper", "distill
+        train": None, "distill calibrate": ...}``; None: lmmiqa's defaults, not recorded, or not calibrated)."""
+        from lmmiqa.distill.presets import CALIBRATE, TEACH, TRAIN
+
+        return {
+            TEACH: (self.teacher or {}).get("preset"),
+            TRAIN: (self._training().get("config") or {}).get("preset"),
+            CALIBRATE: (self.calibration_report or {}).get("preset") if self.calibration is not None else None,
+        }
 
     def _training(self) -> dict[str, Any]:
         path = self.path / TRAINING_FILE

@@ -67,7 +67,8 @@ class Scorer(ABC):
     """Base class of all methods.
 
     Subclasses set ``name``, ``config_cls`` and implement :meth:`score_items`; they may list named option sets in
-    ``presets`` (:mod:`lmmiqa.presets`; ``paper`` reproduces the method's paper).
+    ``presets`` (:mod:`lmmiqa.presets`; ``paper`` reproduces the method's paper), and the presets of the commands
+    that make their artifact in ``stage_presets``.
 
     The preset a scorer was built with is ``config.preset`` (:attr:`preset`).
     """
@@ -77,6 +78,9 @@ class Scorer(ABC):
     higher_is_better: ClassVar[bool] = True
     summary: ClassVar[str] = ""
     presets: ClassVar[dict[str, Preset]] = {}
+    #: presets of the commands that make this method's artifact, by command (LEAF: ``distill teach``, ``distill
+    #: train``, ``distill calibrate``); listed beside :attr:`presets` by ``lmmiqa methods --presets``
+    stage_presets: ClassVar[dict[str, dict[str, Preset]]] = {}
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
