@@ -33,9 +33,9 @@ def register(sub: Any) -> None:
         help="run a paper's evaluation protocol on your datasets; its published numbers beside the measured ones",
         description="Run METHOD's paper protocol (METHODS §7 and the paper: KonIQ's official test split, whole "
         "datasets for training-free and cross-dataset rows, median of 10 seeded 80/20 splits where the paper used "
-        "them, IQARAG's 10 %% reference bank) on the datasets given, with the method's `paper` preset (--preset "
+        "them, IQARAG's 10 % reference bank) on the datasets given, with the method's `paper` preset (--preset "
         "default: lmmiqa's defaults instead), and write RUNDIR/report.md, report.json and comparison.png: the "
-        "published SRCC/PLCC, the measured ones with bootstrap 95 %% intervals, the difference and whether the "
+        "published SRCC/PLCC, the measured ones with bootstrap 95 % intervals, the difference and whether the "
         "published value lies in the interval. Each dataset is scored by `lmmiqa eval` into RUNDIR/<dataset>/...: "
         "running the same command again resumes. Options may contain {seed} and {dataset}, filled per split. "
         "`--list` prints the paper's table and what each dataset folder must hold.",
