@@ -98,6 +98,8 @@ def test_reproduce_end_to_end_resume_and_report(ladder, mini_koniq, tmp_path, ca
     cfg = json.loads((out / "koniq10k" / "official-test" / "config.json").read_text())
     assert cfg["preset"] == "paper" and cfg["options"]["exponent"] == 2.0 and cfg["split"] == "official:test"
     assert json.loads((out / "koniq10k" / "official-test" / "report.json").read_text())["preset"] == "paper"
+    assert main(["report", str(out / "koniq10k" / "official-test")]) == 0
+    assert "| sharp-paper [paper] |" in capsys.readouterr().out  # `lmmiqa report` shows the preset too
     assert "- preset: paper (its values: `lmmiqa methods" in (out / "koniq10k" / "official-test" / "report.md").read_text()
     # three seeded splits of spaq scored once (their union), each split's numbers from the predictions
     spaq = report.datasets["spaq/random-80-20"]
@@ -154,7 +156,8 @@ def test_refusals_say_why(ladder, mini_koniq, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "koniq10k: folder" in err and "not found" in err and "KonIQ-10k-official-sets.csv" in err
     assert main(["reproduce", METHOD, "--dataset", f"spaq={tmp_path}", "--out", out]) == 2
-    assert "no label file" in capsys.readouterr().err and "SPAQ.csv" in capsys.readouterr().err + "SPAQ.csv"
+    err = capsys.readouterr().err
+    assert "no label file" in err and "SPAQ.csv" in err and "--labels spaq=CSV" in err
     assert main(["reproduce", METHOD, "--out", out]) == 2
     assert "--dataset NAME=DIR" in capsys.readouterr().err
 

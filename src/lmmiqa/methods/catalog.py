@@ -33,7 +33,6 @@ def method_entry(name: str) -> dict[str, Any]:
     def view(preset: Any, config_cls: type | None) -> dict[str, Any]:
         d = preset.to_dict()
         d["values"] = preset.beside_defaults(config_cls)
-        d.pop("config", None)
         return d
 
     presets = {n: view(p, cls.config_cls) for n, p in getattr(cls, "presets", {}).items()}
