@@ -127,15 +127,16 @@ def array_to_image(arr: np.ndarray) -> Any:
     return to_rgb(Image.fromarray(a))
 
 
+#: the scorer option that sets :attr:`ImageLimits.max_pixels` (every scorer config has it, see
+#: :class:`lmmiqa.methods.base.ScorerConfig`; MLLM scorers keep ``max_pixels`` for the model's own pixel budget).
+#: Defined here, in the lower module, so that the images layer knows nothing of the methods layer.
+PIXEL_LIMIT_OPTION = "max_image_pixels"
+
+
 def pixel_limit_option() -> str:
-    """The scorer option that sets :attr:`ImageLimits.max_pixels` (named by the oversize hint): ``max_pixels``, or
-    ``max_image_pixels`` where scorers keep ``max_pixels`` for the model's own pixel budget."""
-    import dataclasses
-
-    from lmmiqa.methods.base import ScorerConfig
-
-    names = {f.name for f in dataclasses.fields(ScorerConfig)}
-    return "max_image_pixels" if "max_image_pixels" in names else "max_pixels"
+    """The scorer option that sets :attr:`ImageLimits.max_pixels` (named by the oversize hint):
+    :data:`PIXEL_LIMIT_OPTION`."""
+    return PIXEL_LIMIT_OPTION
 
 
 def _check_pixels(width: int, height: int, limits: ImageLimits, what: str) -> None:

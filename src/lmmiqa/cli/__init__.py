@@ -28,6 +28,7 @@ SUBCOMMANDS: list[str] = [
     "lmmiqa.cli.methods",
     "lmmiqa.cli.demo",
     "lmmiqa.cli.eval",
+    "lmmiqa.cli.reproduce",
     "lmmiqa.cli.report",
     "lmmiqa.cli.levels_bound",
     "lmmiqa.cli.synth",

@@ -38,10 +38,10 @@ def model_label(model: Any) -> str:
 
 
 def rows_of(reports: Sequence[Any]) -> list[dict[str, Any]]:
-    """One table row per report."""
+    """One table row per report (a preset is shown with the method: ``iqarag [paper]``)."""
     return [
         {
-            "method": r.method,
+            "method": r.method + (f" [{r.preset}]" if getattr(r, "preset", None) else ""),
             "model": model_label(r.model),
             "dataset": r.dataset,
             "split": r.split,

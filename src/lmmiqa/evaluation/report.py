@@ -26,6 +26,8 @@ class EvalReport:
 
     Attributes:
         method: registered method name (or ``module:Class``). model: model id(s), or ``None``.
+        preset: the method's preset the scorer was built over (``"paper"``; ``lmmiqa methods --presets`` lists its
+            values), or ``None`` for lmmiqa's defaults.
         dataset: dataset record name. split: split specification. labels: label file.
         n: items with a prediction used in the metrics. n_failed: items that could not be scored.
         n_total: items in the (possibly limited) selection. partial: true when ``limit`` cut the split.
@@ -82,6 +84,7 @@ class EvalReport:
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     schema: int = REPORT_SCHEMA
+    preset: str | None = None
 
     @property
     def mean(self) -> float:
@@ -131,8 +134,11 @@ class EvalReport:
                       "(`--limit`).", ""]
         model = ", ".join(self.model) if isinstance(self.model, list) else (self.model or "-")
         ci = self.ci or {}
+        preset = (f"{self.preset} (its values: `lmmiqa methods {self.method} --presets`)" if self.preset
+                  else "none (lmmiqa's defaults)")
         lines += [
             f"- model: {model}",
+            f"- preset: {preset}",
             f"- labels: {self.labels or '-'}",
             f"- items: n = {self.n} scored, {self.n_failed} failed, {self.n_total} selected"
             + (f", {self.n_missing} missing files skipped" if self.n_missing else ""),

@@ -193,9 +193,9 @@ def package_versions() -> dict[str, str]:
     """Versions of lmmiqa, Python and the packages that influence scores (read from metadata; nothing imported)."""
     from importlib import metadata
 
-    import lmmiqa
+    from lmmiqa._version import __version__
 
-    out = {"lmmiqa": lmmiqa.__version__, "python": platform.python_version()}
+    out = {"lmmiqa": __version__, "python": platform.python_version()}
     for pkg in ("numpy", "scipy", "pillow", "torch", "transformers"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
@@ -208,6 +208,7 @@ class RunConfig:
 
     Attributes:
         method: method name. model: model id(s). options: the scorer's full config (``describe()["config"]``).
+        preset: the preset the scorer was built over (``"paper"``), or ``None`` for lmmiqa's defaults.
         dataset: the dataset summary (name, labels, root, split, columns, direction ...).
         limit: ``--limit``, or ``None``. engine: engine name. n_boot, seed: bootstrap settings.
         versions: package versions when the run started. created: ISO time.
@@ -223,11 +224,13 @@ class RunConfig:
     seed: int
     versions: dict[str, str]
     created: str
+    preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(
             {
                 "method": self.method,
+                "preset": self.preset,
                 "model": self.model,
                 "options": self.options,
                 "dataset": self.dataset,
@@ -396,6 +399,7 @@ def build_report(
     method: str,
     model: Any,
     method_higher_is_better: bool,
+    preset: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     limit: int | None = None,
@@ -449,6 +453,7 @@ def build_report(
     n_total = len(paths)
     report = EvalReport(
         method=method,
+        preset=preset,
         model=model,
         dataset=dataset.name,
         split=dataset.split,
@@ -635,6 +640,7 @@ def evaluate(
         seed=int(seed),
         versions=versions,
         created=_now(),
+        preset=desc.get("preset"),
     )
     method_hib = bool(getattr(scorer, "higher_is_better", True))
 
@@ -648,7 +654,7 @@ def evaluate(
         run_engine(scorer, sel.paths(), collect, batch_size=batch_size, progress=progress, **(engine_options or {}))
         report, pred, mos, _fit = build_report(
             sel, records, method=config.method, model=config.model, method_higher_is_better=method_hib,
-            n_boot=n_boot, seed=seed, limit=config.limit, n_split=n_split, versions=versions,
+            preset=config.preset, n_boot=n_boot, seed=seed, limit=config.limit, n_split=n_split, versions=versions,
         )
         return dataclasses.replace(report, overlap=overlap) if overlap else report
 
@@ -680,7 +686,7 @@ def evaluate(
             run_engine(scorer, pending, append, batch_size=batch_size, progress=progress, **(engine_options or {}))
         report, pred, mos, fit = build_report(
             sel, records, method=config.method, model=config.model, method_higher_is_better=method_hib,
-            n_boot=n_boot, seed=seed, limit=config.limit, n_split=n_split, run_dir=str(rundir),
+            preset=config.preset, n_boot=n_boot, seed=seed, limit=config.limit, n_split=n_split, run_dir=str(rundir),
             versions=versions,
         )
         if overlap:

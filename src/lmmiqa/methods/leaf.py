@@ -13,15 +13,19 @@ teacher's levels.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from lmmiqa.distill.presets import LEAF_PAPER, STAGE_PRESETS
 from lmmiqa.errors import ConfigError
 from lmmiqa.images import ImageItem
 from lmmiqa.methods.base import Scorer, ScorerConfig
 from lmmiqa.types import ScoreResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,6 +62,8 @@ class LEAF(Scorer):
     name = "leaf"
     config_cls = LEAFConfig
     summary = "LEAF distilled student (no MLLM at inference): --student DIR from `lmmiqa distill train`"
+    presets = {"paper": LEAF_PAPER}
+    stage_presets = STAGE_PRESETS
 
     def __init__(self, config: LEAFConfig | None = None) -> None:
         if config is None:
@@ -68,6 +74,17 @@ class LEAF(Scorer):
         self.artifact = StudentArtifact.load(config.student)
         self.calibration = self.artifact.calibration if config.calibrated else None
         self.higher_is_better = self.calibration.higher_is_better if self.calibration is not None else True  # type: ignore[misc]
+        #: the preset of each step that made the student (``details.recipe``); with a preset, a step made
+        #: otherwise is warned about once, here
+        self.recipe = self.artifact.recipe()
+        if self.preset is not None:
+            other = [step for step, used in self.recipe.items() if used != self.preset]
+            if other:
+                log.warning(
+                    "leaf --preset %s: the student %s was not made with that preset at every step (%s); its results "
+                    "record the steps in details.recipe. Make it with `lmmiqa <step> --preset %s` to reproduce the "
+                    "paper's recipe", self.preset, config.student,
+                    ", ".join(f"{step}: {self.recipe[step] or 'lmmiqa defaults'}" for step in other), self.preset)
         self._predictor: Any = None
         self.overlap: dict[str, Any] | None = None
         self._lock = threading.Lock()
@@ -107,6 +124,7 @@ class LEAF(Scorer):
                 "calibrated": self.calibration is not None,
                 "raw": float(raw[i]),
                 "student": self.artifact.student_name,
+                "recipe": dict(self.recipe),
             }
             if prep.mode == "crops":
                 details["crops"] = int(out_views["n_views"][i])
