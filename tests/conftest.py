@@ -16,6 +16,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread per process (before torch is imported; subprocesses inherit it): the tiny test models are
+# overhead-bound, and two OpenMP threads on a shared 2-core machine spin against each other (measured under load:
+# the distill-train and token-budget tests took 2x the CPU and wall time with two threads as with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -116,6 +117,9 @@ class ScoreActor:
     """
 
     def __init__(self, scorer_cls: type, config: Any) -> None:
+        from lmmiqa.logs import show_warnings_as_lines
+
+        show_warnings_as_lines()  # relayed by the driver as one plain line: `(ScoreActor pid=...) warning: ...`
         self.error: LmmiqaError | None = None
         try:
             self.scorer = scorer_cls(config)
@@ -187,6 +191,8 @@ def _connect(config: RayConfig) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    # the driver prints the workers' lines with a coloured "(ScoreActor pid=...)" prefix; plain text in logs
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if config.address:
         _probe_address(config.address)
         try:
