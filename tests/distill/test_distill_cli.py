@@ -75,3 +75,12 @@ def test_usage_and_data_errors(tmp_path, capsys):
         main(["distill", "calibrate", str(tmp_path), "--labels", "x.csv", "--fraction", "0.1", "--n", "5"])
     assert exc.value.code == 2
     assert main(["distill"]) == 2
+    # a wrong --images is a set-up error that names the path, not the teacher, and leaves no cache folder
+    out = tmp_path / "teach" / "koniq"
+    assert main(["distill", "teach", "--teacher", "sharpness", "--images", str(tmp_path / "unlabeled"),
+                 "--out", str(out)]) == 2
+    assert f"no such file or folder: {tmp_path / 'unlabeled'}" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["distill", "teach", "--teacher", "sharpness", "--images", str(tmp_path / "empty"),
+                 "--out", str(out)]) == 2
+    assert "no images (.bmp, " in capsys.readouterr().err and not (tmp_path / "teach").exists()
