@@ -231,8 +231,9 @@ def _connect_hint(address: str, err: BaseException) -> str:
         return (f"{given}: the Ray client is not installed (pip install 'ray[client]'); or {drop} to start a "
                 "local Ray instance for this run")
     if address == "auto" and isinstance(err, ConnectionError):
-        return (f"{given}: no Ray cluster is running on this machine; start one first with `ray start --head`, "
-                f"or {drop} to start a local Ray instance for this run")
+        return (f"{given}: no Ray cluster is running on this machine; start one first with "
+                "`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head` (on 127.0.0.1 only; export the variable for "
+                f"this command too), or {drop} to start a local Ray instance for this run")
     return (f"{given}: cannot connect to the Ray cluster ({type(err).__name__}: {first}); check the address, "
             f"or {drop} to start a local Ray instance for this run")
 
