@@ -95,3 +95,7 @@ def test_cli_usage_errors(tmp_path, capsys):
     assert "need an agentic method" in capsys.readouterr().err
     assert main(["assess", str(img), "--option", "max_replans=5"]) == 2
     assert "max_replans" in capsys.readouterr().err
+    # a missing folder: its error once (stderr), not a second copy on stdout, and without the path twice
+    assert main(["assess", f"{tmp_path}/photos/", "--method", "contrast"]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.splitlines() == [f"lmmiqa assess: {tmp_path}/photos/: no such folder"]
