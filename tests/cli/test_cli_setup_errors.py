@@ -93,3 +93,18 @@ def test_failed_eval_does_not_block_its_retry(run_cli, images, tmp_path, tiny_mo
     # 3. a run that did score something is still protected
     assert main([*map(str, common), "--method", "contrast"]) == 2
     assert "holds a run with a different configuration" in capsys.readouterr().err
+
+
+def test_what_counts_as_a_path(tmp_path):
+    from lmmiqa.errors import ModelLoadError
+    from lmmiqa.hub import looks_like_path, missing_folder_message, resolve_local_only
+
+    for hub_id in ("Qwen/Qwen3-VL-8B-Instruct", "gpt2", "facebook/sam2.1-hiera-large"):
+        assert not looks_like_path(hub_id) and missing_folder_message(hub_id) is None
+    for path in ("/models/x", "./x", "../x", "~/x", "a/b/c", "x/", "C:\\models\\x", "models\\x"):
+        assert looks_like_path(path), path
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    assert "it is a file, not a folder" in missing_folder_message(str(tmp_path / "weights.safetensors"))
+    assert missing_folder_message(str(tmp_path)) is None  # an existing folder: loaded as it is
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        resolve_local_only(str(tmp_path / "nope" / "x"), False, what="encoder model")
