@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lmmiqa.errors import ConfigError, ImageLoadError, spell
+from lmmiqa.errors import ConfigError, ImageLoadError, InputNotFoundError, spell
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,8 @@ def open_image(path: str | os.PathLike[str], limits: ImageLimits | None = None) 
     limits = limits or ImageLimits()
     p = Path(path)
     if not p.exists():
-        raise ImageLoadError(f"{p}: file not found")
+        folder = os.fspath(path).endswith(("/", os.sep))  # "photos/": the user meant a folder
+        raise ImageLoadError(f"{p}: {'no such folder' if folder else 'file not found'}")
     if p.is_dir():
         raise ImageLoadError(f"{p}: is a directory, not an image")
     size = p.stat().st_size
@@ -229,7 +230,7 @@ def _read_list_file(list_path: Path) -> list[str]:
     resolved, naming the entries that do exist relative to the current folder instead (a common slip).
     """
     if not list_path.is_file():
-        raise ImageLoadError(f"@{list_path}: list file not found")
+        raise InputNotFoundError(f"@{list_path}: list file not found")
     out = []
     missing: list[str] = []
     from_cwd: list[str] = []

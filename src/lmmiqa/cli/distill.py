@@ -21,6 +21,9 @@ from typing import Any
 
 from lmmiqa.cli._method_args import _key_value
 
+#: stdout formats of teach, train and info: a few lines of text, or the whole summary as JSON
+SUMMARY_FORMATS = ("text", "json")
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -88,6 +91,8 @@ def _register_teach(dsub: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="cache folder (created; resumed when it exists)")
     p.add_argument("--restart", action="store_true", help="discard judgments already in --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars on stderr")
+    p.add_argument("--format", choices=SUMMARY_FORMATS, default="text",
+                   help="summary on stdout: text (default: a few lines) or json")
     p.set_defaults(func=run_teach)
 
 
@@ -120,7 +125,13 @@ def run_teach(args: argparse.Namespace) -> int:
     )
     summary = teach(args.images, args.out, config, restart=args.restart)
     d = summary.to_dict()
-    print(json.dumps(d, indent=2))
+    if args.format == "json":
+        print(json.dumps(d, indent=2))
+    else:
+        print(f"teacher {args.teacher}: {d['n_points']} of {d['n_images']} image(s) judged, {d['n_pairs']} pair(s) "
+              f"({d['pair_mode']}) in {d['seconds']:.1f} s -> {d['out']}")
+        if d.get("negated"):
+            print("  the teacher's scores are lower-is-better: stored negated (higher is better)")
     if summary.n_point_failures:
         print(f"lmmiqa distill teach: {summary.n_point_failures} image(s) could not be judged; see "
               f"{args.out}/points.jsonl", file=sys.stderr)
@@ -195,6 +206,9 @@ def _register_train(dsub: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="student folder (artifact + checkpoints)")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and train from scratch")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
+    p.add_argument("--format", choices=SUMMARY_FORMATS, default="text",
+                   help="summary on stdout: text (default: a few lines; the per-epoch history is in "
+                   "OUT/training.json) or json (the whole summary, with the history)")
     p.set_defaults(func=run_train)
 
 
@@ -229,7 +243,10 @@ def run_train(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     summary = train_student(args.teacher_labels, args.out, config, restart=args.restart)
-    print(json.dumps(summary.to_dict(), indent=2))
+    if args.format == "json":
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(train_text(summary))
     fid = summary.fidelity
     parts = []
     if fid.get("val_srcc") is not None:
@@ -242,6 +259,20 @@ def run_train(args: argparse.Namespace) -> int:
     for warning in summary.warnings:
         print(f"lmmiqa distill train: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def train_text(summary: Any) -> str:
+    """A few lines about a training run: what was trained, on what, the last epoch's losses, where it went."""
+    resumed = f", resumed after epoch {summary.resumed_from_epoch}" if summary.resumed_from_epoch else ""
+    lines = [f"student {summary.student}: {summary.epochs} epoch(s){resumed} on {summary.n_train} image(s) "
+             f"({summary.n_val} held out), {summary.n_pairs} pair(s), in {summary.seconds:.1f} s -> {summary.out}"]
+    last = summary.history[-1] if summary.history else None
+    if last:
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch")
+        lines.append(f"  last epoch ({last.get('epoch', len(summary.history))}): {losses}")
+    lines.append(f"  per-epoch history: {summary.out}/training.json (or --format json)")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- calibrate
@@ -313,13 +344,47 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def _register_info(dsub: Any) -> None:
     p = dsub.add_parser("info", help="describe a student folder (config, calibration, teacher)",
-                        description="Print a student folder's description as JSON.")
+                        description="Describe a student folder: a few lines, or its whole description as JSON.")
     p.add_argument("student", metavar="STUDENT", help="student folder")
+    p.add_argument("--format", choices=SUMMARY_FORMATS, default="text",
+                   help="text (default: a few lines) or json (everything: preprocessing, calibration parameters and "
+                   "its held-out report, teacher, fidelity)")
     p.set_defaults(func=run_info)
+
+
+def info_text(d: dict[str, Any]) -> str:
+    """A few lines describing a student folder (:meth:`StudentArtifact.summary`)."""
+    pre = d.get("preprocessing") or {}
+    view, size = pre.get("mode") or "?", pre.get("size")
+    if view == "crops":
+        view = f"the mean of {pre.get('crops', '?')} crops ({pre.get('crop_layout', 'grid')}) of {size}x{size}"
+    elif size:
+        view = f"{view} {size}x{size}"
+    lines = [f"{d['path']}: student {d['student']} (schema {d.get('schema_version')}), input: {view}"]
+    teacher = d.get("teacher") or {}
+    if teacher:
+        model = teacher.get("model") or (teacher.get("options") or {}).get("model")
+        lines.append(f"  teacher: {teacher.get('method', '?')}" + (f" ({model})" if model else ""))
+    fid = d.get("fidelity") or {}
+    if fid.get("val_srcc") is not None:
+        lines.append(f"  fidelity to the teacher: SRCC {fid['val_srcc']:+.3f} on {fid.get('n_val')} held-out image(s)")
+    cal = d.get("calibration")
+    if cal:
+        scale = cal.get("scale")
+        held = ((d.get("calibration_report") or {}).get("heldout") or {})
+        lines.append(f"  calibrated ({cal.get('kind')}) to {list(scale) if scale else 'no fixed scale'}, "
+                     + ("higher" if cal.get("higher_is_better", True) else "lower") + " is better"
+                     + (f"; held-out SRCC {held['srcc']:.4f}, PLCC {held['plcc']:.4f}"
+                        if isinstance(held.get("srcc"), float) and isinstance(held.get("plcc"), float) else ""))
+    else:
+        lines.append("  not calibrated: scores are the raw output in the teacher's unit (`lmmiqa distill calibrate`)")
+    lines.append("  everything: --format json")
+    return "\n".join(lines)
 
 
 def run_info(args: argparse.Namespace) -> int:
     from lmmiqa.distill.artifact import StudentArtifact
 
-    print(json.dumps(StudentArtifact.load(args.student).summary(), indent=2))
+    summary = StudentArtifact.load(args.student).summary()
+    print(json.dumps(summary, indent=2) if args.format == "json" else info_text(summary))
     return 0

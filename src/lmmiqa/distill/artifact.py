@@ -128,8 +128,9 @@ class Calibration:
         if self.input_sign not in (1.0, -1.0):
             raise ConfigError(f"input_sign must be +1 or -1, got {self.input_sign}")
 
-    def apply(self, raw: Any) -> np.ndarray:
-        """Calibrated scores for raw student outputs (NaN stays NaN)."""
+    def map_raw(self, raw: Any) -> np.ndarray:
+        """The fitted map applied to raw student outputs, without clipping (a line or a fallback fit can
+        extrapolate past the scale); NaN stays NaN."""
         x = self.input_sign * np.asarray(raw, dtype=np.float64)
         if self.kind == "logistic":
             return _fit_result(self.params).predict(x)
@@ -139,6 +140,14 @@ class Calibration:
             out = np.interp(x, xs, ys)
             return np.where(np.isfinite(x), out, np.nan)
         return float(self.params["a"]) * x + float(self.params["b"])
+
+    def apply(self, raw: Any) -> np.ndarray:
+        """Calibrated scores for raw student outputs, clipped to :attr:`scale` when there is one (a score of 5.16
+        "on [1, 5]" would contradict its label); NaN stays NaN."""
+        out = self.map_raw(raw)
+        if self.scale is not None:
+            out = np.clip(out, float(self.scale[0]), float(self.scale[1]))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(

@@ -317,11 +317,11 @@ def teach(
     config = config or TeacherConfig()
     t_start = time.perf_counter()
     root = Path(out)
+    paths = _image_paths(images)  # before anything is written: a wrong --images leaves no cache folder behind
     if restart:
         for name in (TEACHER_FILE, POINTS_FILE, PAIRS_FILE):
             (root / name).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    paths = _image_paths(images)
     teacher = scorer if scorer is not None else make_teacher(config)
     pair_mode = resolve_pair_mode(config, teacher)
     meta = _open_meta(root, config, teacher, pair_mode)
@@ -361,14 +361,21 @@ def teach(
 
 def _image_paths(images: Any) -> list[str]:
     """Absolute, sorted, unique image paths of the inputs (in-memory images are refused)."""
-    from lmmiqa.images import expand_inputs
+    from lmmiqa.errors import InputNotFoundError
+    from lmmiqa.images import IMAGE_EXTENSIONS, expand_inputs
 
+    given = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    missing = [str(x) for x in given if isinstance(x, (str, os.PathLike)) and not str(x).startswith("@")
+               and not os.path.exists(x)]
+    if missing:
+        raise InputNotFoundError(f"no such file or folder: {', '.join(missing)}")
     inputs = expand_inputs(images)
     if any(not isinstance(x, str) for x in inputs):
         raise ConfigError("the teacher pass needs image files (paths, folders, @lists), not in-memory images")
     paths = sorted({os.path.abspath(p) for p in inputs})
     if not paths:
-        raise DataError(f"no images found in {images!r}")
+        raise InputNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in "
+                                 f"{', '.join(str(x) for x in given)}")
     return paths
 
 

@@ -123,6 +123,18 @@ class EvalReport:
         except (json.JSONDecodeError, TypeError, KeyError) as err:
             raise DataError(f"{p} is not an lmmiqa report: {err}") from err
 
+    def fell_back(self, name: str) -> str | None:
+        """The map used instead of the ``logistic4``/``logistic5`` fit when it did not converge ("a line" or "a
+        constant"), else None."""
+        if (self.fit_converged or {}).get(name, True):
+            return None
+        why = str(((self.fits or {}).get(name) or {}).get("fallback") or "")
+        return "a constant" if why.startswith("constant") else "a line"
+
+    def _fell_back(self, name: str) -> str:
+        used = self.fell_back(name)
+        return f" (**fell back to {used}**)" if used else ""
+
     def to_markdown(self) -> str:
         """A short human-readable report."""
         lines = [f"# {self.method} on {self.dataset} ({self.split})", ""]
@@ -149,10 +161,10 @@ class EvalReport:
             f"| SRCC | {_f(self.srcc)} | {_ci(ci.get('srcc'))} |",
             f"| KRCC (τ-b) | {_f(self.krcc)} | |",
             f"| PLCC (raw, no fit) | {_f(self.plcc)} | {_ci(ci.get('plcc'))} |",
-            f"| PLCC after 4PL fit | {_f(self.plcc_4pl)} | |",
-            f"| PLCC after 5PL fit | {_f(self.plcc_5pl)} | |",
-            f"| RMSE after 4PL fit | {_f(self.rmse)} | |",
-            f"| RMSE after 5PL fit | {_f(self.rmse_5pl)} | |",
+            f"| PLCC after 4PL fit{self._fell_back('logistic4')} | {_f(self.plcc_4pl)} | |",
+            f"| PLCC after 5PL fit{self._fell_back('logistic5')} | {_f(self.plcc_5pl)} | |",
+            f"| RMSE after 4PL fit{self._fell_back('logistic4')} | {_f(self.rmse)} | |",
+            f"| RMSE after 5PL fit{self._fell_back('logistic5')} | {_f(self.rmse_5pl)} | |",
             "",
             f"Bootstrap: {ci.get('n_boot', 0)} resamples over {ci.get('unit', 'image')}s "
             f"({ci.get('n_units', '-')} units), seed {ci.get('seed', '-')}; the PLCC interval is for raw PLCC.",

@@ -309,25 +309,55 @@ def _write_atomic(path: Path, text: str) -> None:
 
 @contextlib.contextmanager
 def _run_lock(rundir: Path) -> Iterator[None]:
-    """Exclusive lock on the run folder, so two processes never append to the same predictions file."""
+    """Exclusive lock on the run folder, so two processes never append to the same predictions file.
+
+    The lock file is removed on every exit (success, error, interruption) while the lock is still held; a
+    process that opened the file just before its removal notices that its file is no longer the one at the path
+    and locks the new one instead, so two processes never both hold "the" lock.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX
         yield
         return
-    f = (rundir / LOCK_FILE).open("a")
-    try:
+    path = rundir / LOCK_FILE
+    while True:
+        f = path.open("a")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
+            f.close()
             raise ConfigError(f"{rundir} is in use by another lmmiqa eval process") from err
+        try:
+            current = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        f.close()  # the previous holder removed it after we opened it: lock the file now at the path
+    try:
         yield
     finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
         f.close()
 
 
-def _prepare_rundir(rundir: Path, config: RunConfig, force: bool) -> None:
-    """Create or validate the run folder; with ``force`` start it over."""
+def _n_scored(preds: Path) -> int:
+    """How many items of a predictions file have a score (0 when there is no file)."""
+    try:
+        records = PredictionStore(preds).load(repair=False)
+    except DataError:
+        return 1  # a damaged file is not "empty": never discard it without --force
+    return sum(1 for r in records.values() if r.get("error") is None and r.get("score") is not None)
+
+
+def _prepare_rundir(rundir: Path, config: RunConfig, force: bool, verbose: bool = False) -> None:
+    """Create or validate the run folder; with ``force`` start it over.
+
+    A folder whose run scored nothing (it failed before its first result, e.g. a model that could not be loaded)
+    holds nothing to protect: a run with another configuration replaces it without ``force``.
+    """
     rundir.mkdir(parents=True, exist_ok=True)
     cfg_path = rundir / CONFIG_FILE
     preds = rundir / PREDICTIONS_FILE
@@ -341,7 +371,11 @@ def _prepare_rundir(rundir: Path, config: RunConfig, force: bool) -> None:
             old = {}
         a, b = RunConfig.fingerprint(old), RunConfig.fingerprint(new)
         diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        if diff and not force:
+        replace_empty = bool(diff) and not force and _n_scored(preds) == 0
+        if replace_empty:
+            _say(verbose, f"{rundir} holds an earlier run that scored nothing; replacing it with this "
+                 f"configuration ({', '.join(diff)} changed)")
+        if diff and not force and not replace_empty:
             details = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff)
             raise ConfigError(
                 f"{rundir} holds a run with a different configuration ({details}); use another folder, or "
@@ -353,7 +387,8 @@ def _prepare_rundir(rundir: Path, config: RunConfig, force: bool) -> None:
             new["versions_resumed"] = config.versions
             new["versions"] = old.get("versions", config.versions)
         else:
-            log.warning("%s: configuration changed (%s); --force: starting over", rundir, ", ".join(diff))
+            if not replace_empty:
+                log.warning("%s: configuration changed (%s); --force: starting over", rundir, ", ".join(diff))
             _clear_outputs(rundir)
     elif preds.exists() and preds.stat().st_size > 0:
         if not force:
@@ -661,7 +696,7 @@ def evaluate(
     rundir = Path(out)
     rundir.mkdir(parents=True, exist_ok=True)
     with _run_lock(rundir):
-        _prepare_rundir(rundir, config, force)
+        _prepare_rundir(rundir, config, force, verbose)
         store = PredictionStore(rundir / PREDICTIONS_FILE)
         records = store.load()
         if retry_failed:

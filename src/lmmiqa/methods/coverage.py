@@ -8,7 +8,8 @@ position (:func:`lmmiqa.levels.covered_mass`, reported as ``details.covered_mass
 fits puts most of its next-token probability on the levels (typically > 0.9 for Q-Align's words after
 "The quality of the image is"), one that does not puts almost none there.
 
-:func:`check_covered_mass` warns (a :class:`LowCoveredMassWarning`, printed on stderr by the command line) when
+:func:`check_covered_mass` warns (a :class:`LowCoveredMassWarning`, printed on stderr by the command line as one
+line, ``warning: ...``; see :mod:`lmmiqa.logs`) when
 more than half of a batch has a covered mass below :data:`COVERED_MASS_THRESHOLD` (0.5: less than half of the
 model's answer is a level, so the score is mostly a renormalisation of tokens the model did not mean to write),
 with the model's most likely next tokens, once per run (per model and candidate set in a process;
@@ -25,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from lmmiqa.errors import LmmiqaWarning
+
 log = logging.getLogger(__name__)
 
 #: Covered mass below which an item counts as "low" (less than half of the next-token probability is a level).
@@ -35,7 +38,7 @@ LOW_SHARE = 0.5
 TOP_K = 8
 
 
-class LowCoveredMassWarning(UserWarning):
+class LowCoveredMassWarning(LmmiqaWarning):
     """The level tokens hold little of the model's next-token probability: prompt, template or model do not fit."""
 
 

@@ -5,7 +5,8 @@ The student folder comes from ``lmmiqa distill train`` (and optionally ``lmmiqa 
 or GPU.
 
 ``score`` is the calibrated MOS when the folder holds a calibration (``scale`` = the MOS scale, direction
-that of the calibration labels), else the raw student output in the teacher's oriented unit (higher is better,
+that of the calibration labels; clipped to that scale, with ``details.clipped_from`` holding the map's value
+when the map extrapolated past it), else the raw student output in the teacher's oriented unit (higher is better,
 ``scale`` None) with ``details.calibrated = false``. ``details.raw`` always holds the raw output. When the
 student has a level head (teachers with level distributions) ``probabilities`` holds its distribution over the
 teacher's levels.
@@ -18,6 +19,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from lmmiqa.distill.presets import LEAF_PAPER, STAGE_PRESETS
 from lmmiqa.errors import ConfigError
@@ -115,6 +118,7 @@ class LEAF(Scorer):
         raw, probs = out_views["raw"], out_views["probs"]
         t2 = time.perf_counter()
         scores = self.calibration.apply(raw) if self.calibration is not None else raw
+        unclipped = self.calibration.map_raw(raw) if self.calibration is not None else raw
         n = max(len(items), 1)
         timings = {"preprocess": (t1 - t0) / n, "forward": (t2 - t1) / n}
         level_scale = self.artifact.level_scale
@@ -131,6 +135,8 @@ class LEAF(Scorer):
                 details["crop_std"] = float(out_views["crop_std"][i])
             if self.calibration is not None:
                 details["calibration"] = self.calibration.kind
+                if np.isfinite(unclipped[i]) and float(unclipped[i]) != float(scores[i]):  # past the scale: clipped
+                    details["clipped_from"] = float(unclipped[i])
             probabilities = None
             if probs is not None and level_scale is not None:
                 from lmmiqa.levels import level_details

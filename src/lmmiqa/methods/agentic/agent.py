@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -215,6 +215,9 @@ class AgenticIQA(MLLMScorer):
         super().__init__(config, backend)
         #: backend calls made by the last run (all items together); see also ``details.backend_calls``
         self.last_backend_calls = 0
+        #: called with ``(stage, round)`` as each stage of a batch starts (planner, distortion detection, ...,
+        #: summarizer; round > 0 for replans): the command line shows it beside its progress bar
+        self.on_stage: Callable[[str, int], None] | None = None
         self._tool_maps: Any = None
 
     @property
@@ -291,13 +294,15 @@ class AgenticIQA(MLLMScorer):
         cfg = self.config
         t0 = time.perf_counter()
         backend = self.backend
+        stage = self.on_stage or (lambda _stage, _round: None)
         executor = Executor(
             backend, self.allowed_tools, max_retries=cfg.max_retries, max_new_tokens=cfg.max_new_tokens,
-            tool_workers=cfg.tool_workers, tool_maps=self.tool_maps,
+            tool_workers=cfg.tool_workers, tool_maps=self.tool_maps, on_stage=self.on_stage,
         )
         calls = 0
         active = list(states)
         round_ = 0
+        stage("planner", round_)
         calls += run_planner(backend, active, round_=round_, max_retries=cfg.max_retries, max_new_tokens=cfg.max_new_tokens)
         while True:
             executor.run(active, round_)
@@ -318,9 +323,11 @@ class AgenticIQA(MLLMScorer):
                 s.distortions, s.analysis, s.selection = {}, [], {}
                 s.tool_results = {}
                 s.detection_ran = False
+            stage("planner", round_)
             calls += run_planner(backend, missing, round_=round_, max_retries=cfg.max_retries, max_new_tokens=cfg.max_new_tokens)
             active = missing
         calls += executor.calls
+        stage("summarizer", round_)
         summaries, scalls = run_summarizer(
             backend, states, infos=executor.infos, eta=cfg.eta, round_=round_, max_retries=cfg.max_retries,
             max_new_tokens=cfg.max_new_tokens,
