@@ -62,7 +62,7 @@ def test_teach_preset_reaches_an_mllm_teacher(blur_set, tmp_path, tiny_model_pat
         (images / p.name).write_bytes(p.read_bytes())
     qwen = str(tiny_model_path("qwen2_5_vl"))
     assert main(["distill", "teach", "--preset", "paper", "--teacher-model", qwen, "--device", "cpu",
-                 "--images", str(images), "--pairs", "2", "--out", str(tmp_path / "teach")]) == 0
+                 "--images", str(images), "--pairs", "2", "--out", str(tmp_path / "teach"), "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["pair_mode"] == "prompt" and out["n_points"] == 4
     cfg = json.loads((tmp_path / "teach" / "teacher.json").read_text())["config"]
@@ -83,7 +83,7 @@ def test_paper_recipe_reaches_every_step_and_the_scorer(blur_set, tmp_path, caps
     assert main(["distill", "train", "--preset", "paper", "--teacher-labels", str(teach_dir),
                  "--student-model", str(_tiny_convnext(tmp_path / "convnext")), "--image-size", "32",
                  "--batch-size", "4", "--epochs", "2", "--workers", "0", "--device", "cpu",
-                 "--out", str(student)]) == 0
+                 "--out", str(student), "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["student"] == "convnext-base"  # the preset's student, from the local checkpoint
     training = json.loads((student / "training.json").read_text())
