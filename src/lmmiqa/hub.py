@@ -1,7 +1,9 @@
 """Fail fast when a Hugging Face hub checkpoint cannot be had, before ``from_pretrained`` spends minutes retrying.
 
 Every component that loads weights by hub id (the transformers backend, the SAM 2 segmenter, the retrieval
-encoders) calls :func:`resolve_local_only` first. For a reference that is not a local folder:
+encoders) calls :func:`resolve_local_only` first. A reference that looks like a path (:func:`looks_like_path`:
+``/models/x``, ``./x``, ``~/x``, ``a/b/c``) is a local folder and never looked up on the hub: when there is no
+such folder, :class:`~lmmiqa.errors.ModelLoadError` says so at once. For a reference that is not a local folder:
 
 * offline mode (``HF_HUB_OFFLINE=1``, or ``local_files_only=True``) and the checkpoint is not in the local
   cache: :class:`~lmmiqa.errors.ModelLoadError` at once;
@@ -39,9 +41,37 @@ def offline_mode() -> bool:
     )
 
 
+def looks_like_path(ref: str) -> bool:
+    """True when ``ref`` cannot be a hub id and so must be a path: it starts with ``/``, ``./``, ``../``, ``~``
+    or a drive letter, holds a backslash, more than one ``/`` or a trailing ``/`` (a hub id is ``name`` or
+    ``owner/name``)."""
+    return (
+        ref.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or "\\" in ref
+        or ref.count("/") > 1
+        or ref.endswith("/")
+        or (len(ref) > 1 and ref[1] == ":" and ref[0].isalpha())
+    )
+
+
 def is_local_reference(ref: str) -> bool:
     """True when ``ref`` names a folder on disk (or looks like a path rather than a hub id)."""
-    return os.path.isdir(os.path.expanduser(ref)) or ref.startswith(("/", "./", "../", "~", "\\")) or os.path.exists(ref)
+    return os.path.isdir(os.path.expanduser(ref)) or looks_like_path(ref) or os.path.exists(ref)
+
+
+def missing_folder_message(ref: str, what: str = "model") -> str | None:
+    """Why a path-looking ``ref`` cannot be loaded (no such folder, or a file), or None when it is a folder or a
+    hub id. Checked before anything heavy is imported, so a mistyped ``--model /models/x`` fails at once."""
+    path = os.path.expanduser(ref)
+    if os.path.isdir(path) or not is_local_reference(ref):
+        return None
+    if os.path.exists(path):
+        return (f"cannot load {what} {ref!r}: it is a file, not a folder; pass the folder that holds its "
+                "config.json and weights (as written by save_pretrained or `hf download --local-dir`)")
+    parent = os.path.dirname(os.path.abspath(path.rstrip("/\\")))
+    where = "" if os.path.isdir(parent) else f" (nor does its parent folder {parent!r})"
+    return (f"cannot load {what} {ref!r}: no such folder{where}. A path is used as a local folder, never looked "
+            "up on the hub; check the path, or give a hub id such as 'Qwen/Qwen3-VL-8B-Instruct'")
 
 
 def in_cache(repo_id: str, revision: str | None = None) -> bool:
@@ -130,6 +160,9 @@ def resolve_local_only(
     offline = offline_mode()  # HF_HUB_OFFLINE wins: huggingface_hub itself would not go online
     local_only = offline or bool(local_files_only)
     if is_local_reference(ref):
+        missing = missing_folder_message(ref, what)
+        if missing is not None:
+            raise ModelLoadError(missing)
         return local_only
     if in_cache(ref, revision):
         if not local_only and hub_unreachable() is not None:
@@ -149,3 +182,47 @@ def resolve_local_only(
         why = f"it is not a local folder, not in the Hugging Face cache, and the hub is unreachable: {reason}"
         raise ModelLoadError(missing_message(ref, why, what=what, folder=folder, pass_as=pass_as))
     return local_only
+
+
+def read_checkpoint_json(name_or_path: str, filename: str, **hub_kwargs: object) -> dict | None:
+    """A JSON file of a checkpoint (``config.json``, ``preprocessor_config.json``, ...) as a dict.
+
+    Args:
+        name_or_path: a local folder, or a hub id (read from the cache, or fetched as ``from_pretrained`` would,
+            through transformers' ``cached_file``).
+        filename: the file inside it.
+        **hub_kwargs: ``subfolder``, ``revision``, ``local_files_only``, ``cache_dir``, ``token``...
+
+    Returns:
+        The parsed object, or None when the file is absent, unreadable or not a JSON object.
+    """
+    import json
+
+    subfolder = str(hub_kwargs.get("subfolder") or "")
+    if os.path.isdir(name_or_path):
+        local = os.path.join(name_or_path, subfolder, filename)
+        resolved: str | None = local if os.path.isfile(local) else None
+    else:
+        try:
+            from transformers.utils import cached_file
+        except ImportError:
+            return None
+        kwargs = {k: v for k, v in hub_kwargs.items() if k != "trust_remote_code"}
+        try:
+            resolved = cached_file(
+                name_or_path,
+                filename,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+                **kwargs,
+            )
+        except Exception:
+            return None
+    if resolved is None:
+        return None
+    try:
+        with open(resolved, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -83,6 +83,10 @@ STUDENTS: dict[str, str] = {
     "resnet-50": "lmmiqa.distill.students:ResNet50",
 }
 
+#: model families lmmiqa implements natively (architectures transformers does not ship; see lmmiqa.families):
+#: the checkpoint's config.json ``model_type`` -> ``"module:FAMILY"``
+FAMILIES: dict[str, str] = {}
+
 #: alternative names -> canonical name, per kind
 ALIASES: dict[str, dict[str, str]] = {
     "method": {"qalign": "q-align", "sg": "standard-guided", "dog-iqa": "llm-iqa", "dogiqa": "llm-iqa", "qscorer": "q-scorer", "q_scorer": "q-scorer", "llmiqa": "llm-iqa",
@@ -105,6 +109,7 @@ TABLES: dict[str, dict[str, str]] = {
     "segmenter": SEGMENTERS,
     "encoder": ENCODERS,
     "student": STUDENTS,
+    "family": FAMILIES,
 }
 
 _cache: dict[str, Any] = {}
@@ -123,6 +128,11 @@ def canonical(kind: str, name: str) -> str:
 def names(kind: str) -> list[str]:
     """Registered names of one kind, sorted (aliases excluded)."""
     return sorted(TABLES[kind])
+
+
+def aliases(kind: str, name: str) -> list[str]:
+    """The alternative names accepted for the registered ``name`` of ``kind``, sorted."""
+    return sorted(alias for alias, target in ALIASES.get(kind, {}).items() if target == name)
 
 
 def resolve(kind: str, name: str) -> Any:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lmmiqa.errors import UnsupportedError
+from lmmiqa.families.base import DEFAULT_CONVENTIONS, PromptConventions
 from lmmiqa.types import Prompt
 
 
@@ -64,6 +65,12 @@ class Backend(ABC):
     def hidden_states(self, prompts: Sequence[Prompt]) -> np.ndarray:
         """Last-layer hidden state at the answer position, [B, H] (transformers backend only)."""
         raise UnsupportedError(f"the {self.name} backend cannot return hidden states")
+
+    def conventions(self) -> PromptConventions:
+        """How the served model expects prompts (image position, system prompt, padding): what method options
+        left at ``"auto"`` follow. The default is the chat-template convention of the models transformers ships; a
+        natively implemented family (:mod:`lmmiqa.families`) declares its own."""
+        return DEFAULT_CONVENTIONS
 
     def describe(self) -> dict[str, Any]:
         """JSON-safe description for run configs and ``ScoreResult.details``."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -227,31 +226,9 @@ def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _read_json(name_or_path: str, filename: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """Read a JSON file of a local folder or hub repo; None when absent or unreadable."""
-    local = os.path.join(name_or_path, kwargs.get("subfolder") or "", filename)
-    if os.path.isdir(name_or_path):
-        if not os.path.isfile(local):
-            return None
-        resolved: str | None = local
-    else:
-        transformers = _import_transformers()
-        try:
-            resolved = transformers.utils.cached_file(
-                name_or_path,
-                filename,
-                _raise_exceptions_for_missing_entries=False,
-                _raise_exceptions_for_connection_errors=False,
-                **_hub_kwargs(kwargs),
-            )
-        except Exception:
-            return None
-    if resolved is None:
-        return None
-    try:
-        with open(resolved, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    from lmmiqa.hub import read_checkpoint_json
+
+    return read_checkpoint_json(name_or_path, filename, **_hub_kwargs(kwargs))
 
 
 def _find_processor_class(name_or_path: str, kwargs: dict[str, Any]) -> type:

@@ -40,6 +40,7 @@ from lmmiqa.backends.pixels import (
 from lmmiqa.backends.planner import bytes_per_token, default_max_batch_tokens, plan_batches
 from lmmiqa.config import build_config
 from lmmiqa.errors import ConfigError, ModelLoadError, UnsupportedError, require
+from lmmiqa.families.base import Family, PromptConventions
 from lmmiqa.levels import candidates_in_context, resolve_token_ids
 from lmmiqa.torch_utils import DTYPES, pick_device
 from lmmiqa.types import Prompt
@@ -173,6 +174,8 @@ class TransformersBackend(Backend):
         #: scoring forwards take it with priority; generate() lends it to them between tokens (model_lock.py)
         self._lock = ModelLock()
         self._token_cache: dict[tuple[tuple[str, ...], str], list[int]] = {}
+        #: the native model family (lmmiqa.families) of the loaded checkpoint, None for transformers' own
+        self.family: Family | None = None
         self._min_pixels = parse_pixels(config.min_pixels, "min_pixels")
         self._max_pixels = parse_pixels(config.max_pixels, "max_pixels")
         self._pixel_mode = "model"
@@ -202,8 +205,11 @@ class TransformersBackend(Backend):
         return cls(cfg, model=model, processor=processor)
 
     def _adopt(self, model: Any, processor: Any) -> None:
+        from lmmiqa.families import family_of
+
         self.model = model
         self.processor = processor
+        self.family = family_of(getattr(getattr(model, "config", None), "model_type", None))
         param = next(model.parameters())
         self.device = param.device
         self.dtype = param.dtype
@@ -244,6 +250,7 @@ class TransformersBackend(Backend):
         require("torch", "hf", "the transformers backend")
         transformers = require("transformers", "hf", "the transformers backend")
 
+        from lmmiqa import families
         from lmmiqa.backends.hf_processor import load_processor
 
         self.device = pick_device(cfg.device)
@@ -251,8 +258,17 @@ class TransformersBackend(Backend):
         common = {"local_files_only": local_only, "trust_remote_code": cfg.trust_remote_code}
         if cfg.revision:
             common["revision"] = cfg.revision
+        hub = {k: v for k, v in common.items() if k != "trust_remote_code"}
+        # a natively implemented family (mPLUG-Owl2, ...) is registered with transformers here, so the
+        # from_pretrained calls below build lmmiqa's classes and no remote code runs
+        self.family = families.prepare(cfg.model, trust_remote_code=cfg.trust_remote_code, **hub)
+        if self.family is not None:
+            common["trust_remote_code"] = False
         try:
-            self.processor = load_processor(cfg.model, **common)
+            if self.family is not None:
+                self.processor = self.family.load_processor(cfg.model, **hub)
+            else:
+                self.processor = load_processor(cfg.model, **common)
         except Exception as err:
             raise ModelLoadError(self._load_hint(cfg.model, err)) from err
         kwargs: dict[str, Any] = {"dtype": self.dtype, **common}
@@ -682,10 +698,15 @@ class TransformersBackend(Backend):
         outs, _, inverse = self._run_groups(prompts, step, kept_layers=layers + 1)
         return np.concatenate(outs, axis=0)[inverse].astype(np.float64)
 
+    def conventions(self) -> PromptConventions:
+        """The loaded family's prompt conventions (:mod:`lmmiqa.families`), else the chat-template default."""
+        return self.family.conventions if self.family is not None else super().conventions()
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.name,
             "model": self.model_id,
+            "family": self.family.model_type if self.family is not None else None,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "max_pixels": self.config.max_pixels,

@@ -24,10 +24,13 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key.strip().replace("-", "_"), value
 
 
-def add_method_args(parser: argparse.ArgumentParser, default_method: str = "q-align") -> None:
-    """Add --method, --model (repeatable), --backend, --device, --dtype, --levels, --readout, --batch-size, --option."""
+def add_method_args(parser: argparse.ArgumentParser, default_method: str = "q-align", method_flag: bool = True) -> None:
+    """Add --method (unless ``method_flag`` is false: the command takes the method otherwise), --model (repeatable),
+    --backend, --device, --dtype, --levels, --readout, --batch-size, --option."""
     g = parser.add_argument_group("method and model")
-    g.add_argument("--method", default=default_method, help=f"scoring method (default: {default_method}; see `lmmiqa methods`)")
+    if method_flag:
+        g.add_argument("--method", default=default_method,
+                       help=f"scoring method (default: {default_method}; see `lmmiqa methods`)")
     g.add_argument(
         "--model",
         action="append",
@@ -35,6 +38,9 @@ def add_method_args(parser: argparse.ArgumentParser, default_method: str = "q-al
         help="hub id, local folder, or for --backend openai 'http://host:port/v1#name'; repeat for an ensemble "
         "(methods that support it). Default: Qwen/Qwen3-VL-8B-Instruct",
     )
+    g.add_argument("--preset", default=None, metavar="NAME",
+                   help="a named set of option values, e.g. 'paper' (the method's paper: model, prompt, readout); "
+                   "explicit options override it; `lmmiqa methods` lists each method's presets")
     g.add_argument("--backend", default=None, help="transformers (in-process, default) or openai (OpenAI-compatible server)")
     g.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
     g.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
@@ -64,6 +70,9 @@ def add_method_args(parser: argparse.ArgumentParser, default_method: str = "q-al
         "are sorted by length and cut so padding stays small. Default: from the free device memory; 0: off "
         "(fixed chunks in input order)",
     )
+    g.add_argument("--trust-remote-code", action="store_const", const=True, default=None, dest="opt_trust_remote_code",
+                   help="transformers backend: run a checkpoint's own hub code for an architecture neither transformers "
+                   "nor lmmiqa implements (off by default; mPLUG-Owl2/Owl3 checkpoints always run lmmiqa's native code)")
     g.add_argument("--option", action="append", type=_key_value, default=[], metavar="KEY=VALUE", help="any other method option (repeatable)")
 
 
@@ -100,7 +109,7 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
             opts["model"] = models[0]
         else:
             opts["models"] = list(models)
-    for name in ("backend", "device", "dtype", "batch_size"):
+    for name in ("preset", "backend", "device", "dtype", "batch_size"):
         value = getattr(args, name, None)
         if value is not None:
             opts[name] = value

@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 
 from lmmiqa.config import build_config, config_to_dict
 from lmmiqa.errors import ConfigError, LmmiqaError, is_run_level
-from lmmiqa.images import ImageItem, ImageLimits, expand_inputs, iter_batches, load_many
+from lmmiqa.images import PIXEL_LIMIT_OPTION, ImageItem, ImageLimits, expand_inputs, iter_batches, load_many
+from lmmiqa.presets import Preset, apply_preset, get_preset
 from lmmiqa.types import ScoreResult
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class ScorerConfig:
             evaluation protocol (SPAQ: ``shorter:512``) unless ``--no-dataset-resize``. None: as decoded.
         prefetch: decode the next batch in a background thread while the current one is scored (one batch
             ahead; same results, same order).
+        preset: the preset whose values this config was built over (:mod:`lmmiqa.presets`; set by
+            :meth:`Scorer.from_options`, recorded in every result's ``details.preset``); None: lmmiqa's defaults.
     """
 
     batch_size: int = 8
@@ -49,6 +52,7 @@ class ScorerConfig:
     decode_workers: int = 0
     prefetch: bool = True
     input_resize: str | None = None
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         if int(self.batch_size) < 1:
@@ -62,23 +66,45 @@ class ScorerConfig:
 class Scorer(ABC):
     """Base class of all methods.
 
-    Subclasses set ``name``, ``config_cls`` and implement :meth:`score_items`.
+    Subclasses set ``name``, ``config_cls`` and implement :meth:`score_items`; they may list named option sets in
+    ``presets`` (:mod:`lmmiqa.presets`; ``paper`` reproduces the method's paper), and the presets of the commands
+    that make their artifact in ``stage_presets``.
+
+    The preset a scorer was built with is ``config.preset`` (:attr:`preset`).
     """
 
     name: ClassVar[str] = "base"
     config_cls: ClassVar[type] = ScorerConfig
     higher_is_better: ClassVar[bool] = True
     summary: ClassVar[str] = ""
+    presets: ClassVar[dict[str, Preset]] = {}
+    #: presets of the commands that make this method's artifact, by command (LEAF: ``distill teach``, ``distill
+    #: train``, ``distill calibrate``); listed beside :attr:`presets` by ``lmmiqa methods --presets``
+    stage_presets: ClassVar[dict[str, dict[str, Preset]]] = {}
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
 
     # -- construction -----------------------------------------------------------------------------------
     @classmethod
-    def from_options(cls, **options: Any) -> Scorer:
-        """Build the scorer from keyword options (names of ``config_cls`` fields)."""
-        cfg = build_config(cls.config_cls, {k: v for k, v in options.items() if v is not None}, what=f"method {cls.name!r}")
-        return cls(cfg)
+    def from_options(cls, preset: str | None = None, **options: Any) -> Scorer:
+        """Build the scorer from keyword options (names of ``config_cls`` fields), over the values of ``preset``
+        when one is named (explicit options win)."""
+        return cls(build_config(cls.config_cls, cls.preset_options(preset, options), what=f"method {cls.name!r}"))
+
+    @classmethod
+    def preset_options(cls, preset: str | None, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` (without None values) over preset ``preset``'s values, with ``preset`` set to the preset's
+        name; UnknownNameError for a preset the method does not have, listing those it has."""
+        out = apply_preset(cls.presets, preset, options, f"method {cls.name!r}")
+        if preset is not None:
+            out["preset"] = get_preset(cls.presets, preset, f"method {cls.name!r}").name
+        return out
+
+    @property
+    def preset(self) -> str | None:
+        """The name of the preset this scorer was built with (None: lmmiqa's defaults)."""
+        return getattr(self.config, "preset", None)
 
     # -- what subclasses provide ------------------------------------------------------------------------
     @property
@@ -96,8 +122,8 @@ class Scorer(ABC):
         """Score successfully loaded items (all ``item.ok``); return one result per item, in order."""
 
     def describe(self) -> dict[str, Any]:
-        """JSON-safe description (method, model, config) for run configs."""
-        return {"method": self.name, "model": self.model_name, "config": config_to_dict(self.config)}
+        """JSON-safe description (method, preset, model, config) for run configs."""
+        return {"method": self.name, "preset": self.preset, "model": self.model_name, "config": config_to_dict(self.config)}
 
     # -- the public API ---------------------------------------------------------------------------------
     def failure(self, key: str, error: str, timings: dict[str, float] | None = None) -> ScoreResult:
@@ -114,7 +140,7 @@ class Scorer(ABC):
     def _limits(self) -> ImageLimits:
         cfg = self.config
         return ImageLimits(
-            max_pixels=getattr(cfg, "max_image_pixels", ImageLimits.max_pixels),
+            max_pixels=getattr(cfg, PIXEL_LIMIT_OPTION, ImageLimits.max_pixels),
             max_bytes=getattr(cfg, "max_bytes", ImageLimits.max_bytes),
         )
 
@@ -145,10 +171,12 @@ class Scorer(ABC):
                     for i in good:
                         out[i] = self._score_batch([items[i]], 0.0)[0]
         per_item_load = load_s / max(len(items), 1)
-        return [
+        done = [
             r if "load" in r.timings else _with_timing(r, "load", per_item_load)  # type: ignore[union-attr]
             for r in out
         ]
+        preset = self.preset
+        return [_with_preset(r, preset) for r in done] if preset else done
 
     def score_loaded(self, items: list[ImageItem], load_s: float = 0.0) -> list[ScoreResult]:
         """Score items that were already loaded elsewhere, as one batch; one result per item, in order.
@@ -252,6 +280,12 @@ def _with_timing(r: ScoreResult, key: str, value: float) -> ScoreResult:
     from dataclasses import replace
 
     return replace(r, timings={key: value, **r.timings})
+
+
+def _with_preset(r: ScoreResult, preset: str) -> ScoreResult:
+    from dataclasses import replace
+
+    return replace(r, details={**r.details, "preset": preset})
 
 
 def _describe_exception(err: BaseException) -> str:

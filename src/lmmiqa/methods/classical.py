@@ -60,11 +60,12 @@ class ToolScorer(Scorer):
             raise ConfigError(f"{self.tool.name} is a full-reference tool and cannot be a scoring method")
 
     @classmethod
-    def from_options(cls, **options: Any) -> Scorer:
+    def from_options(cls, preset: str | None = None, **options: Any) -> Scorer:
         """Build from keyword options: scorer options (``batch_size``, ``workers``...) and tool options
         (``assets``, ``channel``...) may be mixed; anything else is an error listing both kinds."""
         from lmmiqa import registry
 
+        options = cls.preset_options(preset, options)
         tool_cls = registry.resolve("tool", cls.tool_name or cls.name)
         scorer_fields = {f.name for f in dataclasses.fields(cls.config_cls)} - {"tool_options"}
         tool_fields = set(tool_cls.option_names())

@@ -8,7 +8,8 @@ position (:func:`lmmiqa.levels.covered_mass`, reported as ``details.covered_mass
 fits puts most of its next-token probability on the levels (typically > 0.9 for Q-Align's words after
 "The quality of the image is"), one that does not puts almost none there.
 
-:func:`check_covered_mass` warns (a :class:`LowCoveredMassWarning`, printed on stderr by the command line) when
+:func:`check_covered_mass` warns (a :class:`LowCoveredMassWarning`, printed on stderr by the command line as one
+line, ``warning: ...``; see :mod:`lmmiqa.logs`) when
 more than half of a batch has a covered mass below :data:`COVERED_MASS_THRESHOLD` (0.5: less than half of the
 model's answer is a level, so the score is mostly a renormalisation of tokens the model did not mean to write),
 with the model's most likely next tokens, once per run (per model and candidate set in a process;
@@ -32,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from lmmiqa.errors import LmmiqaWarning
+
 log = logging.getLogger(__name__)
 
 #: Covered mass below which an item counts as "low" (less than half of the next-token probability is a level).
@@ -45,7 +48,7 @@ TOP_K = 8
 MISSING_WARN_PROBABILITY = 1e-3
 
 
-class CoverageWarning(UserWarning):
+class CoverageWarning(LmmiqaWarning):
     """Base of the warnings about how much of the model's answer the level tokens explain."""
 
 

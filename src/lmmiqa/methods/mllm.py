@@ -40,6 +40,9 @@ class MLLMConfig(ScorerConfig):
         min_pixels: smallest width×height (default: the checkpoint's own).
         max_batch_tokens: transformers backend: padded positions per forward (default: from the free memory;
             0: fixed chunks of ``max_batch`` prompts, no sorting); see :mod:`lmmiqa.backends.planner`.
+        trust_remote_code: transformers backend: allow a checkpoint's own hub code for an architecture neither
+            transformers nor lmmiqa implements (off by default; the families of :mod:`lmmiqa.families`, e.g.
+            mPLUG-Owl2, always run lmmiqa's native code).
     """
 
     model: str = DEFAULT_MODEL
@@ -51,6 +54,7 @@ class MLLMConfig(ScorerConfig):
     max_pixels: int | str = DEFAULT_MAX_PIXELS
     min_pixels: int | str | None = None
     max_batch_tokens: int | None = None
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,6 +85,8 @@ class MLLMConfig(ScorerConfig):
             opts.setdefault("dtype", self.dtype)
             if self.max_batch_tokens is not None:
                 opts.setdefault("max_batch_tokens", self.max_batch_tokens)
+            if self.trust_remote_code:
+                opts.setdefault("trust_remote_code", True)
         if self.backend in ("transformers", "openai"):
             opts.setdefault("max_pixels", self.max_pixels)
             if self.min_pixels is not None:

@@ -44,6 +44,8 @@ SERVER_FIELDS = frozenset(
         "keep_masks",
         "segmenter",
         "segmenter_options",
+        "preset",
+        "trust_remote_code",
     }
 )
 
