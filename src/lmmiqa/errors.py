@@ -72,6 +72,13 @@ class ModelLoadError(BackendError):
     """Model weights or processor could not be loaded (not found locally and not reachable online)."""
 
 
+class ServerUnavailableError(ModelLoadError):
+    """The model's server cannot be used: not reachable (connection refused, DNS, TLS, timeout), it refuses the
+    API key, it does not serve the model named, or it cannot do what scoring needs (continue an answer prefix
+    when that was required). A run-level error, like a model that cannot be loaded: the message names the URL
+    and what to check."""
+
+
 class UnsupportedError(BackendError):
     """The backend or model does not support what was asked (e.g. several images, hidden states)."""
 

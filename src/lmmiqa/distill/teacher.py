@@ -230,11 +230,18 @@ def judge_pairs_prompt(backend: Any, images_a: Sequence[Any], images_b: Sequence
     Rows where the backend saw neither candidate are NaN.
     """
     from lmmiqa.levels import closed_set_probs
+    from lmmiqa.methods.coverage import check_levels
 
     n = len(images_a)
     prompts = [_pair_prompt(a, b) for a, b in zip(images_a, images_b)]
     prompts += [_pair_prompt(b, a) for a, b in zip(images_a, images_b)]
-    probs = closed_set_probs(backend.level_logprobs(prompts, pair_candidates()))
+    cands = pair_candidates()
+    lp = backend.level_logprobs(prompts, cands)
+    # as for every level read-out: warn once per run when " A"/" B" hold little of the answer, or a server's
+    # top-k left one out
+    check_levels(lp, backend=backend, prompts=prompts, candidates=cands, what="leaf teacher pair prompt",
+                 keys=["A", "B"])
+    probs = closed_set_probs(lp)
     return probs[:n, 0], probs[n:, 1]
 
 

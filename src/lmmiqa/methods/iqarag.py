@@ -359,7 +359,7 @@ class IQARAG(LevelScorer):
         t3 = time.perf_counter()
         if prompts:
             try:
-                probs, mass = self.level_probs(prompts)
+                probs, mass, missing = self.level_readout(prompts)
             except LmmiqaError:
                 raise
             except Exception as err:
@@ -379,7 +379,7 @@ class IQARAG(LevelScorer):
                 "forward": (t4 - t3) / max(len(prompts), 1),
             }
             scored = self.results_from_probs(
-                [items[i].key for i in good], probs, mass, extra_details=extra, timings=timings
+                [items[i].key for i in good], probs, mass, extra_details=extra, timings=timings, missing=missing
             )
             for i, r in zip(good, scored):
                 out[i] = r
