@@ -84,6 +84,11 @@ class DataError(LmmiqaError):
     """A dataset, label file or saved artifact is missing, malformed or inconsistent."""
 
 
+class Cancelled(LmmiqaError):
+    """Work was stopped before it finished: its caller gave up (a client left, a timeout) or the server is
+    shutting down (see :mod:`lmmiqa.cancel`)."""
+
+
 def set_interface(name: str) -> None:
     """Say which interface drives lmmiqa, so that hints name its spelling (``--model DIR`` vs ``model='DIR'``).
 
@@ -118,7 +123,7 @@ def download_hint(repo: str, folder: str) -> str:
 def is_run_level(err: BaseException) -> bool:
     """True for errors that no other input can avoid (a model, processor, segmenter or encoder that cannot be
     loaded, a missing dependency, an invalid option): they end the run instead of failing one image."""
-    return isinstance(err, (ModelLoadError, MissingDependencyError, DeviceError))
+    return isinstance(err, (ModelLoadError, MissingDependencyError, DeviceError, Cancelled))
 
 
 def require(module: str, extra: str, purpose: str = ""):
