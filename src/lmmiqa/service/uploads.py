@@ -171,7 +171,7 @@ def decode_cost(header: Header, target: int | None) -> DecodeCost:
     the rest); TIFF adds one stored strip (as if the whole image were one strip); WebP costs 16 bytes per pixel
     (libwebp's canvas and frame, the frame's copy and the image: measured); a JPEG is decoded at the DCT scale
     ``draft`` picks, plus, when progressive, 2 bytes per coefficient of the full image. The conversion runs in
-    tiles (:data:`TILE_BYTES`). ``output`` is the RGB image at the planned size (4 bytes per pixel, as Pillow
+    tiles (:data:`TILE_BYTES`, less for an image smaller than a tile). ``output`` is the RGB image at the planned size (4 bytes per pixel, as Pillow
     stores RGB). Measured against these estimates in ``tests/service/test_decode_memory.py``.
     """
     w, h = header.width, header.height
@@ -196,7 +196,8 @@ def decode_cost(header: Header, target: int | None) -> DecodeCost:
         decoded = native * px
     # full resolution: the EXIF-transposed copy at native depth; reduced: the transposed reduced copy
     extra = native * px if f == 1 else output
-    return DecodeCost(transient=decoded + extra + TILE_BYTES, output=output)
+    tiles = TILE_BYTES * min(px, STRIP_PIXELS) // STRIP_PIXELS
+    return DecodeCost(transient=decoded + extra + tiles, output=output)
 
 
 def _exif_transposes() -> dict[int, Any]:
@@ -326,7 +327,7 @@ def parse_json(raw: bytes | str, what: str) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RequestError(400, f"{what} is not valid JSON ({err})") from err
     except ValueError as err:  # an integer of more than 4300 digits (int_max_str_digits)
-        raise RequestError(400, f"{what} is not valid JSON here ({clip(str(err), 120)})") from err
+        raise RequestError(400, f"{what} holds a number too long to read (more than 4300 digits)") from err
     if json_depth(value) > MAX_JSON_DEPTH:
         raise RequestError(400, f"{what} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)")
     return value
@@ -483,8 +484,8 @@ class _Reader:
             raise RequestError(400, f"{what} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)") from err
         except json.JSONDecodeError as err:
             raise RequestError(400, f"{what} is not valid JSON ({err})") from err
-        except ValueError as err:  # an integer of more than 4300 digits
-            raise RequestError(400, f"{what} is not valid JSON here ({clip(str(err), 120)})") from err
+        except ValueError as err:  # an integer of more than 4300 digits (int_max_str_digits)
+            raise RequestError(400, f"{what} holds a number too long to read (more than 4300 digits)") from err
         self.i = start + end
         if json_depth(value) > MAX_JSON_DEPTH:
             raise RequestError(400, f"{what} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)")
