@@ -24,7 +24,7 @@ its idle RSS plus the memory budget, the answers the attackers got, and the p50/
   * 32 clients × one 29 MB base64 JSON body; 4 clients × one 32 MB body of 11 M empty image strings (with
     ``/healthz`` latency);
   * 70 slow readers (each from its own loopback address) pipelining 400 GETs of ``/static/app.js`` and never
-    reading, against a server with an API key (the control client sends the key);
+    reading, against a server with an API key (the control client sends the key) and one without;
   * 500 connections from one address;
   * shutdown (SIGINT) while an assessment generates: time to exit and the in-flight client's answer.
 
@@ -406,15 +406,17 @@ def attacks(args: argparse.Namespace, model: str) -> None:
         print(rows[-1], flush=True)
     finally:
         server.close()
-    keyed = _Server(model, [*common, "--write-timeout", "10"], env_key="bench-key")
-    try:
-        idle_k = keyed.rss_mb()
-        rows.append(_attack_row(keyed, "70 slow readers pipelining 400 GETs of /static/app.js, never reading "
-                                "(server with a key, --write-timeout 10; control sends the key)",
-                                lambda: _slow_readers(keyed.port, 70, args.attack_s), png, idle_k, budget))
-        print(rows[-1], flush=True)
-    finally:
-        keyed.close()
+    for key in ("bench-key", None):
+        srv = _Server(model, [*common, "--write-timeout", "10"], env_key=key)
+        try:
+            idle_k = srv.rss_mb()
+            who = "with a key; the control client sends it" if key else "without a key"
+            rows.append(_attack_row(srv, f"70 slow readers, each from its own address, pipelining 400 GETs of "
+                                    f"/static/app.js and never reading (server {who}, --write-timeout 10)",
+                                    lambda s=srv: _slow_readers(s.port, 70, args.reader_s), png, idle_k, budget))
+            print(rows[-1], flush=True)
+        finally:
+            srv.close()
 
     print("\n| attack | server peak RSS MB (+ over idle) | within idle + budget + 64 MB | attackers' answers | "
           "control requests | control p50 ms | control p95 ms | control failures |")
@@ -465,6 +467,7 @@ def main() -> None:
                     "attacks against `lmmiqa serve` in its own process (peak RSS); all: both")
     ap.add_argument("--memory-mb", type=float, default=512, help="the attacked server's --max-memory-mb")
     ap.add_argument("--attack-s", type=float, default=20, help="seconds the connection attacks hold their sockets")
+    ap.add_argument("--reader-s", type=float, default=60, help="seconds the slow readers hold their connections")
     ap.add_argument("--size", type=int, default=6300, help="side of the attacks' costly images (the issue's 6300)")
     args = ap.parse_args()
 

@@ -31,6 +31,11 @@ __all__ = ["LANES", "PixelBudget", "ScoringService", "model_pixel_budget", "publ
 #: the lane (queue and worker thread) of each kind of work: long agentic assessments never hold scoring's worker
 LANES = ("score", "assess")
 
+#: a request whose largest image decodes within this much memory is decoded in the light pool (two threads of
+#: its own), never behind the large decodes queued in the decode pool (a 3-4 MP photo, or any image reduced
+#: from a JPEG's reduced DCT scale)
+LIGHT_DECODE_BYTES = 32 * 1024 * 1024
+
 #: the answer to a request the server stopped because it is shutting down
 SHUTTING_DOWN = "the server is shutting down; retry later (or on another replica)"
 
@@ -79,6 +84,8 @@ class ScoringService:
         #: set at the end of the shutdown grace period: running decodes and generations stop
         self.aborted = threading.Event()
         self.decode_pool = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="lmmiqa-decode")
+        #: reads headers and decodes light requests, so that a queue of large decodes never delays a small one
+        self.light_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lmmiqa-decode-light")
         batching = BatcherConfig(
             max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000.0, max_queue=config.max_queue
         )
@@ -393,10 +400,11 @@ class ScoringService:
         gone = gone if gone is not None else threading.Event()
         scorer = await loop.run_in_executor(None, self.scorer_for, method, raw_options)
         target = await loop.run_in_executor(None, self.decode_target, scorer)
-        plan = await loop.run_in_executor(self.decode_pool, self.plan, uploads, target)
+        plan = await loop.run_in_executor(self.light_pool, self.plan, uploads, target)
         hold = self._reserve(plan)
         stop = functools.partial(self.stop_reason, gone)
-        job = self.decode_pool.submit(self._decode_job, uploads, target, stop, hold, plan.transient, body)
+        pool = self.light_pool if plan.transient <= LIGHT_DECODE_BYTES else self.decode_pool
+        job = pool.submit(self._decode_job, uploads, target, stop, hold, plan.transient, body)
         try:
             items = await asyncio.wait_for(asyncio.wrap_future(job), max(0.0, deadline - loop.time()))
         except BaseException as err:
@@ -581,6 +589,7 @@ class ScoringService:
         for b in self.batchers.values():
             b.close()
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.light_pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Timeout(RequestError):
