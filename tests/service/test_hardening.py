@@ -451,18 +451,27 @@ def test_cli_flags_reach_the_config_and_assess_options_need_the_method(capsys, m
         "serve", "--model", "m", "--allow-method", "agentic-iqa", "--max-assess-images", "2",
         "--max-image-pixels", "1000000", "--max-request-pixels", "5000000", "--max-queue-pixels", "9000000",
         "--decode-max-pixels", "0", "--max-query-chars", "200", "--assess-timeout", "90", "--body-timeout", "7",
-        "--header-timeout", "3", "--keep-alive", "2", "--max-connections", "32",
+        "--header-timeout", "3", "--keep-alive", "2", "--max-connections", "32", "--max-client-connections", "4",
+        "--write-timeout", "9", "--max-memory-mb", "256", "--shutdown-grace", "2", "--allowed-host", "IQA.example.org:443",
+        "--trusted-proxy", "10.0.0.0/8", "--model-name", "demo-iqa",
     ])
     cfg = build_config(args)
     assert (cfg.max_assess_images, cfg.max_image_pixels, cfg.max_request_pixels, cfg.max_queue_pixels) == (
         2, 1_000_000, 5_000_000, 9_000_000)
     assert (cfg.decode_max_pixels, cfg.max_query_chars, cfg.assess_timeout_s) == (0, 200, 90)
     assert (cfg.body_timeout_s, cfg.header_timeout_s, cfg.keep_alive_s, cfg.max_connections) == (7, 3, 2, 32)
+    assert (cfg.max_client_connections, cfg.write_timeout_s, cfg.max_memory_bytes, cfg.shutdown_grace_s) == (
+        4, 9, 256 * 2**20, 2)
+    assert (cfg.allowed_hosts, cfg.trusted_proxies, cfg.model_name) == (("iqa.example.org",), ("10.0.0.0/8",), "demo-iqa")
     assert cfg.assess_enabled
     assert main(["serve", "--model", "/nonexistent", "--assess-option", "max_new_tokens=8"]) == 2
     assert "--allow-method agentic-iqa" in capsys.readouterr().err
     assert main(["serve", "--model", "/nonexistent", "--body-timeout", "0"]) == 2
     assert "--body-timeout" in capsys.readouterr().err
+    assert main(["serve", "--model", "/nonexistent", "--trusted-proxy", "proxy.local"]) == 2
+    assert "--trusted-proxy" in capsys.readouterr().err
+    assert main(["serve", "--model", "/nonexistent", "--write-timeout", "0"]) == 2
+    assert "--write-timeout" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])

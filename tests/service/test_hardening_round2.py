@@ -43,6 +43,13 @@ def _connect(port: int, source: str = "127.0.0.1", timeout: float = 5.0) -> sock
     return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
 
 
+def _established(s: socket.socket) -> bool:
+    """True while the TCP connection is established (the server neither closed nor reset it)."""
+    import struct
+
+    return struct.unpack("B", s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1))[0] == 1
+
+
 def _raw(port: int, data: bytes, source: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
     """Send ``data`` on a new connection and read until the server closes it (or ``timeout``)."""
     s = _connect(port, source, timeout)
@@ -279,6 +286,7 @@ def test_a_reader_that_never_reads_is_dropped_and_key_holders_keep_their_reserve
         t0 = time.monotonic()
         assert _wait_for(lambda: any("did not read its answers" in r.getMessage() for r in caplog.records), 15)
         dropped_after = time.monotonic() - t0
+        assert _wait_for(lambda: not _established(reader), 5)  # reset: the kernel does not keep the answers either
         reader.close()
         assert dropped_after < 10, dropped_after  # --write-timeout 1 (the issue saw > 100 s)
 

@@ -60,8 +60,8 @@ def register(sub: Any) -> None:
                    help="most decoded pixels of all images of one request, after --decode-max-pixels "
                    "(default 200000000); beyond it 413")
     b.add_argument("--max-queue-pixels", type=int, default=800_000_000,
-                   help="most decoded pixels held by all requests in flight (default 800000000, ~2.4 GB as RGB); "
-                   "beyond it 429")
+                   help="most decoded pixels held by all requests in flight (default 800000000); beyond it 429 "
+                   "(--max-memory-mb bounds their memory too)")
     b.add_argument("--max-memory-mb", type=float, default=1024.0,
                    help="request memory the server holds at most, in MiB: bodies being read and parsed, images being "
                    "decoded (at their decoder's real cost), decoded images; beyond it 429, or 413 for a request that "

@@ -36,6 +36,8 @@ import contextlib
 import ipaddress
 import logging
 import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -283,6 +285,10 @@ def guarded_protocol(config: ServiceConfig) -> type:
                 elif now - self._stalled_since >= write_timeout_s:
                     log.warning("dropped a connection whose client did not read its answers for %g s (%s)",
                                 write_timeout_s, FLAGS["write_timeout_s"])
+                    sock = self.transport.get_extra_info("socket")
+                    if sock is not None:  # reset, not close: the kernel would keep the unread answers for minutes
+                        with contextlib.suppress(OSError):
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.transport.abort()
                     return
             else:

@@ -67,8 +67,8 @@ _NATIVE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;1
 RGB_BYTES = 4
 
 #: working memory of converting one tile (:data:`lmmiqa.images.STRIP_PIXELS` pixels): its crop, float64
-#: copies of a 16-bit tile, the RGB result (measured ~42 bytes per pixel)
-TILE_BYTES = 48 * STRIP_PIXELS
+#: copies of a 16-bit tile, the RGB result (measured ~42 bytes per pixel; 64 counted, for the allocator)
+TILE_BYTES = 64 * STRIP_PIXELS
 
 
 @dataclass(frozen=True)
