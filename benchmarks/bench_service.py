@@ -17,7 +17,7 @@ Server and clients share this process and the machine is shared: compare rows of
 ``--part attacks`` (issue 24) starts ``lmmiqa serve`` as its own process (tiny model, ``--max-memory-mb``
 ``--memory-mb``) and measures, for each attack of the issue, the server's peak RSS (sampled every 10 ms) against
 its idle RSS plus the memory budget, the answers the attackers got, and the p50/p95 of a control client's
-``/v1/score`` requests during the attack:
+``/v1/score`` requests during the attack (each on a new connection):
 
   * 8 clients × 16 uploads of one 6300² image each, for each costly mode: 16-bit grey PNG (92 KB), palette PNG
     with transparency, WebP, 16-bit TIFF;
@@ -203,10 +203,11 @@ class _Server:
 
 
 def _control(url: str, headers: dict[str, str], png: bytes, stop: threading.Event, out: list[tuple[float, int]]) -> None:
-    """Sequential /v1/score requests until ``stop``: (latency, status) of each."""
+    """Sequential /v1/score requests until ``stop``, each on a new connection (competing for a slot like any
+    newcomer): (latency, status) of each."""
     import httpx
 
-    with httpx.Client(base_url=url, timeout=60, headers=headers) as c:
+    with httpx.Client(base_url=url, timeout=60, headers={**headers, "Connection": "close"}) as c:
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
@@ -335,16 +336,19 @@ def _slow_readers(port: int, n: int, seconds: float) -> str:
             refused += 1
             s.close()
     t0 = time.monotonic()
-    first_drop = None
-    while time.monotonic() - t0 < seconds:
+    closed: dict[int, float] = {}
+    while time.monotonic() - t0 < seconds and len(closed) < len(socks):
         time.sleep(0.5)
-        if first_drop is None and any(not _tcp_open(s) for s in socks):
-            first_drop = time.monotonic() - t0
-    dropped = sum(not _tcp_open(s) for s in socks)
+        for k, s in enumerate(socks):
+            if k not in closed and not _tcp_open(s):
+                closed[k] = time.monotonic() - t0
     for s in socks:
         s.close()
-    when = f", the first after {first_drop:.1f} s" if first_drop is not None else ""
-    return f"{len(socks)} connected, {refused} refused; {dropped} dropped by the server within {seconds:g} s{when}"
+    at_once = sum(t < 2 for t in closed.values())  # over the cap, or without the key in the key holders' reserve
+    later = sorted(t for t in closed.values() if t >= 2)
+    span = f" ({later[0]:.0f}-{later[-1]:.0f} s after connecting)" if later else ""
+    return (f"{len(socks)} connected ({refused} refused); {at_once} closed at once, {len(later)} dropped at the write "
+            f"deadline{span}, {len(socks) - len(closed)} still open after {seconds:g} s")
 
 
 def _one_address(port: int, n: int, seconds: float) -> str:
@@ -467,7 +471,7 @@ def main() -> None:
                     "attacks against `lmmiqa serve` in its own process (peak RSS); all: both")
     ap.add_argument("--memory-mb", type=float, default=512, help="the attacked server's --max-memory-mb")
     ap.add_argument("--attack-s", type=float, default=20, help="seconds the connection attacks hold their sockets")
-    ap.add_argument("--reader-s", type=float, default=60, help="seconds the slow readers hold their connections")
+    ap.add_argument("--reader-s", type=float, default=120, help="longest time the slow readers hold their connections")
     ap.add_argument("--size", type=int, default=6300, help="side of the attacks' costly images (the issue's 6300)")
     args = ap.parse_args()
 
