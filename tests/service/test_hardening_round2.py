@@ -148,6 +148,29 @@ def test_decoding_is_counted_in_the_memory_budget(fake_methods):
         assert service.memory.used == 0 and service.pixels.used == 0
 
 
+def test_a_webp_header_is_read_without_its_canvas(fake_methods):
+    """Pillow's WebP plugin allocates the whole canvas when it opens a file; the service reads a WebP's size
+    itself, so a 16 000² canvas announced by a 100-byte file is refused (413) without allocating it."""
+    from PIL import Image
+
+    from lmmiqa.service.uploads import read_header
+
+    fake_methods(BrightnessScorer)
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    Image.new("RGB", (2, 2)).save(buf, format="WEBP", exif=exif.tobytes())  # an extended (VP8X) WebP
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"VP8X"
+    data[24:30] = (16000 - 1).to_bytes(3, "little") * 2  # the canvas it announces
+    header = read_header(bytes(data))
+    assert (header.width, header.height, header.format) == (16000, 16000, "WEBP")
+    with running_service(ServiceConfig(method="fake-brightness")) as (url, service):
+        r = httpx.post(f"{url}/v1/score", files={"image": ("big.webp", bytes(data), "image/webp")}, timeout=30)
+        assert r.status_code == 413 and "--max-image-pixels" in r.json()["error"]["message"], r.text
+        assert service.memory.used == 0
+
+
 def test_concurrent_16bit_uploads_stay_within_the_budget(fake_methods):
     """Eight clients posting 16-bit PNGs at once (the issue's attack, smaller): answered 200 or 429, the budget's
     use never above its limit, and the server's memory back to zero after."""

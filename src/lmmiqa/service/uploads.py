@@ -109,19 +109,46 @@ def _pil_formats(formats: tuple[str, ...] | None) -> list[str] | None:
     return [f for f in formats if f in Image.OPEN]
 
 
+def webp_header(data: bytes) -> Header | None:
+    """A WebP's size from its first 30 bytes (None: not a WebP, or a header Pillow would not read).
+
+    Pillow's WebP plugin creates libwebp's decoder, which allocates the whole canvas, as soon as it opens the
+    file: reading the size here costs nothing. Every WebP decodes to RGB(A): the mode says which.
+    """
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    le = int.from_bytes
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        w, h, mode = le(data[26:28], "little") & 0x3FFF, le(data[28:30], "little") & 0x3FFF, "RGB"
+    elif chunk == b"VP8X":
+        w, h = le(data[24:27], "little") + 1, le(data[27:30], "little") + 1
+        mode = "RGBA" if data[20] & 0x10 else "RGB"
+    elif chunk == b"VP8L" and data[20] == 0x2F:
+        bits = le(data[21:25], "little")
+        w, h, mode = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, "RGBA" if bits >> 28 & 1 else "RGB"
+    else:
+        return None
+    return Header(w, h, "WEBP", mode, layers=len(mode)) if w and h else None
+
+
 def read_header(data: bytes, formats: tuple[str, ...] | None = SERVICE_FORMATS) -> Header | None:
     """The image's size, format and mode from its header, or None when the header cannot be read or the
-    format is not one of ``formats`` (None: any format Pillow knows)."""
+    format is not one of ``formats`` (None: any format Pillow knows). Nothing is decoded or allocated for the
+    pixels (a WebP is read by :func:`webp_header`)."""
     from PIL import Image
 
+    if data[:4] == b"RIFF" and (formats is None or "WEBP" in formats):
+        webp = webp_header(data)
+        if webp is not None or data[8:12] == b"WEBP":
+            return webp
     try:
         with Image.open(io.BytesIO(data), formats=_pil_formats(formats)) as im:
             stored = 0
-            if im.format == "TIFF":
-                bits = im.tag_v2.get(258, (8,))  # BitsPerSample
-                stored = int(sum(bits) if isinstance(bits, tuple) else bits) * (
-                    1 if isinstance(bits, tuple) and len(bits) > 1 else int(im.tag_v2.get(277, 1))
-                )
+            if im.format == "TIFF":  # BitsPerSample (one value, or one per sample) × SamplesPerPixel
+                bits = im.tag_v2.get(258, 8)
+                per_sample = max(bits) if isinstance(bits, tuple) else int(bits)
+                stored = int(per_sample) * int(im.tag_v2.get(277, 1))
             return Header(
                 int(im.width), int(im.height), im.format, im.mode,
                 progressive=bool(im.info.get("progressive") or im.info.get("progression")),
