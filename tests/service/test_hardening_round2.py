@@ -171,6 +171,25 @@ def test_a_webp_header_is_read_without_its_canvas(fake_methods):
         assert service.memory.used == 0
 
 
+def test_the_memory_budget_keeps_a_share_for_small_requests():
+    from lmmiqa.service.budget import Budget, Hold
+
+    b = Budget(100, small_reserve=10, small=20)
+    assert (b.capacity(50), b.capacity(20)) == (90, 100)
+    assert b.reserve(50) and not b.reserve(45) and b.reserve(40)  # large holders stop at 90
+    assert b.reserve(10) and not b.reserve(1)  # a small one takes the last 10
+    b.release(100)
+    small = Hold.take(b, 15)
+    big = Hold.take(b, 70)
+    assert small is not None and big is not None and b.used == 85
+    assert not small.grow(10)  # 25 in all: now a large holder, and 95 > 90
+    assert small.grow(5) and b.used == 90  # still small (20)
+    small.release()
+    small.release()  # once only
+    big.release()
+    assert b.used == 0
+
+
 def test_concurrent_16bit_uploads_stay_within_the_budget(fake_methods):
     """Eight clients posting 16-bit PNGs at once (the issue's attack, smaller): answered 200 or 429, the budget's
     use never above its limit, and the server's memory back to zero after."""

@@ -27,18 +27,31 @@ def body_charge(content_type: str, length: int) -> int:
     return BODY_FACTORS.get(content_type, 1) * max(0, length) + BODY_OVERHEAD
 
 
-class Budget:
-    """An amount (pixels or bytes) shared by the requests in flight and bounded by ``limit`` (thread-safe)."""
+#: a holder of at most this much memory is small: it may use the part of the budget kept for small ones
+SMALL_HOLD = 32 * 1024 * 1024
 
-    def __init__(self, limit: int) -> None:
+
+class Budget:
+    """An amount (pixels or bytes) shared by the requests in flight and bounded by ``limit`` (thread-safe).
+
+    ``small_reserve`` of it is kept for holders of at most ``small`` (a holder that grows past it counts as
+    large): large uploads filling the budget cannot turn every small request away.
+    """
+
+    def __init__(self, limit: int, small_reserve: int = 0, small: int = SMALL_HOLD) -> None:
         self.limit = limit
+        self.small_reserve = small_reserve
+        self.small = small
         self.used = 0
         self._lock = threading.Lock()
 
-    def reserve(self, amount: int) -> bool:
-        """Take ``amount`` when it fits under the limit; False (nothing taken) otherwise."""
+    def reserve(self, amount: int, holder_total: int | None = None) -> bool:
+        """Take ``amount`` when it fits under the limit (for a large holder, under the limit less the small
+        holders' reserve); ``holder_total`` is what the holder will hold with it (default ``amount``). False
+        (nothing taken) when it does not fit."""
+        cap = self.capacity(amount if holder_total is None else holder_total)
         with self._lock:
-            if self.used + amount > self.limit:
+            if self.used + amount > cap:
                 return False
             self.used += amount
             return True
@@ -46,6 +59,11 @@ class Budget:
     def release(self, amount: int) -> None:
         with self._lock:
             self.used = max(0, self.used - amount)
+
+    def capacity(self, total: int) -> int:
+        """The most a holder of ``total`` can ever take (the limit, less the small holders' reserve for a large
+        one): a holder needing more than this is refused for good (413), not for now (429)."""
+        return self.limit if total <= self.small else self.limit - self.small_reserve
 
 
 #: the name issue 16 gave the decoded-pixel budget
@@ -70,7 +88,7 @@ class Hold:
     def grow(self, amount: int) -> bool:
         """Take ``amount`` more when it fits; False otherwise (the hold keeps what it had)."""
         with self._lock:
-            if self.released or not self.budget.reserve(amount):
+            if self.released or not self.budget.reserve(amount, self.amount + amount):
                 return False
             self.amount += amount
             return True

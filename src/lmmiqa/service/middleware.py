@@ -253,9 +253,10 @@ class BodyLimitMiddleware:
     def _over_budget(self, need: int) -> tuple[int, str]:
         assert self.budget is not None
         flag = FLAGS["max_memory_bytes"]
-        if need > self.budget.limit:
-            return 413, (f"reading and parsing this body takes {need >> 20} MiB, over the server's memory budget of "
-                         f"{self.budget.limit >> 20} MiB ({flag}); send a smaller body (multipart costs least)")
+        if need > self.budget.capacity(need):
+            return 413, (f"reading and parsing this body takes {need >> 20} MiB, over the "
+                         f"{self.budget.capacity(need) >> 20} MiB of the server's memory budget a request may take "
+                         f"({flag} {self.budget.limit >> 20}); send a smaller body (multipart costs least)")
         return 429, (f"the server holds {self.budget.used >> 20} MiB of request memory in flight; this body needs "
                      f"{need >> 20} MiB more, over the budget of {self.budget.limit >> 20} MiB ({flag}); retry later")
 

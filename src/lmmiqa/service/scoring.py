@@ -78,7 +78,7 @@ class ScoringService:
         self.limits = ImageLimits(max_pixels=config.max_image_pixels, max_bytes=config.max_body_bytes)
         self.pixels = Budget(config.max_queue_pixels)
         #: request memory in flight (bodies being read and parsed, images being decoded, decoded images)
-        self.memory = Budget(config.max_memory_bytes)
+        self.memory = Budget(config.max_memory_bytes, small_reserve=min(64 * 2**20, config.max_memory_bytes // 8))
         #: set when the server begins to shut down: new requests are answered 503
         self.closing = threading.Event()
         #: set at the end of the shutdown grace period: running decodes and generations stop
@@ -285,12 +285,13 @@ class ScoringService:
                 "send fewer or smaller images",
             )
         plan = DecodePlan(planned, transient, output)
-        if plan.memory > self.config.max_memory_bytes:
+        if plan.memory > self.memory.capacity(plan.memory):
             raise RequestError(
                 413,
                 f"decoding the {len(uploads)} image(s) of this request takes {_mb(plan.memory)} of memory{reduced}, "
-                f"over the server's memory budget of {_mb(self.config.max_memory_bytes)} ({FLAGS['max_memory_bytes']}); "
-                "send fewer or smaller images (WebP and progressive JPEG cost the most per pixel)",
+                f"over the {_mb(self.memory.capacity(plan.memory))} of the server's memory budget a request may take "
+                f"({FLAGS['max_memory_bytes']} {self.config.max_memory_bytes // 2**20}); send fewer or smaller images "
+                "(WebP and progressive JPEG cost the most per pixel)",
             )
         return plan
 

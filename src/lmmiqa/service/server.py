@@ -147,6 +147,8 @@ class ConnectionGuard:
         self.by_address: collections.Counter[str] = collections.Counter()
         self.forwarded: collections.Counter[str] = collections.Counter()
         self.anonymous = 0
+        #: connections accepted and not closed (those answered 503 as they arrive are not counted)
+        self.accepted = 0
         self.trusted = [ipaddress.ip_network(n) for n in config.trusted_proxies]
 
     def is_trusted(self, address: str | None) -> bool:
@@ -193,6 +195,7 @@ def guarded_protocol(config: ServiceConfig) -> type:
             super().__init__(*args, **kwargs)
             self._inner_app = self.app
             self.app = self._guarded_app
+            self._accepted = False  # counted in guard.accepted
             self._address: str | None = None  # counted in guard.by_address
             self._anonymous = False  # counted in guard.anonymous
             self._probation = False  # accepted into the key holders' reserve
@@ -205,12 +208,12 @@ def guarded_protocol(config: ServiceConfig) -> type:
             self.transport.close()
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            over = len(self.server_state.connections) >= max_connections
+            over = guard.accepted >= max_connections
             super().connection_made(transport)
             address = self.client[0] if self.client else None
             if over:
                 self._refuse(
-                    f"{len(self.connections) - 1} open, the limit is {max_connections}",
+                    f"{guard.accepted} open, the limit is {max_connections}",
                     f"too many open connections (the limit is {max_connections}, {FLAGS['max_connections']}); "
                     "retry later",
                     FLAGS["max_connections"],
@@ -227,6 +230,8 @@ def guarded_protocol(config: ServiceConfig) -> type:
                     return
                 guard.by_address[address] += 1
                 self._address = address
+            guard.accepted += 1
+            self._accepted = True
             if config.api_key:
                 guard.anonymous += 1
                 self._anonymous = True
@@ -239,13 +244,20 @@ def guarded_protocol(config: ServiceConfig) -> type:
             if self._write_timer is not None:
                 self._write_timer.cancel()
                 self._write_timer = None
+            self._release_slot()
+            super().connection_lost(exc)
+
+        def _release_slot(self) -> None:
+            """Give back what this connection counts in (once): its slot, its address's, the key reserve's."""
+            if self._accepted:
+                self._accepted = False
+                guard.accepted -= 1
             if self._address is not None:
                 guard.by_address[self._address] -= 1
                 if guard.by_address[self._address] <= 0:
                     del guard.by_address[self._address]
                 self._address = None
             self._authenticated()
-            super().connection_lost(exc)
 
         def _authenticated(self) -> None:
             if self._anonymous:
@@ -336,6 +348,7 @@ def guarded_protocol(config: ServiceConfig) -> type:
                     self._authenticated()
                 elif self._probation:
                     log.warning("refused a request without the API key on a connection of the key holders' reserve")
+                    self._release_slot()  # closing: its slot is free for a key holder now
                     await _send_error(send, 503, (
                         f"the server keeps its last {config.reserved_connections} connections for clients that send "
                         f"the API key ({FLAGS['max_connections']} {max_connections}); retry later"
