@@ -433,12 +433,14 @@ def attacks(args: argparse.Namespace, model: str) -> None:
                           "--assess-option", "tools=niqe", "--assess-timeout", "600"])
     try:
         box: list[httpx.Response | Exception] = []
+        answered: list[float] = []
 
         def assess() -> None:
             try:
                 box.append(httpx.post(f"{srv.url}/v1/assess", files={"image": ("a.png", png, "image/png")}, timeout=600))
             except Exception as err:  # reported below
                 box.append(err)
+            answered.append(time.monotonic())
 
         t = threading.Thread(target=assess, daemon=True)
         t.start()
@@ -451,8 +453,9 @@ def attacks(args: argparse.Namespace, model: str) -> None:
         got = box[0] if box else None
         answer = (f"{got.status_code} {got.headers.get('content-type')}: {got.text[:120]}" if isinstance(got, httpx.Response)
                   else repr(got))
-        print(f"\nshutdown (SIGINT) during an assessment (--shutdown-grace 5): exited after {exited:.1f} s; "
-              f"the in-flight client got {answer}")
+        got_after = f"{answered[0] - t0:.1f} s" if answered else "never"
+        print(f"\nshutdown (SIGINT) during an assessment (--shutdown-grace 5): the in-flight client got {answer} "
+              f"after {got_after}; the process exited after {exited:.1f} s")
     finally:
         srv.close()
 
