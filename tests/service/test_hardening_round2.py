@@ -540,3 +540,53 @@ def test_protocol_level_refusals_are_json_with_the_security_headers(fake_methods
         assert r.status_code == 400 and "4300 digits" in r.json()["error"]["message"], r.text[:300]
     multipart_lines = [r for r in caplog.records if r.name.startswith("python_multipart")]
     assert 1 <= len(multipart_lines) <= 6, len(multipart_lines)  # 30 broken bodies, a burst of log lines
+
+
+# --------------------------------------------------------------------------------------- the command
+
+
+@pytest.mark.slow  # a fresh process importing torch: ~15-40 s on the 2-core machine
+def test_lmmiqa_serve_names_the_model_checks_hosts_and_stops_on_sigint(tiny_qalign_model, tmp_path):
+    """``lmmiqa serve`` as a user runs it (subprocess, fresh HOME, offline): ``--model-name``, the Host check, and
+    a SIGINT that ends the process at once when nothing runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import lmmiqa
+    from lmmiqa.service.openai_compat import free_port
+
+    port = free_port()
+    env = {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONPATH": str(Path(lmmiqa.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmmiqa", "serve", "--model", tiny_qalign_model, "--device", "cpu", "--port", str(port),
+         "--model-name", "demo-iqa", "--log-level", "warning"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert _wait_for(lambda: proc.poll() is not None or _healthy(url), 120), "lmmiqa serve did not start"
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        methods = httpx.get(f"{url}/v1/methods").json()
+        assert methods["model"] == "demo-iqa" and tiny_qalign_model not in json.dumps(methods)
+        assert httpx.get(f"{url}/healthz", headers={"Host": "rebound.example"}).status_code == 421
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+        assert time.monotonic() - t0 < 30
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    err = proc.stderr.read()
+    assert "Traceback" not in err, err[-2000:]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
