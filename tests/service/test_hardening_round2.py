@@ -546,12 +546,11 @@ def test_protocol_level_refusals_are_json_with_the_security_headers(fake_methods
 
 
 @pytest.mark.slow
-def test_lmmiqa_serve_names_the_model_checks_hosts_and_stops_on_sigint(tiny_qalign_model, tmp_path, request):
+@pytest.mark.skipif("'slow' not in (config.option.markexpr or '')",
+                    reason="slow (a fresh `lmmiqa serve` process, 15-40 s on the 2-core machine): run with -m slow")
+def test_lmmiqa_serve_names_the_model_checks_hosts_and_stops_on_sigint(tiny_qalign_model, tmp_path):
     """``lmmiqa serve`` as a user runs it (subprocess, fresh HOME, offline): ``--model-name``, the Host check, and
-    a SIGINT that ends the process at once when nothing runs. A fresh process importing torch takes 15-40 s on the
-    2-core machine: run with ``-m slow``."""
-    if "slow" not in (request.config.option.markexpr or ""):
-        pytest.skip("slow (a fresh `lmmiqa serve` process): run with -m slow")
+    a SIGINT that ends the process at once when nothing runs."""
     import os
     import signal
     import subprocess
