@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
     g.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
                    help="address or network of a reverse proxy whose X-Forwarded-For names the client (repeatable); "
                    "per-client limits then apply to the forwarded address")
-    g.add_argument("--shutdown-grace", type=float, default=5.0,
+    g.add_argument("--shutdown-grace", type=float, default=5.0, metavar="SECONDS",
                    help="seconds requests in flight may still finish at shutdown; then their decoding and generation "
                    "stop and they are answered 503 (default 5)")
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
     b.add_argument("--max-queue-pixels", type=int, default=800_000_000,
                    help="most decoded pixels held by all requests in flight (default 800000000); beyond it 429 "
                    "(--max-memory-mb bounds their memory too)")
-    b.add_argument("--max-memory-mb", type=float, default=1024.0,
+    b.add_argument("--max-memory-mb", type=float, default=1024.0, metavar="MIB",
                    help="request memory the server holds at most, in MiB: bodies being read and parsed, images being "
                    "decoded (at their decoder's real cost), decoded images; beyond it 429, or 413 for a request that "
                    "can never fit (default 1024; see docs/serving.md for the bound on the whole process)")
@@ -92,7 +92,7 @@ def register(sub: Any) -> None:
     c.add_argument("--max-client-connections", type=int, default=16,
                    help="most open connections from one client address; more are answered 503 and closed at once "
                    "(behind --trusted-proxy: most requests in progress per forwarded address, 429) (default 16)")
-    c.add_argument("--write-timeout", type=float, default=30.0,
+    c.add_argument("--write-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="seconds an answer may wait for the client to read it; beyond it the connection is dropped "
                    "(default 30)")
     p.set_defaults(func=run)
