@@ -585,10 +585,11 @@ class ScoringService:
             b.abort(ServiceClosedError(SHUTTING_DOWN))
 
     def close(self) -> None:
-        """Finish pending batches and stop the workers and the decode pool."""
+        """Finish pending batches and stop the workers and the decode pool (after :meth:`abort`, wait at most 2 s
+        for a batch that cannot be stopped between two tokens, e.g. an HTTP backend's requests in flight)."""
         self.closing.set()
         for b in self.batchers.values():
-            b.close()
+            b.close(timeout=2.0 if self.aborted.is_set() else 30.0)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         self.light_pool.shutdown(wait=False, cancel_futures=True)
 
