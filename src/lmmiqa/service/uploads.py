@@ -76,7 +76,7 @@ class Upload:
     """One image as received: a display name (or None) and its bytes."""
 
     name: str | None
-    data: bytes
+    data: bytes | bytearray
 
 
 @dataclass(frozen=True)
@@ -391,7 +391,7 @@ def json_uploads(body: Mapping[str, Any]) -> tuple[str | None, dict[str, Any], l
     return req.method, dict(req.options), uploads
 
 
-def _b64_image(text: str, index: int) -> bytes:
+def _b64_image(text: str, index: int) -> bytes | bytearray:
     s = text.strip()
     head = s[:16].lower()
     if head.startswith(("http://", "https://", "ftp://", "file:")):
@@ -400,15 +400,35 @@ def _b64_image(text: str, index: int) -> bytes:
             f"image {index + 1}: the server does not fetch URLs; send the image bytes (multipart upload) or "
             "base64 in JSON",
         )
+    start = 0
     if head.startswith("data:"):
         comma = s.find(",", 0, 256)
         if comma < 0 or ";base64" not in s[:comma]:
             raise RequestError(400, f"image {index + 1}: a data: URL must be base64-encoded (data:image/...;base64,...)")
-        s = s[comma + 1 :]
+        start = comma + 1
     try:
-        return binascii.a2b_base64(s, strict_mode=True)  # no ASCII copy of the text (base64.b64decode makes one)
+        return _b64decode(s, start)
     except (binascii.Error, ValueError) as err:
         raise RequestError(400, f"image {index + 1}: not valid base64 ({err})") from err
+
+
+#: characters of base64 text decoded at a time by :func:`_b64decode` (a multiple of 4)
+_B64_STEP = 4 * 1024 * 1024
+
+
+def _b64decode(text: str, start: int = 0) -> bytes | bytearray:
+    """Strict base64 of ``text[start:]`` without copying the text: whole when it starts at 0 (``binascii`` reads
+    an ASCII string in place; ``base64.b64decode`` would make a bytes copy), else in steps of ``_B64_STEP``."""
+    if start == 0:
+        return binascii.a2b_base64(text, strict_mode=True)
+    out = bytearray((len(text) - start) // 4 * 3 + 3)
+    n = 0
+    for i in range(start, len(text), _B64_STEP):
+        part = binascii.a2b_base64(text[i : i + _B64_STEP], strict_mode=True)
+        out[n : n + len(part)] = part
+        n += len(part)
+    del out[n:]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- JSON bodies
