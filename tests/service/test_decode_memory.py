@@ -174,3 +174,49 @@ def test_decode_memory_stays_within_its_counted_cost(big_images, kind):
     assert m["peak"] <= m["counted"], m
     if kind != "webp":  # libwebp's own buffers: 16 B/px, counted as such
         assert per_px < 6, per_px  # the decoder's native image and small tiles, no float copy of it
+
+
+_MEASURE_JSON = """
+import base64, json, os, sys
+from lmmiqa.service.budget import body_charge
+from lmmiqa.service.uploads import json_request
+
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+
+data = base64.b64encode(os.urandom(6 * 2**20))
+prefix = b"data:image/png;base64," if sys.argv[1] == "data-url" else b""
+body = bytearray(b'{"images": ["' + prefix + data + b'"], "options": {"readout": "expected"}}')
+del data
+n = len(body)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS")
+json_request(body, 16)
+peak = status("VmHWM") - before + n  # the body itself was held before
+print(json.dumps({"peak": peak, "body": n, "counted": body_charge("application/json", n)}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["plain", "data-url"])
+def test_json_body_memory_stays_within_its_charge(kind):
+    """Parsing a JSON body (8 MiB of base64) holds at most what the memory budget charged for it (issue 24 §2)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import lmmiqa
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(lmmiqa.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _MEASURE_JSON, kind], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"\n{kind}: peak {m['peak'] / m['body']:.2f} × the body, counted {m['counted'] / m['body']:.2f} ×")
+    assert m["peak"] <= m["counted"], m

@@ -13,7 +13,7 @@ import threading
 
 #: bytes of memory held per body byte while a request body is read and parsed, by content type: JSON is read
 #: whole and decoded to text (2 × the body until the bytes are freed), then each image is a string of that text
-#: and its decoded bytes (1 + 1 + 0.75: measured 3.0 × a 28 MiB body, 3.2 × with a data: URL prefix); a
+#: and its decoded bytes (1 + 1 + 0.75: measured 3.0 × a 28 MiB body, with or without a data: URL prefix); a
 #: multipart body is held once as the uploaded files' bytes (Starlette spools each part to disk past 1 MiB) plus
 #: the part being spooled
 BODY_FACTORS = {"application/json": 4, "multipart/form-data": 2}

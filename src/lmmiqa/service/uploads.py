@@ -413,7 +413,7 @@ def _b64_image(text: str, index: int) -> bytes | bytearray:
 
 
 #: characters of base64 text decoded at a time by :func:`_b64decode` (a multiple of 4)
-_B64_STEP = 4 * 1024 * 1024
+_B64_STEP = 1024 * 1024
 
 
 def _b64decode(text: str, start: int = 0) -> bytes | bytearray:
