@@ -101,6 +101,11 @@ class LmmiqaWarning(UserWarning):
     servers log them as one record; see :mod:`lmmiqa.logs`)."""
 
 
+class Cancelled(LmmiqaError):
+    """Work was stopped before it finished: its caller gave up (a client left, a timeout) or the server is
+    shutting down (see :mod:`lmmiqa.cancel`)."""
+
+
 def set_interface(name: str) -> None:
     """Say which interface drives lmmiqa, so that hints name its spelling (``--model DIR`` vs ``model='DIR'``).
 
@@ -134,9 +139,10 @@ def download_hint(repo: str, folder: str) -> str:
 
 def is_run_level(err: BaseException) -> bool:
     """True for errors that no other input can avoid (a model, processor, segmenter or encoder that cannot be
-    loaded, a missing dependency, an invalid option, a missing label file, ``--root`` or ``@list``): they end the
-    run instead of failing one image, and the command line exits 2."""
-    return isinstance(err, (ModelLoadError, MissingDependencyError, DeviceError, InputNotFoundError))
+    loaded, a missing dependency, an invalid option, a missing label file, ``--root`` or ``@list``, work that was
+    cancelled): they end the run instead of failing one image, and the command line exits 2 (a cancellation is
+    the server's to answer)."""
+    return isinstance(err, (ModelLoadError, MissingDependencyError, DeviceError, InputNotFoundError, Cancelled))
 
 
 def require(module: str, extra: str, purpose: str = ""):

@@ -79,26 +79,85 @@ def is_image_like(obj: Any) -> bool:
     return isinstance(obj, Image.Image)
 
 
+#: modes whose conversion to 8-bit depends on the image's largest value (16-bit, 32-bit integer, float)
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+#: pixels converted at a time by :func:`to_rgb` (bounds its temporaries: ~40 bytes per pixel of a strip)
+STRIP_PIXELS = 1 << 18
+
+
+def has_alpha(img: Any) -> bool:
+    """True for modes :func:`to_rgb` composites on white (RGBA, LA, PA, palette with transparency)."""
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
 def to_rgb(img: Any) -> Any:
-    """Convert any PIL mode (palette, RGBA, LA, 16-bit, float, CMYK, grey, YCbCr) to 8-bit RGB."""
-    Image = _pil()
+    """Convert any PIL mode (palette, RGBA, LA, 16-bit, float, CMYK, grey, YCbCr) to 8-bit RGB.
+
+    Transparent pixels are composited on white; 16-bit values map to 8 bits as MATLAB's ``im2uint8`` (divide by
+    257, round); 32-bit integers over 65535 and floats are scaled by the image's largest value. Conversions run
+    in strips of :data:`STRIP_PIXELS` pixels, so the temporaries stay small whatever the image's size.
+    """
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
-            arr = arr / 257.0 if arr.max(initial=0) <= 65535 else arr * 255.0 / max(arr.max(), 1.0)
-        elif mode == "F" and arr.max(initial=0) <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+    if has_alpha(img):
+        return _strips_to_rgb(img, _composite_on_white)
+    if mode in HIGH_DEPTH_MODES:
+        peak = high_depth_peak(img)
+        return _strips_to_rgb(img, lambda strip: high_depth_to_rgb(strip, peak))
     return img.convert("RGB")
+
+
+def _strips_to_rgb(img: Any, convert: Any) -> Any:
+    """``convert`` applied to horizontal strips of ``img`` (each an image of the same mode), pasted together."""
+    Image = _pil()
+    w, h = img.size
+    rows = max(1, STRIP_PIXELS // max(w, 1))
+    if rows >= h:
+        return convert(img)
+    out = Image.new("RGB", img.size)
+    for y in range(0, h, rows):
+        out.paste(convert(img.crop((0, y, w, min(h, y + rows)))), (0, y))
+    return out
+
+
+def _composite_on_white(img: Any) -> Any:
+    Image = _pil()
+    rgba = img.convert("RGBA")
+    background = Image.new("RGB", rgba.size, (255, 255, 255))
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+def high_depth_peak(img: Any) -> float:
+    """The largest value of a :data:`HIGH_DEPTH_MODES` image (0 for an empty or all-negative one; NaN when it
+    holds NaN), computed in strips: what :func:`high_depth_to_rgb` scales by (for 16-bit modes, whose values are
+    at most 65535, that bound)."""
+    if img.mode.startswith("I;16"):
+        return 65535.0  # what high_depth_to_rgb needs of it: that it is at most 65535 (no pass over the pixels)
+    w, h = img.size
+    rows = max(1, STRIP_PIXELS // max(w, 1))
+    peaks = [
+        np.asarray(img.crop((0, y, w, min(h, y + rows))) if rows < h else img, dtype=np.float64).max(initial=0)
+        for y in range(0, h, rows)
+    ]
+    return float(np.max(np.asarray(peaks, dtype=np.float64), initial=0))
+
+
+def high_depth_to_rgb(img: Any, peak: float) -> Any:
+    """A :data:`HIGH_DEPTH_MODES` image (or a strip of one) as 8-bit RGB, for an image whose largest value is
+    ``peak``: 16-bit → divide by 257 (``im2uint8``), 32-bit integers over 255 → by 257 up to 65535 and scaled by
+    ``peak`` beyond, floats in [0, 1] → times 255; rounded and clipped to [0, 255]."""
+    Image = _pil()
+    mode = img.mode
+    arr = np.asarray(img, dtype=np.float64)
+    if mode.startswith("I;16") or (mode == "I" and peak > 255):
+        arr = arr / 257.0 if peak <= 65535 else arr * 255.0 / max(peak, 1.0)
+    elif mode == "F" and peak <= 1.0:
+        arr = arr * 255.0
+    arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, "L").convert("RGB")
 
 
 def array_to_image(arr: np.ndarray) -> Any:

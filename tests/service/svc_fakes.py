@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lmmiqa.cancel import check_cancelled
 from lmmiqa.images import ImageItem
 from lmmiqa.methods.base import Scorer, ScorerConfig
 from lmmiqa.testing import make_image
@@ -116,7 +117,8 @@ class FakeAgentic(RegionsScorer):
 
 
 class SlowAgentic(FakeAgentic):
-    """A long agentic assessment: ``delay`` seconds per image (set ``started`` when it begins)."""
+    """A long agentic assessment: ``delay`` seconds per image (set ``started`` when it begins), spent in steps of
+    10 ms that each check for cancellation (as a generation does between two tokens)."""
 
     delay = 0.3
     started = threading.Event()
@@ -125,7 +127,10 @@ class SlowAgentic(FakeAgentic):
         SlowAgentic.started.set()
         out = []
         for it in items:
-            time.sleep(SlowAgentic.delay)
+            end = time.monotonic() + SlowAgentic.delay
+            while time.monotonic() < end:
+                check_cancelled()
+                time.sleep(min(0.01, max(0.0, end - time.monotonic())))
             out.extend(super().score_items([it]))
         return out
 

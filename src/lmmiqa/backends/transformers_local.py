@@ -38,6 +38,7 @@ from lmmiqa.backends.pixels import (
     parse_pixels,
 )
 from lmmiqa.backends.planner import bytes_per_token, default_max_batch_tokens, plan_batches
+from lmmiqa.cancel import check_cancelled
 from lmmiqa.config import build_config
 from lmmiqa.errors import ConfigError, ModelLoadError, UnsupportedError, require
 from lmmiqa.families.base import Family, PromptConventions
@@ -647,6 +648,7 @@ class TransformersBackend(Backend):
         texts: list[str] = []
         with self._lock, torch.inference_mode():
             for chunk in self._chunks(prompts):
+                check_cancelled()
                 inputs = self.encode(chunk)
                 gen_kwargs: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "pad_token_id": self.tokenizer.pad_token_id}
                 if temperature and temperature > 0:
@@ -661,7 +663,9 @@ class TransformersBackend(Backend):
 
     def _between_tokens(self) -> None:
         """Called by generate() after each new token: lend the model to the scoring forwards waiting for it
-        (:meth:`ModelLock.lend`), keeping the generation's model state (``rope_deltas``) across their forwards."""
+        (:meth:`ModelLock.lend`), keeping the generation's model state (``rope_deltas``) across their forwards;
+        stop the generation when its caller gave up (:func:`lmmiqa.cancel.check_cancelled`)."""
+        check_cancelled()
         if self._lock.waiting:
             state = generation_state(self.model)
             try:

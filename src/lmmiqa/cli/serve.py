@@ -31,6 +31,18 @@ def register(sub: Any) -> None:
     g.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="environment variable holding the API key clients must send (Authorization: Bearer KEY); "
                    "off by default on loopback, required for any other address")
+    g.add_argument("--model-name", default=None, metavar="NAME",
+                   help="the model's name in results, /v1/methods and /healthz (an ensemble: one per model, "
+                   "comma-separated); default: the model folder's name or the hub id, never a local path")
+    g.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name (Host: header) the server answers besides localhost/127.0.0.1/[::1] (repeatable). "
+                   "Without an API key other names get 421, so a web page cannot rebind its name to this server")
+    g.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                   help="address or network of a reverse proxy whose X-Forwarded-For names the client (repeatable); "
+                   "per-client limits then apply to the forwarded address")
+    g.add_argument("--shutdown-grace", type=float, default=5.0, metavar="SECONDS",
+                   help="seconds requests in flight may still finish at shutdown; then their decoding and generation "
+                   "stop and they are answered 503 (default 5)")
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     b = p.add_argument_group("batching and limits")
     b.add_argument("--max-batch", type=int, default=16, help="most images per backend batch (default 16)")
@@ -48,8 +60,12 @@ def register(sub: Any) -> None:
                    help="most decoded pixels of all images of one request, after --decode-max-pixels "
                    "(default 200000000); beyond it 413")
     b.add_argument("--max-queue-pixels", type=int, default=800_000_000,
-                   help="most decoded pixels held by all requests in flight (default 800000000, ~2.4 GB as RGB); "
-                   "beyond it 429")
+                   help="most decoded pixels held by all requests in flight (default 800000000); beyond it 429 "
+                   "(--max-memory-mb bounds their memory too)")
+    b.add_argument("--max-memory-mb", type=float, default=1024.0, metavar="MIB",
+                   help="request memory the server holds at most, in MiB: bodies being read and parsed, images being "
+                   "decoded (at their decoder's real cost), decoded images; beyond it 429, or 413 for a request that "
+                   "can never fit (default 1024; see docs/serving.md for the bound on the whole process)")
     b.add_argument("--decode-max-pixels", type=int, default=None, metavar="PIXELS",
                    help="decode large images straight to about this many pixels (JPEG draft, integer reduce "
                    "otherwise; never below it). Default: the model's own pixel budget read from its processor; "
@@ -72,7 +88,13 @@ def register(sub: Any) -> None:
                    help="seconds an idle keep-alive connection stays open (default 5)")
     c.add_argument("--max-connections", type=int, default=64,
                    help="most open connections; more are answered 503 and closed at once (default 64; keep it "
-                   "well under ulimit -n)")
+                   "well under ulimit -n). With an API key, a quarter is kept for clients that send it")
+    c.add_argument("--max-client-connections", type=int, default=16,
+                   help="most open connections from one client address; more are answered 503 and closed at once "
+                   "(behind --trusted-proxy: most requests in progress per forwarded address, 429) (default 16)")
+    c.add_argument("--write-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds an answer may wait for the client to read it; beyond it the connection is dropped "
+                   "(default 30)")
     p.set_defaults(func=run)
 
 
@@ -111,6 +133,13 @@ def build_config(args: argparse.Namespace) -> Any:
         header_timeout_s=args.header_timeout,
         keep_alive_s=args.keep_alive,
         max_connections=args.max_connections,
+        max_client_connections=args.max_client_connections,
+        write_timeout_s=args.write_timeout,
+        max_memory_bytes=int(args.max_memory_mb * 1024 * 1024),
+        shutdown_grace_s=args.shutdown_grace,
+        allowed_hosts=tuple(args.allowed_host),
+        trusted_proxies=tuple(args.trusted_proxy),
+        model_name=args.model_name,
         decode_workers=args.decode_workers,
         api_key=api_key,
     )

@@ -10,31 +10,38 @@ Endpoints:
 - ``POST /v1/assess``: the same for the agentic method (``agentic-iqa``), served only when the server allows
   that method (``--allow-method agentic-iqa``); 404 otherwise, 501 when it is allowed but not installed.
 - ``GET /v1/methods``: the served methods, their summaries and the JSON schema of their per-request options.
-- ``GET /healthz`` (the model's name, never its path), ``GET /metrics`` (Prometheus), ``GET /openapi.json``,
-  and the web page at ``GET /`` (static files from ``lmmiqa/service/static``). No ``/docs``: Swagger UI loads
-  its scripts from a CDN.
+- ``GET /healthz`` (the model's public name, never its path), ``GET /metrics`` (Prometheus), ``GET
+  /openapi.json`` (both need the key when one is set), and the web page at ``GET /`` (static files from
+  ``lmmiqa/service/static``). No ``/docs``: Swagger UI loads its scripts from a CDN.
+
+Results, ``/v1/methods`` and ``/healthz`` name the model by its public name (``--model-name``; by default the
+model folder's name or the hub id), never by where the server keeps it (:mod:`lmmiqa.service.naming`).
 
 Requests from concurrent clients are micro-batched (:mod:`lmmiqa.service.batching`): uploads are budgeted from
 their headers and decoded straight to the model's pixel budget in a thread pool (overlapping with the
 backend's work), then queued; one worker thread per lane (scoring, agentic assessment) runs batches of up to
 ``max_batch`` images through :meth:`lmmiqa.methods.base.Scorer.score_loaded`. A bad upload is rejected before
-it reaches a batch, so it never disturbs other requests. Slow and numerous clients are bounded by
-:mod:`lmmiqa.service.server` (header deadline, connection cap) and
-:class:`~lmmiqa.service.middleware.BodyTimeoutMiddleware` (body deadline).
+it reaches a batch, so it never disturbs other requests. JSON bodies are parsed in the decode pool, one image
+at a time (:func:`~lmmiqa.service.uploads.json_request`); bodies, decoding and decoded images are charged to
+the memory budget (:mod:`lmmiqa.service.budget`). Slow, numerous and greedy clients are bounded by
+:mod:`lmmiqa.service.server` (header and write deadlines, connection caps in all and per client, the key
+holders' reserve) and :class:`~lmmiqa.service.middleware.BodyTimeoutMiddleware` (body deadline).
 
 Errors are JSON ``{"error": {"status": ..., "type": ..., "message": ...}}`` and name the limit and its flag:
-400 (malformed or too deeply nested request, corrupt image), 401 (API key, before the body is read), 404
-(``/v1/assess`` not enabled), 408 (body too slow), 413 (body, image pixels, decoded pixels or images per
-request over the limit), 415 (not multipart/JSON, or a part that is not an image), 422 (unknown method,
-invalid or too long options), 429 (queue or server pixel budget full), 500 (a bug), 501 (no agentic method),
-503 (waited the timeout in the queue, backend failure on the batch, shutting down), 504 (still being scored
-after the timeout).
+400 (malformed or too deeply nested request, corrupt image, both Content-Length and Transfer-Encoding), 401
+(API key, before the body is read), 404 (``/v1/assess`` not enabled), 408 (body too slow), 413 (body, image
+pixels, decoded pixels, memory or images per request over the limit), 415 (not multipart/JSON, or a part that
+is not an image), 421 (a host name the server does not answer), 422 (unknown method, invalid or too long
+options), 429 (queue, pixel or memory budget full; too many requests from one client behind a proxy), 431
+(request headers over 64 KiB), 500 (a bug), 501 (no agentic method), 503 (waited the timeout, backend failure on
+the batch, shutting down, too many connections), 504 (still being scored after the timeout).
 
 This module imports FastAPI lazily (inside :func:`create_app`); ``import lmmiqa`` never loads it.
 
 The package is layered, each module importing only those above it: :mod:`~lmmiqa.service.config` (options, bind
 rule) → :mod:`~lmmiqa.service.errors` → :mod:`~lmmiqa.service.metrics` → :mod:`~lmmiqa.service.schemas` (pydantic
-models) → :mod:`~lmmiqa.service.uploads` (request parsing) → :mod:`~lmmiqa.service.scoring` (the service: scorers,
+models) → :mod:`~lmmiqa.service.budget` → :mod:`~lmmiqa.service.naming` → :mod:`~lmmiqa.service.uploads` (request
+parsing) → :mod:`~lmmiqa.service.scoring` (the service: scorers,
 batching, decoding; with :mod:`~lmmiqa.service.batching` and :mod:`~lmmiqa.service.options`) →
 :mod:`~lmmiqa.service.middleware` → :mod:`~lmmiqa.service.routes` → :mod:`~lmmiqa.service.server` (uvicorn) → this
 module (the app factory and :func:`serve`). The names tests and the CLI use are re-exported here.
@@ -54,12 +61,13 @@ from lmmiqa.service.middleware import (
     BodyLimitMiddleware,
     BodyTimeoutMiddleware,
     MetricsMiddleware,
+    RequestGuardMiddleware,
     SecurityHeadersMiddleware,
 )
 from lmmiqa.service.routes import STATIC_DIR, add_routes
 from lmmiqa.service.schemas import api_models
 from lmmiqa.service.scoring import ScoringService
-from lmmiqa.service.server import check_descriptor_limit, install_log_filter, uvicorn_config
+from lmmiqa.service.server import check_descriptor_limit, install_log_filter, make_server
 from lmmiqa.service.uploads import Upload
 
 __all__ = [
@@ -148,11 +156,14 @@ def create_app(service: ScoringService) -> Any:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    # outermost last: metrics see every answer, including the key's 401, the body deadline's 408 and the
-    # body limit's 413; the key is checked before the body is read
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    # outermost last: metrics see every answer, including the host check's 421, the key's 401, the body
+    # deadline's 408 and the body limit's 413/429; the key is checked before the body is read
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, budget=service.memory)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=cfg.body_timeout_s)
     app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
+    app.add_middleware(
+        RequestGuardMiddleware, allowed_hosts=cfg.allowed_hosts, check_host=cfg.api_key is None or bool(cfg.allowed_hosts)
+    )
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
@@ -168,10 +179,11 @@ def serve(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, *, l
         ConfigError: a non-loopback ``host`` without an API key, or invalid options.
     """
     check_bind(host, config.api_key)
-    uvicorn = require("uvicorn", "serve", "running the server")
+    require("uvicorn", "serve", "running the server")
     install_log_filter()
     check_descriptor_limit(config.max_connections)
     service = ScoringService(config)
     app = create_app(service)
-    log.info("serving %s (%s) on http://%s:%d", config.method, service.default_scorer.model_name, host, port)
-    uvicorn.Server(uvicorn_config(app, config, host, port, log_level=log_level)).run()
+    log.info("serving %s (%s, served as %r) on http://%s:%d", config.method, service.default_scorer.model_name,
+             service.public_model, host, port)
+    make_server(app, config, host, port, log_level=log_level).run()

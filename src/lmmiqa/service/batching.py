@@ -8,8 +8,11 @@ them as one batch. While the worker is busy, new items accumulate, so under load
 waiting (continuous batching); with a single client the added latency is at most ``max_wait_s``.
 
 The number of pending images is bounded (``max_queue``): :meth:`~MicroBatcher.submit` raises
-:class:`QueueFullError` instead of letting latency grow without bound. A request that gives up (timeout)
-cancels its :class:`Ticket`; its pending items are dropped before they reach the backend.
+:class:`QueueFullError` instead of letting latency grow without bound. A request that gives up (timeout, its
+client left) cancels its :class:`Ticket`; its pending items are dropped before they reach the backend, and a
+running batch whose every request gave up is stopped at its next safe point (between two generated tokens,
+:mod:`lmmiqa.cancel`). :meth:`~MicroBatcher.abort` (the end of a shutdown's grace period) fails every pending
+ticket and stops the running batch the same way.
 
 Nothing here imports FastAPI or torch; the HTTP layer (:mod:`lmmiqa.service.app`) and tests use it directly.
 """
@@ -23,7 +26,8 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 
-from lmmiqa.errors import ConfigError, LmmiqaError
+from lmmiqa.cancel import cancel_when
+from lmmiqa.errors import Cancelled, ConfigError, LmmiqaError
 from lmmiqa.images import ImageItem
 from lmmiqa.types import ScoreResult
 
@@ -157,6 +161,7 @@ class MicroBatcher:
         self._pending: collections.deque[_Entry] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._aborted: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.batches_run = 0
 
@@ -178,6 +183,23 @@ class MicroBatcher:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+
+    def stop_accepting(self) -> None:
+        """Refuse new work (:class:`ServiceClosedError`); what is pending still runs."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def abort(self, error: BaseException) -> None:
+        """Refuse new work, fail every pending ticket with ``error`` and stop the running batch at its next safe
+        point (its tickets fail with :class:`~lmmiqa.errors.Cancelled`)."""
+        with self._cond:
+            self._closed = True
+            self._aborted = error
+            pending, self._pending = list(self._pending), collections.deque()
+            self._cond.notify_all()
+        for e in pending:
+            e.ticket._fail(error)
 
     @property
     def depth(self) -> int:
@@ -245,13 +267,26 @@ class MicroBatcher:
                 return
             self._run_batch(batch)
 
+    def _stop_reason(self, batch: list[_Entry]) -> str | None:
+        """Why the running ``batch`` should stop: the batcher aborts, or every request in it gave up."""
+        if self._aborted is not None:
+            return str(self._aborted)
+        if all(e.ticket.cancelled for e in batch):
+            return "every request of this batch gave up (timeout or client gone)"
+        return None
+
     def _run_batch(self, batch: list[_Entry]) -> None:
         t0 = time.monotonic()
         items = [e.item for e in batch]
         try:
-            results = list(self._run(batch[0].group, items))
+            with cancel_when(lambda: self._stop_reason(batch)):
+                results = list(self._run(batch[0].group, items))
             if len(results) != len(items):
                 raise RuntimeError(f"batch runner returned {len(results)} results for {len(items)} items")
+        except Cancelled as err:
+            log.info("batch of %d item(s) stopped: %s", len(batch), err)
+            for e in batch:
+                e.ticket._fail(err)
         except Exception as err:
             log.exception("batch of %d item(s) failed", len(batch))
             for e in batch:

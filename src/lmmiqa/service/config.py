@@ -30,7 +30,17 @@ FLAGS = {
     "header_timeout_s": "--header-timeout",
     "keep_alive_s": "--keep-alive",
     "max_connections": "--max-connections",
+    "max_client_connections": "--max-client-connections",
+    "write_timeout_s": "--write-timeout",
+    "max_memory_bytes": "--max-memory-mb",
+    "shutdown_grace_s": "--shutdown-grace",
+    "allowed_hosts": "--allowed-host",
+    "trusted_proxies": "--trusted-proxy",
+    "model_name": "--model-name",
 }
+
+#: the limit on a request's head (request line and headers)
+MAX_HEAD_BYTES = 64 * 1024
 
 
 @dataclass
@@ -70,7 +80,29 @@ class ServiceConfig:
         header_timeout_s: longest time a client may take to send the headers of a request once it sent its
             first byte (or connected); beyond it the connection is closed.
         keep_alive_s: how long an idle keep-alive connection stays open.
-        max_connections: most open connections; more are answered 503 and closed at once.
+        max_connections: most open connections; more are answered 503 and closed at once. On a server with an
+            API key, a quarter of them (:attr:`reserved_connections`) is kept for clients that send the key: a
+            connection accepted into that reserve is answered 503 and closed unless its first request carries it.
+        max_client_connections: most open connections from one client address (beyond it 503 and closed at
+            once); behind a ``trusted_proxies`` proxy, most requests in progress per forwarded client address
+            (beyond it 429).
+        write_timeout_s: longest time an answer may wait for the client to read it (the server's send buffer
+            stays full); beyond it the connection is dropped (a client that pipelines requests and never reads
+            cannot hold a connection).
+        max_memory_bytes: request memory the server holds at most (bodies being read and parsed, images being
+            decoded, decoded images; see :mod:`lmmiqa.service.budget`); a request that does not fit now gets 429,
+            one that can never fit 413.
+        shutdown_grace_s: on shutdown, how long requests in flight may still finish; then running decodes and
+            generations are stopped and their requests answered 503.
+        allowed_hosts: host names (``Host:`` header, without the port) the server answers besides loopback ones
+            (``localhost``, ``127.0.0.1``, ``[::1]``). Without an API key only these are answered (421 otherwise:
+            a web page that rebinds its name to 127.0.0.1 cannot read the API); with a key, any host unless
+            this is set.
+        trusted_proxies: addresses or networks of reverse proxies whose ``X-Forwarded-For`` names the client
+            (per-client limits and the log then use the forwarded address; the proxy itself is not limited per
+            address).
+        model_name: the model's public name in results, ``/v1/methods`` and ``/healthz`` (an ensemble: one per
+            model, separated by commas); None: the model folder's name or the hub id, never a local path.
         decode_workers: threads decoding uploads (overlaps decoding with backend work).
         api_key: when set, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <key>`` or ``X-API-Key``
             (checked before the body is read).
@@ -98,6 +130,13 @@ class ServiceConfig:
     header_timeout_s: float = 10.0
     keep_alive_s: float = 5.0
     max_connections: int = 64
+    max_client_connections: int = 16
+    write_timeout_s: float = 30.0
+    max_memory_bytes: int = 1024 * 1024 * 1024
+    shutdown_grace_s: float = 5.0
+    allowed_hosts: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    model_name: str | None = None
     decode_workers: int = 4
     api_key: str | None = field(default=None, repr=False)
     max_scorers: int = 16
@@ -108,10 +147,12 @@ class ServiceConfig:
         for name in (
             "max_batch", "max_queue", "max_body_bytes", "max_images", "max_assess_images", "max_image_pixels",
             "max_request_pixels", "max_queue_pixels", "max_query_chars", "max_connections", "max_scorers",
+            "max_client_connections", "max_memory_bytes",
         ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} ({FLAGS.get(name, name)}) must be >= 1, got {getattr(self, name)}")
-        for name in ("request_timeout_s", "assess_timeout_s", "body_timeout_s", "header_timeout_s", "keep_alive_s"):
+        for name in ("request_timeout_s", "assess_timeout_s", "body_timeout_s", "header_timeout_s", "keep_alive_s",
+                     "write_timeout_s", "shutdown_grace_s"):
             if not float(getattr(self, name)) > 0:
                 raise ConfigError(f"{name} ({FLAGS[name]}) must be > 0 seconds, got {getattr(self, name)}")
         if self.decode_max_pixels is not None and self.decode_max_pixels < 0:
@@ -129,6 +170,23 @@ class ServiceConfig:
             raise ConfigError(f"max_images ({self.max_images}) cannot exceed max_queue ({self.max_queue})")
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("api_key is empty")
+        self.allowed_hosts = tuple(dict.fromkeys(normalize_host(h) for h in self.allowed_hosts))
+        for host in self.allowed_hosts:
+            if not host or any(c in host for c in "/ @?#"):
+                raise ConfigError(f"--allowed-host {host!r} is not a host name (give the name only, e.g. iqa.example.org)")
+        networks = []
+        for proxy in self.trusted_proxies:
+            try:
+                networks.append(str(ipaddress.ip_network(proxy.strip(), strict=False)))
+            except ValueError as err:
+                raise ConfigError(
+                    f"--trusted-proxy {proxy!r} is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/8)"
+                ) from err
+        self.trusted_proxies = tuple(dict.fromkeys(networks))
+        if self.model_name is not None:
+            self.model_name = self.model_name.strip()
+            if not self.model_name or len(self.model_name) > 200 or not self.model_name.isprintable():
+                raise ConfigError(f"--model-name must be a short printable name, got {self.model_name!r}")
         if self.assess_options and not self.assess_enabled:
             raise ConfigError(
                 f"assess options given but POST /v1/assess is not enabled: serve the agentic method with "
@@ -139,6 +197,11 @@ class ServiceConfig:
     def assess_enabled(self) -> bool:
         """True when the agentic method behind ``POST /v1/assess`` is served (default or allowed)."""
         return AGENTIC_METHOD in self.served_methods
+
+    @property
+    def reserved_connections(self) -> int:
+        """Connections kept for clients that send the API key (0 without a key)."""
+        return max(1, self.max_connections // 4) if self.api_key else 0
 
     @property
     def served_methods(self) -> tuple[str, ...]:
@@ -154,6 +217,24 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def normalize_host(host: str) -> str:
+    """A ``Host:`` header's name: lower case, without the port and a final dot; IPv6 keeps its brackets."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        return h[: end + 1] if end > 0 else h
+    if h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a ``Host:`` name that always means this machine: ``localhost`` (and ``*.localhost``, RFC 6761)
+    and loopback addresses."""
+    h = normalize_host(host)
+    return h == "localhost" or h.endswith(".localhost") or is_loopback(h)
 
 
 def check_bind(host: str, api_key: str | None) -> None:

@@ -1,8 +1,10 @@
-"""ASGI middleware of the HTTP app: request metrics, security headers, the API key (checked before any body is
-read), the body-read deadline (slow clients get 408) and the request-body size limit.
+"""ASGI middleware of the HTTP app: request metrics, security headers, the request's framing and host (request
+smuggling, oversized heads, DNS rebinding), the API key (checked before any body is read), the body-read deadline
+(slow clients get 408) and the request-body size limit and memory charge.
 
 Order, outermost first: :class:`MetricsMiddleware` → :class:`SecurityHeadersMiddleware` →
-:class:`ApiKeyMiddleware` → :class:`BodyTimeoutMiddleware` → :class:`BodyLimitMiddleware` → the app.
+:class:`RequestGuardMiddleware` → :class:`ApiKeyMiddleware` → :class:`BodyTimeoutMiddleware` →
+:class:`BodyLimitMiddleware` → the app.
 """
 
 from __future__ import annotations
@@ -14,12 +16,18 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from lmmiqa.service.config import FLAGS
+from lmmiqa.service.budget import Budget, Hold, body_charge
+from lmmiqa.service.config import FLAGS, MAX_HEAD_BYTES, is_loopback_host, normalize_host
 from lmmiqa.service.errors import error_body
 from lmmiqa.service.metrics import ServiceMetrics
 
-#: paths that need the API key when one is configured (the page, its static files and /healthz stay public)
-PROTECTED_PREFIXES = ("/v1/", "/metrics")
+#: paths that need the API key when one is configured (the page, its static files and /healthz stay public;
+#: the OpenAPI document describes the API, so it is the key holders')
+PROTECTED_PREFIXES = ("/v1/", "/metrics", "/openapi.json")
+
+#: where :class:`BodyLimitMiddleware` leaves the request body's memory :class:`~lmmiqa.service.budget.Hold` in
+#: the ASGI scope (the route releases it once the uploads are decoded)
+BODY_HOLD_KEY = "lmmiqa.body_hold"
 
 #: headers added to every answer; the page's policy allows only its own scripts, styles and API calls, and
 #: images from the files the user picked (blob:) or inline data
@@ -74,6 +82,61 @@ class ApiKeyMiddleware:
         await _send_json(
             send, 401, error_body(401, UNAUTHORIZED_MESSAGE), close=True, extra=[(b"www-authenticate", b"Bearer")]
         )
+
+
+class RequestGuardMiddleware:
+    """Refuse, before anything else reads the request: a head (request line and headers) over
+    :data:`~lmmiqa.service.config.MAX_HEAD_BYTES` (431), a request with both ``Content-Length`` and
+    ``Transfer-Encoding`` (400: behind a proxy that reads the other one, the rest of the body would be taken for a
+    second request), and a ``Host:`` the server does not answer (421): without an API key only loopback names and
+    ``allowed_hosts``, so that a web page whose name was rebound to 127.0.0.1 cannot read the API.
+
+    Args:
+        allowed_hosts: further host names answered (``--allowed-host``).
+        check_host: whether to check ``Host:`` at all (off for a server with an API key and no allowed hosts).
+    """
+
+    def __init__(self, app: Any, allowed_hosts: Iterable[str] = (), check_host: bool = True) -> None:
+        self.app = app
+        self.allowed = frozenset(normalize_host(h) for h in allowed_hosts)
+        self.check_host = check_host
+
+    def refusal(self, scope: dict[str, Any]) -> tuple[int, str] | None:
+        """(status, message) when the request is refused, else None."""
+        headers = scope.get("headers", [])
+        size = len(scope.get("method", "")) + len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) + 12
+        host = None
+        framing = set()
+        for k, v in headers:
+            size += len(k) + len(v) + 4
+            if k == b"host":
+                host = v.decode("latin-1")
+            elif k in (b"content-length", b"transfer-encoding"):
+                framing.add(k)
+        if size > MAX_HEAD_BYTES:
+            return 431, f"the request's headers are {size} bytes, over the limit of {MAX_HEAD_BYTES}"
+        if len(framing) == 2:
+            return 400, (
+                "a request may not carry both Content-Length and Transfer-Encoding (refused: a proxy reading the "
+                "other one would take the rest of the body for another request)"
+            )
+        if self.check_host and host is not None:
+            name = normalize_host(host)
+            if not (is_loopback_host(name) or name in self.allowed):
+                allowed = ", ".join(sorted(self.allowed)) or "none"
+                return 421, (
+                    f"this server does not answer for host {host[:100]!r}: it answers loopback names (localhost, "
+                    f"127.0.0.1, [::1]) and the names given with {FLAGS['allowed_hosts']} ({allowed})"
+                )
+        return None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            refused = self.refusal(scope)
+            if refused is not None:
+                await _send_json(send, refused[0], error_body(*refused), close=True)
+                return
+        await self.app(scope, receive, send)
 
 
 class SecurityHeadersMiddleware:
@@ -154,48 +217,91 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class BodyLimitMiddleware:
-    """Answer 413 when a request body exceeds ``max_bytes`` (checked on Content-Length and while streaming).
+class _BodyOverBudget(Exception):
+    pass
 
-    A body announced too large is drained (up to ``drain_limit`` bytes) before answering, so that ordinary
-    clients that send the whole body before reading see the 413 instead of a reset connection.
+
+class BodyLimitMiddleware:
+    """Answer 413 when a request body exceeds ``max_bytes`` (checked on Content-Length and while streaming), and
+    charge the body's memory to the server's memory ``budget`` (:func:`~lmmiqa.service.budget.body_charge`):
+    429 with Retry-After when it does not fit now, 413 when it never can.
+
+    The charge is taken from the announced Content-Length before any byte is read (chunked bodies: as they
+    arrive) and left in the scope under :data:`BODY_HOLD_KEY`; the route releases it once the uploads are
+    decoded, and this middleware releases what is left when the answer is sent. A refused body announced at up
+    to ``drain_limit`` bytes is drained (read and dropped: it costs no memory) before answering, so that
+    ordinary clients that send the whole body before reading see the answer instead of a reset connection.
     """
 
-    def __init__(self, app: Any, max_bytes: int, drain_limit: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, app: Any, max_bytes: int, drain_limit: int = 64 * 1024 * 1024, budget: Budget | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.drain_limit = drain_limit
+        self.budget = budget
+
+    async def _refuse(self, receive: Any, send: Any, status: int, message: str, declared: int | None,
+                      drained: bool = False) -> None:
+        if not drained and (declared is None or declared <= self.drain_limit):
+            seen, more = 0, True
+            while more and seen <= self.drain_limit:
+                msg = await receive()
+                seen += len(msg.get("body", b""))
+                more = msg.get("type") == "http.request" and msg.get("more_body", False)
+        extra = [(b"retry-after", b"1")] if status == 429 else None
+        await _send_json(send, status, error_body(status, message), close=True, extra=extra)
+
+    def _over_budget(self, need: int) -> tuple[int, str]:
+        assert self.budget is not None
+        flag = FLAGS["max_memory_bytes"]
+        if need > self.budget.capacity(need):
+            return 413, (f"reading and parsing this body takes {need >> 20} MiB, over the "
+                         f"{self.budget.capacity(need) >> 20} MiB of the server's memory budget a request may take "
+                         f"({flag} {self.budget.limit >> 20}); send a smaller body (multipart costs least)")
+        return 429, (f"the server holds {self.budget.used >> 20} MiB of request memory in flight; this body needs "
+                     f"{need >> 20} MiB more, over the budget of {self.budget.limit >> 20} MiB ({flag}); retry later")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         declared = None
+        ctype = ""
         for k, v in scope.get("headers", []):
             if k == b"content-length":
                 try:
                     declared = int(v)
                 except ValueError:
                     declared = None
+            elif k == b"content-type":
+                ctype = v.decode("latin-1").split(";")[0].strip().lower()
         message = f"request body exceeds the limit of {self.max_bytes} bytes ({FLAGS['max_body_bytes']})"
         if declared is not None and declared > self.max_bytes:
-            if declared <= self.drain_limit:
-                more = True
-                while more:
-                    msg = await receive()
-                    more = msg.get("type") == "http.request" and msg.get("more_body", False)
-            await _send_json(send, 413, error_body(413, message), close=True)
+            await self._refuse(receive, send, 413, message, declared)
             return
+        hold = None
+        if self.budget is not None:
+            need = body_charge(ctype, declared or 0)
+            hold = Hold.take(self.budget, need)
+            if hold is None:
+                await self._refuse(receive, send, *self._over_budget(need), declared)
+                return
+            scope[BODY_HOLD_KEY] = hold
+        factor = body_charge(ctype, 1) - body_charge(ctype, 0)
         received = 0
         started = False
+        finished = False
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal received
+            nonlocal received, finished
             msg = await receive()
             if msg.get("type") == "http.request":
-                received += len(msg.get("body", b""))
+                n = len(msg.get("body", b""))
+                received += n
+                finished = not msg.get("more_body", False)
                 if received > self.max_bytes:
                     raise _BodyTooLarge
+                if hold is not None and declared is None and not hold.grow(factor * n):
+                    raise _BodyOverBudget
             return msg  # type: ignore[no-any-return]
 
         async def tracking_send(msg: dict[str, Any]) -> None:
@@ -209,6 +315,12 @@ class BodyLimitMiddleware:
         except _BodyTooLarge:
             if not started:
                 await _send_json(send, 413, error_body(413, message), close=True)
+        except _BodyOverBudget:
+            if not started:
+                await self._refuse(receive, send, *self._over_budget(factor * received), declared, drained=finished)
+        finally:
+            if hold is not None:
+                hold.release()
 
 
 async def _send_json(

@@ -3,16 +3,19 @@ web page (see :mod:`lmmiqa.service.app` for the endpoints and error statuses).""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from lmmiqa.errors import require
 from lmmiqa.service.errors import FAILURE_REASONS, RequestError, clip
-from lmmiqa.service.middleware import UNAUTHORIZED_MESSAGE, api_key_ok
+from lmmiqa.service.middleware import BODY_HOLD_KEY, UNAUTHORIZED_MESSAGE, api_key_ok
 from lmmiqa.service.schemas import api_models
-from lmmiqa.service.scoring import ScoringService, public_model_name
-from lmmiqa.service.uploads import json_uploads, multipart_uploads, parse_json
+from lmmiqa.service.scoring import SHUTTING_DOWN, ScoringService
+from lmmiqa.service.uploads import json_request, multipart_uploads, options_limit
 
 STATIC_DIR = Path(__file__).with_name("static")
 
@@ -69,19 +72,51 @@ def add_routes(app: Any, service: ScoringService) -> None:
         }
     }
 
+    async def read_body(request: Any) -> bytearray:
+        """The request body in one buffer (sized from Content-Length when given: no doubling copy)."""
+        try:
+            declared = int(request.headers.get("content-length", ""))
+        except ValueError:
+            declared = -1
+        if 0 <= declared <= cfg.max_body_bytes:
+            buf = bytearray(declared)
+            n = 0
+            async for chunk in request.stream():
+                buf[n : n + len(chunk)] = chunk
+                n += len(chunk)
+            del buf[n:]
+            return buf
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+        return buf
+
+    async def until_disconnect(request: Any) -> None:
+        """Return when the client closes the connection (the body was read: only a disconnect can come)."""
+        while True:
+            msg = await request.receive()
+            if msg.get("type") == "http.disconnect":
+                return
+
     async def handle(request: Any, endpoint: str) -> Any:
         try:
             check_key(request)
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if endpoint == "assess":
                 service.resolve_method(None, endpoint="assess")  # 404/501 before reading the body
+            if service.closing.is_set():
+                raise RequestError(503, SHUTTING_DOWN, headers={"Retry-After": "5"})
+            most = max(cfg.max_images, cfg.max_assess_images)
+            max_options = options_limit(cfg.max_query_chars)
             if ctype == "multipart/form-data":
-                method_name, options, uploads = await multipart_uploads(request, cfg.max_images)
+                method_name, options, uploads = await multipart_uploads(request, most, max_options)
             elif ctype == "application/json":
-                body = parse_json(await request.body(), "the body")
-                if not isinstance(body, dict):
-                    raise RequestError(422, "the JSON body must be an object with 'images'")
-                method_name, options, uploads = json_uploads(body)
+                buf = await read_body(request)
+                loop = asyncio.get_running_loop()  # parsed off the event loop: /healthz stays responsive
+                method_name, options, uploads = await loop.run_in_executor(
+                    service.decode_pool, json_request, buf, most, max_options
+                )
+                del buf
             else:
                 raise RequestError(
                     415,
@@ -89,7 +124,24 @@ def add_routes(app: Any, service: ScoringService) -> None:
                     "or application/json (base64 images)",
                 )
             method = service.resolve_method(method_name, endpoint=endpoint)
-            results = await service.score(method, options, uploads)
+            gone = threading.Event()
+            work = asyncio.ensure_future(
+                service.score(method, options, uploads, body=request.scope.get(BODY_HOLD_KEY), gone=gone)
+            )
+            watch = asyncio.ensure_future(until_disconnect(request))
+            try:
+                await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watch.cancel()
+                if not work.done():  # the client left (or this request is being cancelled): stop its work
+                    gone.set()
+                    work.cancel()
+            if not work.done() or work.cancelled():
+                with contextlib.suppress(BaseException):
+                    await work
+                metrics.failures.labels(reason="client_disconnect").inc()
+                return Response(status_code=499)
+            results = work.result()
         except RequestError as err:
             return fail(err)
         except ClientDisconnect:  # the client left while sending its body: nobody to answer, nothing to log
@@ -138,10 +190,11 @@ def add_routes(app: Any, service: ScoringService) -> None:
 
     @app.get("/healthz", summary="Liveness and readiness")
     async def healthz() -> Any:
+        model = service.public_model
         return {
-            "status": "ok",
+            "status": "shutting_down" if service.closing.is_set() else "ok",
             "method": cfg.method,
-            "model": public_model_name(service.default_scorer.model_name),
+            "model": ", ".join(model) if isinstance(model, list) else model,
             "queue_depth": service.depth,
             "uptime_s": round(time.time() - service.started, 3),
             "auth_required": cfg.api_key is not None,

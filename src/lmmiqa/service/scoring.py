@@ -4,46 +4,55 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from lmmiqa import registry
+from lmmiqa.cancel import cancel_when
 from lmmiqa.config import build_config
-from lmmiqa.errors import ConfigError, ImageLoadError, LmmiqaError, UnknownNameError
+from lmmiqa.errors import Cancelled, ConfigError, ImageLoadError, LmmiqaError, UnknownNameError
 from lmmiqa.images import ImageItem, ImageLimits
 from lmmiqa.service.batching import BatcherConfig, MicroBatcher, QueueFullError, ServiceClosedError, Ticket
+from lmmiqa.service.budget import Budget, Hold, PixelBudget, RequestHold
 from lmmiqa.service.config import AGENTIC_METHOD, FLAGS, ServiceConfig
 from lmmiqa.service.errors import RequestError
 from lmmiqa.service.metrics import ServiceMetrics
+from lmmiqa.service.naming import ModelNames, default_public_name
 from lmmiqa.service.options import SERVER_FIELDS, options_schema, validate_options
-from lmmiqa.service.uploads import Upload, decode_upload, planned_size, read_header
+from lmmiqa.service.uploads import Upload, decode_cost, decode_upload, planned_size, read_header
+
+__all__ = ["LANES", "PixelBudget", "ScoringService", "model_pixel_budget", "public_model_name"]
 
 #: the lane (queue and worker thread) of each kind of work: long agentic assessments never hold scoring's worker
 LANES = ("score", "assess")
 
+#: a request whose largest image decodes within this much memory is decoded in the light pool (two threads of
+#: its own), never behind the large decodes queued in the decode pool (a 3-4 MP photo, or any image reduced
+#: from a JPEG's reduced DCT scale)
+LIGHT_DECODE_BYTES = 32 * 1024 * 1024
 
-class PixelBudget:
-    """Decoded pixels held by the requests in flight, bounded (thread-safe)."""
+#: the answer to a request the server stopped because it is shutting down
+SHUTTING_DOWN = "the server is shutting down; retry later (or on another replica)"
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._lock = threading.Lock()
 
-    def reserve(self, pixels: int) -> bool:
-        """Take ``pixels`` when they fit under the limit; False (nothing taken) otherwise."""
-        with self._lock:
-            if self.used + pixels > self.limit:
-                return False
-            self.used += pixels
-            return True
+@dataclass(frozen=True)
+class DecodePlan:
+    """What decoding one request's images takes: decoded pixels per image (after the planned reduction), the
+    most memory one image's decode needs while it runs (images are decoded one after another) and the memory of
+    all decoded images (bytes)."""
 
-    def release(self, pixels: int) -> None:
-        with self._lock:
-            self.used = max(0, self.used - pixels)
+    pixels: list[int]
+    transient: int
+    output: int
+
+    @property
+    def memory(self) -> int:
+        return self.transient + self.output
 
 
 class ScoringService:
@@ -67,8 +76,16 @@ class ScoringService:
         self._scorers_lock = threading.Lock()
         self._targets: dict[int, int | None] = {}
         self.limits = ImageLimits(max_pixels=config.max_image_pixels, max_bytes=config.max_body_bytes)
-        self.pixels = PixelBudget(config.max_queue_pixels)
+        self.pixels = Budget(config.max_queue_pixels)
+        #: request memory in flight (bodies being read and parsed, images being decoded, decoded images)
+        self.memory = Budget(config.max_memory_bytes, small_reserve=min(64 * 2**20, config.max_memory_bytes // 8))
+        #: set when the server begins to shut down: new requests are answered 503
+        self.closing = threading.Event()
+        #: set at the end of the shutdown grace period: running decodes and generations stop
+        self.aborted = threading.Event()
         self.decode_pool = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="lmmiqa-decode")
+        #: reads headers and decodes light requests, so that a queue of large decodes never delays a small one
+        self.light_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lmmiqa-decode-light")
         batching = BatcherConfig(
             max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000.0, max_queue=config.max_queue
         )
@@ -82,8 +99,17 @@ class ScoringService:
             build_config(agentic.config_cls, self._base_options(AGENTIC_METHOD), what=f"method {AGENTIC_METHOD!r}")
         default = scorer if scorer is not None else self._build_scorer(config.method, {})
         self._scorers[(config.method, ())] = default
+        try:
+            self.names = ModelNames(default.model_name, config.model_name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         _warm(default)
         self.started = time.time()
+
+    @property
+    def public_model(self) -> Any:
+        """The default model's public name(s) (``--model-name``, else its folder's name or hub id)."""
+        return self.names.public(self.default_scorer.model_name)
 
     @property
     def batcher(self) -> MicroBatcher:
@@ -220,16 +246,17 @@ class ScoringService:
             self._targets[key] = model_pixel_budget(scorer)
         return self._targets[key]
 
-    def plan(self, uploads: list[Upload], target: int | None) -> list[int]:
+    def plan(self, uploads: list[Upload], target: int | None) -> DecodePlan:
         """Decoded pixels of each upload (from its header, after the planned reduction; 0 when the header is
-        unreadable: the decode reports why).
+        unreadable: the decode reports why) and the memory decoding them takes (:func:`decode_cost`).
 
         Raises:
             RequestError: 413 when an image is over ``max_image_pixels`` or the request over
-                ``max_request_pixels`` (the message names the limit and its flag).
+                ``max_request_pixels`` or ``max_memory_bytes`` (the message names the limit and its flag).
         """
         planned: list[int] = []
         too_large: list[str] = []
+        transient = output = 0
         for i, up in enumerate(uploads):
             header = read_header(up.data)
             if header is None:
@@ -240,20 +267,33 @@ class ScoringService:
                     f"{_label(i, up)}: {header.width}×{header.height} = {header.pixels} pixels exceeds the limit "
                     f"of {self.config.max_image_pixels} per image ({FLAGS['max_image_pixels']})"
                 )
+                continue
             w, h = planned_size(header.width, header.height, target)
             planned.append(w * h)
+            cost = decode_cost(header, target)
+            transient = max(transient, cost.transient)
+            output += cost.output
         if too_large:
             raise RequestError(413, "; ".join(too_large))
         total = sum(planned)
+        reduced = f" (after reducing large images to about {target} pixels each)" if target else ""
         if total > self.config.max_request_pixels:
-            reduced = f" (after reducing large images to about {target} pixels each)" if target else ""
             raise RequestError(
                 413,
                 f"the {len(uploads)} image(s) of this request decode to {total} pixels{reduced}, over the "
                 f"per-request budget of {self.config.max_request_pixels} pixels ({FLAGS['max_request_pixels']}); "
                 "send fewer or smaller images",
             )
-        return planned
+        plan = DecodePlan(planned, transient, output)
+        if plan.memory > self.memory.capacity(plan.memory):
+            raise RequestError(
+                413,
+                f"decoding the {len(uploads)} image(s) of this request takes {_mb(plan.memory)} of memory{reduced}, "
+                f"over the {_mb(self.memory.capacity(plan.memory))} of the server's memory budget a request may take "
+                f"({FLAGS['max_memory_bytes']} {self.config.max_memory_bytes // 2**20}); send fewer or smaller images "
+                "(WebP and progressive JPEG cost the most per pixel)",
+            )
+        return plan
 
     def decode(self, uploads: list[Upload], target: int | None = None) -> list[ImageItem]:
         """Decode every upload, large ones straight to ``target`` pixels (thread-safe; runs in the decode pool).
@@ -261,6 +301,7 @@ class ScoringService:
         Raises:
             RequestError: 413 when an image has too many pixels, 400 when one cannot be decoded (the message
                 names every bad image).
+            Cancelled: the request was given up (inside a :func:`lmmiqa.cancel.cancel_when` scope).
         """
         items: list[ImageItem] = []
         too_large: list[str] = []
@@ -281,6 +322,19 @@ class ScoringService:
             raise RequestError(400, "; ".join(bad))
         return items
 
+    def _decode_job(self, uploads: list[Upload], target: int | None, stop: Any, hold: RequestHold, transient: int,
+                    body: Hold | None) -> list[ImageItem]:
+        """:meth:`decode` in the decode pool, stopping when ``stop()`` says why; then give back the decoding's
+        working memory and the body's (the uploads are dropped: only the decoded images are kept)."""
+        try:
+            with cancel_when(stop):
+                return self.decode(uploads, target)
+        finally:
+            uploads.clear()
+            hold.memory.shrink(transient)
+            if body is not None:
+                body.release()
+
     # ------------------------------------------------------------------ batching
     def _run_batch(self, scorer: Any, items: list[ImageItem]) -> list[Any]:
         results = scorer.score_loaded(items)
@@ -294,14 +348,45 @@ class ScoringService:
         self.metrics.batch_size.observe(size)
         self.metrics.batch_seconds.observe(seconds)
 
-    async def score(self, method: str, raw_options: Mapping[str, Any], uploads: list[Upload]) -> list[dict[str, Any]]:
+    def stop_reason(self, gone: threading.Event | None = None) -> str | None:
+        """Why a request's work should stop now (the server aborts, or ``gone``: its client left or it timed
+        out), or None."""
+        if self.aborted.is_set():
+            return SHUTTING_DOWN
+        if gone is not None and gone.is_set():
+            return "the request was given up (its client left or it timed out)"
+        return None
+
+    def lane_timeout(self, lane: str) -> tuple[float, str, str]:
+        """(seconds, flag, what) of the lane's request timeout."""
+        cfg = self.config
+        if lane == "assess":
+            return cfg.assess_timeout_s, FLAGS["assess_timeout_s"], "the assessment"
+        return cfg.request_timeout_s, FLAGS["request_timeout_s"], "scoring"
+
+    async def score(
+        self,
+        method: str,
+        raw_options: Mapping[str, Any],
+        uploads: list[Upload],
+        *,
+        body: Hold | None = None,
+        gone: threading.Event | None = None,
+    ) -> list[dict[str, Any]]:
         """Validate, budget, decode, queue and await one request's images; returns the result dicts in order.
+
+        The lane's timeout covers decoding, queueing and scoring. When the request is given up (``gone`` set by
+        the caller when its client leaves, the timeout, the server's shutdown), its decode stops at the next tile,
+        its queued images are dropped and a running generation stops between two tokens when no other request
+        shares its batch. ``uploads`` is emptied once decoded and ``body`` (the body's memory) released then.
 
         Raises:
             RequestError: with the status that applies (see :mod:`lmmiqa.service.app`).
         """
         cfg = self.config
         lane = self.lane(method)
+        if self.closing.is_set():
+            raise RequestError(503, SHUTTING_DOWN, headers={"Retry-After": "5"})
         if not uploads:
             raise RequestError(400, "no image in the request (multipart: one or more file parts; JSON: 'images')")
         max_images, flag = (
@@ -311,11 +396,55 @@ class ScoringService:
             what = "images in one assessment request" if lane == "assess" else "images in one request"
             raise RequestError(413, f"{len(uploads)} {what} exceeds the limit of {max_images} ({flag})")
         loop = asyncio.get_running_loop()
+        timeout, timeout_flag, _ = self.lane_timeout(lane)
+        deadline = loop.time() + timeout
+        gone = gone if gone is not None else threading.Event()
         scorer = await loop.run_in_executor(None, self.scorer_for, method, raw_options)
         target = await loop.run_in_executor(None, self.decode_target, scorer)
-        planned = await loop.run_in_executor(self.decode_pool, self.plan, uploads, target)
-        pixels = sum(planned)
-        if not self.pixels.reserve(pixels):
+        plan = await loop.run_in_executor(self.light_pool, self.plan, uploads, target)
+        hold = self._reserve(plan)
+        stop = functools.partial(self.stop_reason, gone)
+        pool = self.light_pool if plan.transient <= LIGHT_DECODE_BYTES else self.decode_pool
+        job = pool.submit(self._decode_job, uploads, target, stop, hold, plan.transient, body)
+        try:
+            items = await asyncio.wait_for(asyncio.wrap_future(job), max(0.0, deadline - loop.time()))
+        except BaseException as err:
+            gone.set()
+            job.add_done_callback(lambda _job: hold.release())  # the memory is free once the decode stopped
+            if isinstance(err, asyncio.TimeoutError):
+                raise RequestError(
+                    503,
+                    f"this request's images were not decoded within {timeout:g} s ({timeout_flag}): the server is "
+                    "busy; retry later",
+                    headers={"Retry-After": "5"},
+                ) from err
+            if isinstance(err, Cancelled):
+                raise RequestError(503, SHUTTING_DOWN, headers={"Retry-After": "5"}) from err
+            raise
+        release = True
+        try:
+            ticket = await self._queue_and_wait(lane, scorer, items, hold, deadline, gone)
+        except _Timeout as err:
+            release = not err.held  # held: the running batch releases them when it ends
+            raise
+        except asyncio.CancelledError:
+            release = False  # _queue_and_wait arranged the release
+            raise
+        finally:
+            if release:
+                hold.release()
+        return [self.names.result(r.to_dict()) for r in ticket.results if r is not None]
+
+    def _reserve(self, plan: DecodePlan) -> RequestHold:
+        """Take the request's decoded pixels and decoding memory from the budgets.
+
+        Raises:
+            RequestError: 429 (with Retry-After) when the server's budgets are full now.
+        """
+        cfg = self.config
+        pixels = sum(plan.pixels)
+        px = Hold.take(self.pixels, pixels)
+        if px is None:
             raise RequestError(
                 429,
                 f"the server holds {self.pixels.used} decoded pixels for requests in flight; this request's "
@@ -323,26 +452,26 @@ class ScoringService:
                 "retry later",
                 headers={"Retry-After": "1"},
             )
-        release = True
-        try:
-            items = await loop.run_in_executor(self.decode_pool, self.decode, uploads, target)
-            ticket = await self._queue_and_wait(lane, scorer, items, pixels)
-        except _Timeout as err:
-            release = not err.held  # held: the running batch releases them when it ends
-            raise
-        finally:
-            if release:
-                self.pixels.release(pixels)
-        return [r.to_dict() for r in ticket.results if r is not None]
+        mem = Hold.take(self.memory, plan.memory)
+        if mem is None:
+            px.release()
+            raise RequestError(
+                429,
+                f"the server holds {_mb(self.memory.used)} of request memory in flight; decoding this request takes "
+                f"{_mb(plan.memory)}, over the server's budget of {_mb(cfg.max_memory_bytes)} "
+                f"({FLAGS['max_memory_bytes']}); retry later",
+                headers={"Retry-After": "1"},
+            )
+        return RequestHold(px, mem)
 
-    async def _queue_and_wait(self, lane: str, scorer: Any, items: list[ImageItem], pixels: int) -> Ticket:
-        """Submit ``items`` to the lane and wait for their ticket (within the lane's timeout).
+    async def _queue_and_wait(self, lane: str, scorer: Any, items: list[ImageItem], hold: RequestHold, deadline: float,
+                              gone: threading.Event) -> Ticket:
+        """Submit ``items`` to the lane and wait for their ticket (until ``deadline``, on the loop's clock).
 
         Raises:
-            RequestError: 429 (queue full), 503 (closed, backend failure, timed out in the queue), 504 (timed
-                out while being scored; the message names the timeout and its flag).
+            RequestError: 429 (queue full), 503 (closed, shutting down, backend failure, timed out in the queue),
+                504 (timed out while being scored; the message names the timeout and its flag).
         """
-        cfg = self.config
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Ticket] = loop.create_future()
         state = {"done": False, "gave_up": False}
@@ -357,26 +486,35 @@ class ScoringService:
                 state["done"] = True
                 release_now = state["gave_up"]
             if release_now:  # the request gave up while its batch ran: the memory is free only now
-                self.pixels.release(pixels)
-            loop.call_soon_threadsafe(resolve, ticket)
+                hold.release()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(resolve, ticket)
+
+        def give_up(ticket: Ticket) -> bool:
+            """Cancel the ticket; True when its running batch keeps the images (released by on_done)."""
+            gone.set()
+            ticket.cancel()
+            with state_lock:
+                held = ticket.started and not state["done"]
+                state["gave_up"] = held
+            return held
 
         try:
             ticket = self.batchers[lane].submit(scorer, items, on_done)
         except QueueFullError as err:
             raise RequestError(429, f"{err} ({FLAGS['max_queue']})", headers={"Retry-After": "1"}) from err
         except ServiceClosedError as err:
-            raise RequestError(503, str(err)) from err
-        if lane == "assess":
-            timeout, flag, what = cfg.assess_timeout_s, FLAGS["assess_timeout_s"], "the assessment"
-        else:
-            timeout, flag, what = cfg.request_timeout_s, FLAGS["request_timeout_s"], "scoring"
+            raise RequestError(503, SHUTTING_DOWN if self.closing.is_set() else str(err),
+                               headers={"Retry-After": "5"}) from err
+        timeout, flag, what = self.lane_timeout(lane)
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout=timeout)
+            await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, deadline - loop.time()))
+        except asyncio.CancelledError:  # the client left: drop what is queued, stop what runs
+            if not give_up(ticket):
+                hold.release()
+            raise
         except asyncio.TimeoutError as err:
-            ticket.cancel()
-            with state_lock:
-                held = ticket.started and not state["done"]
-                state["gave_up"] = held
+            held = give_up(ticket)
             if ticket.started:
                 raise _Timeout(
                     504,
@@ -393,9 +531,11 @@ class ScoringService:
                 headers={"Retry-After": "5"},
             ) from err
         if ticket.error is not None:
+            if isinstance(ticket.error, (Cancelled, ServiceClosedError)):
+                raise RequestError(503, SHUTTING_DOWN, headers={"Retry-After": "5"})
             raise RequestError(
                 503,
-                f"the scoring backend failed on the batch holding this request: {_describe(ticket.error)}",
+                f"the scoring backend failed on the batch holding this request: {self.names.scrub(_describe(ticket.error))}",
             )
         return ticket
 
@@ -414,7 +554,7 @@ class ScoringService:
         cfg = self.config
         return {
             "default": cfg.method,
-            "model": default.model_name,
+            "model": self.names.public(default.model_name),
             "scale": list(default.scale) if default.scale is not None else None,
             "methods": out,
             "assess_available": cfg.assess_enabled and AGENTIC_METHOD in registry.names("method"),
@@ -430,11 +570,28 @@ class ScoringService:
             },
         }
 
-    def close(self) -> None:
-        """Finish pending batches and stop the workers and the decode pool."""
+    def begin_shutdown(self) -> None:
+        """Stop taking requests (new ones are answered 503); the ones in flight go on."""
+        self.closing.set()
         for b in self.batchers.values():
-            b.close()
+            b.stop_accepting()
+
+    def abort(self) -> None:
+        """End the shutdown grace period: running decodes stop at their next tile, running generations between
+        two tokens, queued images are dropped; their requests are answered 503."""
+        self.begin_shutdown()
+        self.aborted.set()
+        for b in self.batchers.values():
+            b.abort(ServiceClosedError(SHUTTING_DOWN))
+
+    def close(self) -> None:
+        """Finish pending batches and stop the workers and the decode pool (after :meth:`abort`, wait at most 2 s
+        for a batch that cannot be stopped between two tokens, e.g. an HTTP backend's requests in flight)."""
+        self.closing.set()
+        for b in self.batchers.values():
+            b.close(timeout=2.0 if self.aborted.is_set() else 30.0)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.light_pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Timeout(RequestError):
@@ -450,16 +607,17 @@ def _label(index: int, up: Upload) -> str:
 
 
 def public_model_name(name: Any) -> str | None:
-    """The model's name without where it lives: a local folder's basename, a hub id's last part, an
-    OpenAI-compatible endpoint's model name (``URL#name`` -> ``name``)."""
+    """The default public name of a model (:func:`lmmiqa.service.naming.default_public_name`); an ensemble's
+    names joined by commas."""
     if name is None:
         return None
     if isinstance(name, (list, tuple)):
-        return ", ".join(str(public_model_name(n)) for n in name)
-    text = str(name)
-    if "#" in text:
-        text = text.rsplit("#", 1)[1]
-    return text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or None
+        return ", ".join(default_public_name(str(n)) for n in name)
+    return default_public_name(str(name))
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
 
 
 def model_pixel_budget(scorer: Any) -> int | None:
