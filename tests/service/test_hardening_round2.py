@@ -100,12 +100,21 @@ def _wait_for(predicate, limit_s: float = 10.0) -> bool:
     return False
 
 
-def _spy_decode(service) -> list[str]:
-    """Record how each of the service's decodes ended: 'ok', 'cancelled' or the error's name."""
+def _spy_decode(service, *, until_given_up: bool = False) -> list[str]:
+    """Record how each of the service's decodes ended: 'ok', 'cancelled' or the error's name.
+
+    ``until_given_up``: each decode first waits (up to 20 s) until its request's cancellation test fires, so that
+    a test of "decoding stops when the request is given up" does not depend on how fast this machine decodes."""
     ends: list[str] = []
     original = service.decode
 
     def spy(*args, **kwargs):
+        if until_given_up:
+            from lmmiqa.cancel import cancel_reason
+
+            deadline = time.monotonic() + 20
+            while cancel_reason() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
         try:
             out = original(*args, **kwargs)
         except Cancelled:
@@ -226,7 +235,7 @@ def test_decoding_stops_when_the_client_leaves_or_the_timeout_passes(fake_method
     body = _multipart(png)
     config = ServiceConfig(method="fake-brightness", decode_max_pixels=12_544)
     with running_service(config) as (url, service):
-        ends = _spy_decode(service)
+        ends = _spy_decode(service, until_given_up=True)
         s = _connect(_port(url))
         s.sendall(_post_head("/v1/score", len(body)) + body)
         time.sleep(0.2)  # the decode has started
@@ -237,7 +246,7 @@ def test_decoding_stops_when_the_client_leaves_or_the_timeout_passes(fake_method
         assert BrightnessScorer.batches == []  # nothing was scored for nobody
     config = ServiceConfig(method="fake-brightness", decode_max_pixels=12_544, request_timeout_s=0.3)
     with running_service(config) as (url, service):
-        ends = _spy_decode(service)
+        ends = _spy_decode(service, until_given_up=True)
         r = httpx.post(f"{url}/v1/score", files={"image": ("a.png", png, "image/png")}, timeout=30)
         assert r.status_code == 503 and "--timeout" in r.json()["error"]["message"], r.text
         assert _wait_for(lambda: ends, 20) and ends == ["cancelled"]
