@@ -91,10 +91,13 @@ class MplugOwl3Processor:
         patches_per_view: vision features per view (``(image_size // patch_size)²``, 729 for the published model).
         image_token: the placeholder text ``"<|image|>"``; ``image_token_id`` is None because it is several
             tokens (see :mod:`.tokenizer`).
+        fixed_image_resolution: True: every image becomes 5-7 views of 384² whatever its size, so lmmiqa's pixel
+            budget (``max_pixels``) does not apply (:func:`lmmiqa.backends.hf_processor.set_pixel_budget`).
     """
 
     image_token = IMAGE_TOKEN
     image_token_id = None
+    fixed_image_resolution = True
 
     def __init__(self, tokenizer: Any, image_processor: MplugOwl3ImageProcessor | None = None, patch_size: int = 14) -> None:
         self.tokenizer = tokenizer
