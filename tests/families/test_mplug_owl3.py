@@ -362,3 +362,30 @@ def test_decoded_official_prompts_name_the_grid_lmmiqa_picks():
         rows, cols = map(int, re.search(r"Cut to (\d+) rows (\d+) columns", text).groups())
         assert select_grid(*info["size"]) == (rows, cols), name
         assert info["pixel_shape"][0] == rows * cols + 1
+
+
+def test_llm_iqa_paper_preset_runs_on_the_published_layout(tmp_path, capsys):
+    """``lmmiqa score IMG --method llm-iqa --preset paper --model FOLDER`` (the segmenter swapped for the weight-free
+    one: no SAM 2 weights here), and the same numbers from Python."""
+    pytest.importorskip("skimage")
+    import lmmiqa
+    from lmmiqa.cli import main
+
+    folder = str(tiny_checkpoint())
+    image = tmp_path / "photo.png"
+    make_image(160, 120, seed=3).save(image)
+    seg = {"segmenter": "felzenszwalb", "segmenter_options": {"max_regions": 3}}
+    rc = main(["score", str(image), "--method", "llm-iqa", "--preset", "paper", "--model", folder, "--device", "cpu",
+               "--segmenter", "felzenszwalb", "--option", 'segmenter_options={"max_regions": 3}', "--format", "json"])
+    assert rc == 0
+    cli = json.loads(capsys.readouterr().out)[0]
+    assert cli["error"] is None and cli["model"] == folder
+    d = cli["details"]
+    assert d["preset"] == "paper" and d["readout"] == "argmax" and d["levels"] == 7 and d["min_area"] == 0.01
+    assert isinstance(d["greedy_is_level"], bool) and "greedy_token" in d["models"][0]
+    assert all(reg["crop"] == reg["bbox"] for reg in d["regions"])  # min_crop_side 0: the bounding box as it is
+    assert d["global"] in range(1, 8) and all(reg["score"] in range(1, 8) for reg in d["regions"])  # argmax levels
+    mixed = (d["global"] + d["local"]) / 2 if d["regions"] else d["global"]  # λ = 1
+    assert cli["score"] == pytest.approx(mixed, abs=1e-9)
+    py = lmmiqa.create_scorer("llm-iqa", preset="paper", model=folder, device="cpu", **seg).score(str(image))[0]
+    assert py.score == pytest.approx(cli["score"], abs=1e-9) and py.details["preset"] == "paper"
