@@ -38,10 +38,13 @@ def _best(fn, args: tuple, repeats: int) -> float:
     return min(times)
 
 
-def measure(views: int, tokens: int, dtype: torch.dtype, repeats: int) -> dict:
+def measure(views: int, tokens: int, dtype: torch.dtype, repeats: int, config: dict | None = None) -> dict:
+    """Seconds per layer kind and the summed per-prompt estimate (``config``: default the published one)."""
     from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 
-    cfg = MplugOwl3Config(**json.loads(PUBLISHED.read_text())) if PUBLISHED.is_file() else MplugOwl3Config()
+    if config is None and PUBLISHED.is_file():
+        config = json.loads(PUBLISHED.read_text())
+    cfg = MplugOwl3Config(**(config or {}))
     cfg._attn_implementation = "sdpa"
     cfg.vision_config._attn_implementation = "sdpa"
     patches = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
@@ -72,7 +75,10 @@ def measure(views: int, tokens: int, dtype: torch.dtype, repeats: int) -> dict:
     n_plain = cfg.num_hidden_layers - n_hyper
     out["prompt_s"] = (n_vis * out["siglip_layer_s"] + n_plain * out["decoder_layer_s"]
                        + n_hyper * out["hyper_layer_s"] + out["lm_head_s"])
-    params = 8_061_197_888 - 15_238_352  # the published model without SigLIP's unused pooling head
+    from lmmiqa.families.mplug_owl3.modeling import MplugOwl3ForConditionalGeneration
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in MplugOwl3ForConditionalGeneration(cfg).parameters())
     out["weights_gb"] = round(params * torch.finfo(dtype).bits / 8 / 1e9, 1)
     return out
 
