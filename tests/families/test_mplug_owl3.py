@@ -303,6 +303,8 @@ def test_published_layout_loads_through_the_transformers_backend():
     bf16 = TransformersBackend(TransformersConfig(model=str(folder), device="cpu", dtype="bfloat16"))
     assert bf16.model.dtype == torch.bfloat16
     np.testing.assert_allclose(bf16.level_logprobs(prompts[1:], cands), both[1:], atol=0.1)
+    hidden = backend.hidden_states(prompts)  # the last layer's normed state at the answer position
+    assert hidden.shape == (2, 64) and np.isfinite(hidden).all()
     texts = backend.generate(prompts, max_new_tokens=2)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     with pytest.raises(ModelLoadError, match="Flash Attention"):
