@@ -378,9 +378,11 @@ def _mask(attention_mask: torch.Tensor | None, batch: int, q_len: int, past: int
     A padding query row, which would see no key, is given its causal row so that no NaN appears (its output is
     never read by a real token)."""
     k_len = past + q_len
-    if attention_mask is None or bool(attention_mask[:, -k_len:].all()):
-        return None if past == 0 or q_len == 1 else torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(past)[None, None].expand(batch, 1, q_len, k_len)
     causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(past)
+    if attention_mask is None or bool(attention_mask[:, -k_len:].all()):
+        if past == 0 or q_len == 1:
+            return None  # SDPA's own causal mask (prefill) or no mask at all (one new token)
+        return causal[None, None].expand(batch, 1, q_len, k_len)
     keys = attention_mask[:, -k_len:].bool()
     mask = causal[None] & keys[:, None, :]
     empty = ~mask.any(-1, keepdim=True)
