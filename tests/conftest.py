@@ -16,6 +16,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread per process (before torch is imported; subprocesses inherit it): the tiny test models are
+# overhead-bound, and two OpenMP threads on a shared 2-core machine spin against each other (measured under load:
+# the distill-train and token-budget tests took 2x the CPU and wall time with two threads as with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Every Ray instance the suite starts (in process or in a subprocess) listens on 127.0.0.1 only: on Linux Ray binds
+# every interface unless it runs in its single-machine mode (read when ray is imported, so set before that).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ from lmmiqa.cli import main
 pytest.importorskip("torch")
 
 
-def _run(args, **kw):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def _run(args, env=None, **kw):
+    env = env or {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "lmmiqa.cli", *args], capture_output=True, text=True, env=env, **kw)
 
 
@@ -74,12 +74,20 @@ def test_exit_codes_subprocess(tmp_path, tiny_model_path):
     assert r.returncode == 2
 
 
-def test_demo_runs_offline(tmp_path):
-    r = _run(["demo", "--dir", str(tmp_path), "--format", "jsonl"], timeout=300)
+def test_demo_runs_offline_and_explains_its_low_covered_mass(tmp_path):
+    # one demo run (a fresh HOME, offline) for both: it runs end to end, and it explains rather than warns
+    import numpy as np
+
+    r = _run(["demo", "--dir", str(tmp_path / "demo"), "--format", "jsonl"], timeout=300,
+             env={**os.environ, "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
     assert len(rows) >= 3 and all(row["error"] is None for row in rows)
     assert "RANDOM weights" in r.stderr
+    median = float(np.median([row["details"]["covered_mass"] for row in rows]))
+    assert f"median {median:.4f}. It is low because the weights are random" in r.stderr
+    assert "so the levels get about K/V = 5/" in r.stderr
+    assert "LowCoveredMassWarning" not in r.stderr and "warning:" not in r.stderr  # explained, not warned about
 
 
 def test_out_file_with_torn_last_line_resumes_cleanly(tmp_path, sample_images, tiny_model_path, capsys):

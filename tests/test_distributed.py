@@ -102,6 +102,12 @@ def ray_cluster():
             os.environ["RAY_AUTH_MODE"] = saved
 
 
+def test_the_suites_ray_listens_on_loopback_only(ray_cluster):
+    # tests/conftest.py runs Ray in its single-machine mode: nothing of the test cluster is reachable from outside
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+
+
 def test_cli_score_ray_equals_local_and_resumes(ray_cluster, tiny_model_path, images, tmp_path):
     listing, paths = images
     model = str(tiny_model_path("qwen2_5_vl"))

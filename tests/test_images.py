@@ -105,3 +105,16 @@ def test_pad_to_square():
     out = pad_to_square(Image.new("RGB", (10, 4), (0, 0, 0)))
     assert out.size == (10, 10)
     assert out.getpixel((0, 0)) == (122, 116, 104) and out.getpixel((5, 5)) == (0, 0, 0)
+
+
+def test_pixel_limit_option_is_a_scorer_option():
+    # images.py names the option without importing the methods layer; the scorer config must have it
+    import dataclasses
+
+    from lmmiqa.images import PIXEL_LIMIT_OPTION, pixel_limit_option
+    from lmmiqa.methods.base import ScorerConfig
+
+    assert pixel_limit_option() == PIXEL_LIMIT_OPTION
+    assert PIXEL_LIMIT_OPTION in {f.name for f in dataclasses.fields(ScorerConfig)}
+    cfg = ScorerConfig(**{PIXEL_LIMIT_OPTION: 100})
+    assert cfg.max_image_pixels == 100

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lmmiqa._version import __version__
 from lmmiqa.types import ScoreResult
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from lmmiqa.evaluation.report import EvalReport

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -117,6 +118,9 @@ class ScoreActor:
     """
 
     def __init__(self, scorer_cls: type, config: Any) -> None:
+        from lmmiqa.logs import show_warnings_as_lines
+
+        show_warnings_as_lines()  # relayed by the driver as one plain line: `(ScoreActor pid=...) warning: ...`
         self.error: LmmiqaError | None = None
         try:
             self.scorer = scorer_cls(config)
@@ -188,6 +192,8 @@ def _connect(config: RayConfig) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    # the driver prints the workers' lines with a coloured "(ScoreActor pid=...)" prefix; plain text in logs
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if config.address:
         _probe_address(config.address)
         try:
@@ -226,8 +232,9 @@ def _connect_hint(address: str, err: BaseException) -> str:
         return (f"{given}: the Ray client is not installed (pip install 'ray[client]'); or {drop} to start a "
                 "local Ray instance for this run")
     if address == "auto" and isinstance(err, ConnectionError):
-        return (f"{given}: no Ray cluster is running on this machine; start one first with `ray start --head`, "
-                f"or {drop} to start a local Ray instance for this run")
+        return (f"{given}: no Ray cluster is running on this machine; start one first with "
+                "`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head` (on 127.0.0.1 only; export the variable for "
+                f"this command too), or {drop} to start a local Ray instance for this run")
     return (f"{given}: cannot connect to the Ray cluster ({type(err).__name__}: {first}); check the address, "
             f"or {drop} to start a local Ray instance for this run")
 

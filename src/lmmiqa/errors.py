@@ -72,6 +72,13 @@ class ModelLoadError(BackendError):
     """Model weights or processor could not be loaded (not found locally and not reachable online)."""
 
 
+class ServerUnavailableError(ModelLoadError):
+    """The model's server cannot be used: not reachable (connection refused, DNS, TLS, timeout), it refuses the
+    API key, it does not serve the model named, or it cannot do what scoring needs (continue an answer prefix
+    when that was required). A run-level error, like a model that cannot be loaded: the message names the URL
+    and what to check."""
+
+
 class UnsupportedError(BackendError):
     """The backend or model does not support what was asked (e.g. several images, hidden states)."""
 
@@ -82,6 +89,16 @@ class ParseError(LmmiqaError):
 
 class DataError(LmmiqaError):
     """A dataset, label file or saved artifact is missing, malformed or inconsistent."""
+
+
+class InputNotFoundError(DataError, FileNotFoundError):
+    """A file or folder the run was pointed at does not exist (a label file, a dataset ``--root``, an ``@list``
+    file, the images a label file names): a set-up error, so the command line exits 2 before any work."""
+
+
+class LmmiqaWarning(UserWarning):
+    """Base class of lmmiqa's warnings (meant for the user: the command line prints them as ``warning: ...``,
+    servers log them as one record; see :mod:`lmmiqa.logs`)."""
 
 
 def set_interface(name: str) -> None:
@@ -117,8 +134,9 @@ def download_hint(repo: str, folder: str) -> str:
 
 def is_run_level(err: BaseException) -> bool:
     """True for errors that no other input can avoid (a model, processor, segmenter or encoder that cannot be
-    loaded, a missing dependency, an invalid option): they end the run instead of failing one image."""
-    return isinstance(err, (ModelLoadError, MissingDependencyError, DeviceError))
+    loaded, a missing dependency, an invalid option, a missing label file, ``--root`` or ``@list``): they end the
+    run instead of failing one image, and the command line exits 2."""
+    return isinstance(err, (ModelLoadError, MissingDependencyError, DeviceError, InputNotFoundError))
 
 
 def require(module: str, extra: str, purpose: str = ""):

@@ -1,7 +1,9 @@
 """Fail fast when a Hugging Face hub checkpoint cannot be had, before ``from_pretrained`` spends minutes retrying.
 
 Every component that loads weights by hub id (the transformers backend, the SAM 2 segmenter, the retrieval
-encoders) calls :func:`resolve_local_only` first. For a reference that is not a local folder:
+encoders) calls :func:`resolve_local_only` first. A reference that looks like a path (:func:`looks_like_path`:
+``/models/x``, ``./x``, ``~/x``, ``a/b/c``) is a local folder and never looked up on the hub: when there is no
+such folder, :class:`~lmmiqa.errors.ModelLoadError` says so at once. For a reference that is not a local folder:
 
 * offline mode (``HF_HUB_OFFLINE=1``, or ``local_files_only=True``) and the checkpoint is not in the local
   cache: :class:`~lmmiqa.errors.ModelLoadError` at once;
@@ -39,9 +41,37 @@ def offline_mode() -> bool:
     )
 
 
+def looks_like_path(ref: str) -> bool:
+    """True when ``ref`` cannot be a hub id and so must be a path: it starts with ``/``, ``./``, ``../``, ``~``
+    or a drive letter, holds a backslash, more than one ``/`` or a trailing ``/`` (a hub id is ``name`` or
+    ``owner/name``)."""
+    return (
+        ref.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or "\\" in ref
+        or ref.count("/") > 1
+        or ref.endswith("/")
+        or (len(ref) > 1 and ref[1] == ":" and ref[0].isalpha())
+    )
+
+
 def is_local_reference(ref: str) -> bool:
     """True when ``ref`` names a folder on disk (or looks like a path rather than a hub id)."""
-    return os.path.isdir(os.path.expanduser(ref)) or ref.startswith(("/", "./", "../", "~", "\\")) or os.path.exists(ref)
+    return os.path.isdir(os.path.expanduser(ref)) or looks_like_path(ref) or os.path.exists(ref)
+
+
+def missing_folder_message(ref: str, what: str = "model") -> str | None:
+    """Why a path-looking ``ref`` cannot be loaded (no such folder, or a file), or None when it is a folder or a
+    hub id. Checked before anything heavy is imported, so a mistyped ``--model /models/x`` fails at once."""
+    path = os.path.expanduser(ref)
+    if os.path.isdir(path) or not is_local_reference(ref):
+        return None
+    if os.path.exists(path):
+        return (f"cannot load {what} {ref!r}: it is a file, not a folder; pass the folder that holds its "
+                "config.json and weights (as written by save_pretrained or `hf download --local-dir`)")
+    parent = os.path.dirname(os.path.abspath(path.rstrip("/\\")))
+    where = "" if os.path.isdir(parent) else f" (nor does its parent folder {parent!r})"
+    return (f"cannot load {what} {ref!r}: no such folder{where}. A path is used as a local folder, never looked "
+            "up on the hub; check the path, or give a hub id such as 'Qwen/Qwen3-VL-8B-Instruct'")
 
 
 def in_cache(repo_id: str, revision: str | None = None) -> bool:
@@ -130,6 +160,9 @@ def resolve_local_only(
     offline = offline_mode()  # HF_HUB_OFFLINE wins: huggingface_hub itself would not go online
     local_only = offline or bool(local_files_only)
     if is_local_reference(ref):
+        missing = missing_folder_message(ref, what)
+        if missing is not None:
+            raise ModelLoadError(missing)
         return local_only
     if in_cache(ref, revision):
         if not local_only and hub_unreachable() is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lmmiqa.errors import ConfigError, ImageLoadError, spell
+from lmmiqa.errors import ConfigError, ImageLoadError, InputNotFoundError, spell
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +127,16 @@ def array_to_image(arr: np.ndarray) -> Any:
     return to_rgb(Image.fromarray(a))
 
 
+#: the scorer option that sets :attr:`ImageLimits.max_pixels` (every scorer config has it, see
+#: :class:`lmmiqa.methods.base.ScorerConfig`; MLLM scorers keep ``max_pixels`` for the model's own pixel budget).
+#: Defined here, in the lower module, so that the images layer knows nothing of the methods layer.
+PIXEL_LIMIT_OPTION = "max_image_pixels"
+
+
 def pixel_limit_option() -> str:
-    """The scorer option that sets :attr:`ImageLimits.max_pixels` (named by the oversize hint): ``max_pixels``, or
-    ``max_image_pixels`` where scorers keep ``max_pixels`` for the model's own pixel budget."""
-    import dataclasses
-
-    from lmmiqa.methods.base import ScorerConfig
-
-    names = {f.name for f in dataclasses.fields(ScorerConfig)}
-    return "max_image_pixels" if "max_image_pixels" in names else "max_pixels"
+    """The scorer option that sets :attr:`ImageLimits.max_pixels` (named by the oversize hint):
+    :data:`PIXEL_LIMIT_OPTION`."""
+    return PIXEL_LIMIT_OPTION
 
 
 def _check_pixels(width: int, height: int, limits: ImageLimits, what: str) -> None:
@@ -181,7 +182,8 @@ def open_image(path: str | os.PathLike[str], limits: ImageLimits | None = None) 
     limits = limits or ImageLimits()
     p = Path(path)
     if not p.exists():
-        raise ImageLoadError(f"{p}: file not found")
+        folder = os.fspath(path).endswith(("/", os.sep))  # "photos/": the user meant a folder
+        raise ImageLoadError(f"{p}: {'no such folder' if folder else 'file not found'}")
     if p.is_dir():
         raise ImageLoadError(f"{p}: is a directory, not an image")
     size = p.stat().st_size
@@ -228,7 +230,7 @@ def _read_list_file(list_path: Path) -> list[str]:
     resolved, naming the entries that do exist relative to the current folder instead (a common slip).
     """
     if not list_path.is_file():
-        raise ImageLoadError(f"@{list_path}: list file not found")
+        raise InputNotFoundError(f"@{list_path}: list file not found")
     out = []
     missing: list[str] = []
     from_cwd: list[str] = []

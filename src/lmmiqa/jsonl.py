@@ -1,4 +1,5 @@
-"""Append-only JSONL files that survive interruption: read skipping a torn line, append after cutting it off."""
+"""Files that survive interruption: append-only JSONL (read skipping a torn line, append after cutting it off) and
+JSON written atomically."""
 
 from __future__ import annotations
 
@@ -59,3 +60,11 @@ class JsonlAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    """Write JSON-safe ``data`` atomically (a temporary file, then a rename): readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

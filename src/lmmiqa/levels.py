@@ -166,6 +166,47 @@ def covered_mass(logprobs: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(lp), np.exp(np.minimum(lp, 0.0)), 0.0).sum(axis=1)
 
 
+def missing_level_bounds(logprobs: np.ndarray, values: Sequence[float], floor: float) -> tuple[float, float]:
+    """How much levels missing from a server's top-k listing can change the read-out, at most.
+
+    A server lists its ``k`` most likely next tokens; a level it leaves out has a log-probability of at most
+    ``floor`` (the last one listed). With the listed levels' full-vocabulary probabilities ``p_i`` (sum ``S``)
+    and each missing one in ``[0, a]`` (``a = exp(floor)``), the expected score ``Σ q·v`` over the closed set
+    moves furthest when the missing levels on one side of the listed expectation ``E`` take the value ``a``:
+    ``max over n of a·Σ_{n largest d_j} d_j / (S + n·a)`` with ``d_j = v_j − E`` (and ``E − v_j`` downwards) —
+    a linear-fractional function of each ``p_j``, so the optimum sits at a vertex of the box.
+
+    Args:
+        logprobs: [C] full-vocabulary log-probabilities of the levels, ``-inf`` for the missing ones.
+        values: the level values (C).
+        floor: log-probability that every missing level is at most.
+
+    Returns:
+        ``(score_error, probability)``: the largest change of the expected score, and the largest closed-set
+        probability any one missing level can have (``a / (S + a)``). ``(0, 0)`` when nothing is missing;
+        ``(high − low, 1)`` when no level was listed (the score is then unknown).
+    """
+    lp = np.asarray(logprobs, dtype=np.float64).reshape(-1)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if lp.shape != v.shape:
+        raise ConfigError(f"{lp.size} log-probabilities for {v.size} level values")
+    seen = np.isfinite(lp)
+    if seen.all():
+        return 0.0, 0.0
+    if not seen.any():
+        return float(v.max() - v.min()), 1.0
+    a = float(np.exp(min(float(floor), 0.0)))
+    p = np.exp(lp[seen])
+    big_s = float(p.sum())
+    e = float(p @ v[seen]) / big_s
+    best = 0.0
+    for d in (v[~seen] - e, e - v[~seen]):
+        d = np.sort(d[d > 0])[::-1]
+        for n in range(1, d.size + 1):
+            best = max(best, a * float(d[:n].sum()) / (big_s + n * a))
+    return best, a / (big_s + a)
+
+
 def expected_score(probs: np.ndarray, values: Sequence[float]) -> np.ndarray:
     """Σ p·v per row."""
     p = np.atleast_2d(np.asarray(probs, dtype=np.float64))

@@ -56,6 +56,9 @@ class Preset:
         reference: the paper (and checkpoint) it follows.
         values: option name -> :class:`PresetValue`.
         notes: what the preset cannot reproduce, and why (e.g. a model that is not public).
+        config: the config dataclass whose fields the values set, as ``"module:Class"`` (a training step's
+            config), so that ``lmmiqa methods --presets`` can show lmmiqa's defaults beside the values; None for a
+            method's presets (the method's own ``config_cls``).
     """
 
     name: str
@@ -64,6 +67,7 @@ class Preset:
     reference: str
     values: Mapping[str, PresetValue] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    config: str | None = None
 
     def options(self) -> dict[str, Any]:
         """The option values alone (name -> value)."""
@@ -81,6 +85,51 @@ class Preset:
             "values": {k: {"value": json_safe(v.value), "source": v.source} for k, v in self.values.items()},
             "notes": list(self.notes),
         }
+
+    def beside_defaults(self, config_cls: type | None) -> dict[str, dict[str, Any]]:
+        """Each value beside lmmiqa's default for the same option (the field default of ``config_cls``):
+        ``{option: {"value", "default", "has_default", "differs", "source", "decision"}}`` (JSON-safe).
+        ``has_default`` is false for an option that is not a field of ``config_cls`` (e.g. a teacher's model)."""
+        from lmmiqa.types import json_safe
+
+        out: dict[str, dict[str, Any]] = {}
+        for key, v in self.values.items():
+            known, default = field_default(config_cls, key)
+            value = json_safe(v.value)
+            default = json_safe(default)
+            out[key] = {
+                "value": value,
+                "default": default,
+                "has_default": known,
+                "differs": (not known) or _normalized(value) != _normalized(default),
+                "source": v.source,
+                "decision": v.is_decision,
+            }
+        return out
+
+
+def field_default(config_cls: type | None, name: str) -> tuple[bool, Any]:
+    """``(True, default)`` of dataclass field ``name`` of ``config_cls`` (a ``default_factory`` is called), or
+    ``(False, None)`` when there is no such field or it has no default."""
+    import dataclasses
+
+    if config_cls is None or not dataclasses.is_dataclass(config_cls):
+        return False, None
+    for f in dataclasses.fields(config_cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return True, f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return True, f.default_factory()
+            return False, None
+    return False, None
+
+
+def _normalized(value: Any) -> Any:
+    """Lists and tuples compare equal; numbers by value."""
+    if isinstance(value, (list, tuple)):
+        return [_normalized(v) for v in value]
+    return value
 
 
 def get_preset(presets: Mapping[str, Preset], name: str, target: str) -> Preset:
@@ -108,4 +157,4 @@ def apply_preset(presets: Mapping[str, Preset], name: str | None, options: Mappi
     return {**get_preset(presets, name, target).options(), **given}
 
 
-__all__ = ["DECISION", "Preset", "PresetValue", "apply_preset", "get_preset"]
+__all__ = ["DECISION", "Preset", "PresetValue", "apply_preset", "field_default", "get_preset"]

@@ -132,6 +132,11 @@ def names(kind: str) -> list[str]:
     return sorted(TABLES[kind])
 
 
+def aliases(kind: str, name: str) -> list[str]:
+    """The alternative names accepted for the registered ``name`` of ``kind``, sorted."""
+    return sorted(alias for alias, target in ALIASES.get(kind, {}).items() if target == name)
+
+
 def resolve(kind: str, name: str) -> Any:
     """Import and return the object registered as ``name`` for ``kind``."""
     key = canonical(kind, name)

@@ -525,6 +525,7 @@ def tiny_vlm_cached(arch: str, *, seed: int = 0) -> pathlib.Path:
 REAL_FILE_CHECKPOINTS: dict[str, str] = {
     "Qwen2.5-VL-7B-Instruct": "qwen2_5_vl",
     "Qwen3-VL-8B-Instruct": "qwen3_vl",
+    "gemma-3-4b-it": "gemma3",
 }
 
 # Files of a checkpoint folder that describe the model itself: replaced by the shrunken model's own.
@@ -551,14 +552,15 @@ def shared_hf_folder(name: str, root: str | os.PathLike[str] | None = None) -> p
         candidates += [p / "shared" / "data" / "hf" for p in (here, *here.parents)]
     for base in candidates:
         folder = base / name
-        if (folder / "config.json").is_file() and (folder / "vocab.json").is_file():
+        if (folder / "config.json").is_file() and any((folder / f).is_file() for f in ("vocab.json", "tokenizer.json")):
             return folder
     return None
 
 
-def _shrink_config(config: Any, arch: str) -> Any:
-    """Shrink a published config in place (text hidden 64, 2 layers; vision depth 2, hidden 64), keeping its
-    token ids, vocabulary size, patch/merge sizes and rope type (recipe of ``shared/data/hf/README.md``)."""
+def _shrink_config(config: Any, arch: str, vision_depth: int = 2) -> Any:
+    """Shrink a published config in place (text hidden 64, 2 layers; vision ``vision_depth`` layers, hidden 64),
+    keeping its token ids, vocabulary size, patch/merge/image sizes and rope type (recipe of
+    ``shared/data/hf/README.md``)."""
     text = config.text_config
     text.hidden_size = _HIDDEN
     text.intermediate_size = _INTERMEDIATE
@@ -570,24 +572,33 @@ def _shrink_config(config: Any, arch: str) -> Any:
         text.max_window_layers = _LAYERS
     if getattr(text, "layer_types", None) is not None:
         text.layer_types = list(text.layer_types)[:_LAYERS]
+    vision = config.vision_config
+    vision.hidden_size = 64
+    vision.intermediate_size = 128
+    if arch == "gemma3":  # SigLIP tower: image size, patch size and 256 tokens per image stay the published ones
+        vision.num_hidden_layers = vision_depth
+        vision.num_attention_heads = 4
+        return config
     rope = dict(getattr(text, "rope_parameters", None) or {})
     rope["mrope_section"] = [2, 3, 3] if arch == "qwen2_5_vl" else [4, 2, 2]
     text.rope_parameters = rope
-    vision = config.vision_config
-    vision.depth = 2
-    vision.hidden_size = 64
-    vision.intermediate_size = 128
+    vision.depth = vision_depth
     vision.num_heads = 4
     vision.out_hidden_size = _HIDDEN
     if arch == "qwen2_5_vl":
-        vision.fullatt_block_indexes = [1]
+        vision.fullatt_block_indexes = [vision_depth - 1]
     else:
-        vision.deepstack_visual_indexes = [0, 1]
+        vision.deepstack_visual_indexes = list(range(min(vision_depth, 2)))
     return config
 
 
 def make_real_file_vlm(
-    folder: str | os.PathLike[str], path: str | os.PathLike[str], *, seed: int = 0, tie_word_embeddings: bool = False
+    folder: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    tie_word_embeddings: bool = False,
+    vision_depth: int = 2,
 ) -> pathlib.Path:
     """A shrunken random-weight model that uses a real checkpoint's tokenizer, chat template and processor.
 
@@ -602,6 +613,8 @@ def make_real_file_vlm(
         path: output folder (created).
         seed: torch seed of the weights.
         tie_word_embeddings: tie input and output embeddings (halves the size).
+        vision_depth: vision-tower layers (2 by default; llama.cpp's GGUF converter needs a Qwen2.5-VL tower of
+            depth >= 3, whose last block is then the full-attention one, ``fullatt_block_indexes = [depth - 1]``).
 
     Returns:
         ``path`` as a :class:`pathlib.Path`; it loads with ``from_pretrained`` like the real checkpoint.
@@ -614,9 +627,11 @@ def make_real_file_vlm(
         raise ConfigError(f"{src} holds no config.json: not a checkpoint folder")
     config = transformers.AutoConfig.from_pretrained(src)
     arch = config.model_type
-    if arch not in ("qwen2_5_vl", "qwen3_vl"):
-        raise ConfigError(f"make_real_file_vlm knows qwen2_5_vl and qwen3_vl, not {arch!r}")
-    _shrink_config(config, arch)
+    if arch not in ("qwen2_5_vl", "qwen3_vl", "gemma3"):
+        raise ConfigError(f"make_real_file_vlm knows qwen2_5_vl, qwen3_vl and gemma3, not {arch!r}")
+    if int(vision_depth) < 1:
+        raise ConfigError(f"vision_depth must be >= 1, got {vision_depth!r}")
+    _shrink_config(config, arch, int(vision_depth))
     config.tie_word_embeddings = bool(tie_word_embeddings)
     config.text_config.tie_word_embeddings = bool(tie_word_embeddings)
     out = pathlib.Path(path)
@@ -624,21 +639,29 @@ def make_real_file_vlm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = transformers.AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+        if arch == "gemma3":
+            # Gemma 3 initializes its image projection to zeros: every image would then give the same scores
+            proj = model.model.multi_modal_projector.mm_input_projection_weight
+            with torch.no_grad():
+                proj.normal_(0.0, float(getattr(config, "initializer_range", 0.02)))
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
     for item in src.iterdir():
         if item.is_file() and item.name not in _WEIGHT_SIDE_FILES and item.name != "SHA256SUMS":
             shutil.copyfile(item, out / item.name)
-    # the fast tokenizer is rebuilt from vocab.json + merges.txt (1-3 s); save it once so reloads are quick
-    tokenizer = transformers.AutoTokenizer.from_pretrained(src)
-    tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    if not (src / "tokenizer.json").is_file():
+        # the fast tokenizer is rebuilt from vocab.json + merges.txt (1-3 s); save it once so reloads are quick
+        tokenizer = transformers.AutoTokenizer.from_pretrained(src)
+        tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
     return out
 
 
-_REAL_CACHE: dict[tuple[str, int], pathlib.Path] = {}
+_REAL_CACHE: dict[tuple[str, int, int], pathlib.Path] = {}
 
 
-def real_file_vlm_cached(name: str, *, seed: int = 0, root: str | os.PathLike[str] | None = None) -> pathlib.Path | None:
+def real_file_vlm_cached(
+    name: str, *, seed: int = 0, root: str | os.PathLike[str] | None = None, vision_depth: int = 2
+) -> pathlib.Path | None:
     """:func:`make_real_file_vlm` once per process for a checkpoint of :data:`REAL_FILE_CHECKPOINTS`, into a
     temporary folder removed at exit; None when the real files are not on this machine (see
     :func:`shared_hf_folder`)."""
@@ -647,11 +670,14 @@ def real_file_vlm_cached(name: str, *, seed: int = 0, root: str | os.PathLike[st
     if folder is None:
         return None
     with _CACHE_LOCK:
-        key = (name, seed)
+        key = (name, seed, int(vision_depth))
         if key not in _REAL_CACHE:
             if _CACHE_DIR is None:
                 _CACHE_DIR = tempfile.TemporaryDirectory(prefix="lmmiqa-tiny-vlm-")
-            _REAL_CACHE[key] = make_real_file_vlm(folder, pathlib.Path(_CACHE_DIR.name) / f"{name}-seed{seed}", seed=seed)
+            sub = f"{name}-seed{seed}" + (f"-vd{vision_depth}" if vision_depth != 2 else "")
+            _REAL_CACHE[key] = make_real_file_vlm(
+                folder, pathlib.Path(_CACHE_DIR.name) / sub, seed=seed, vision_depth=vision_depth
+            )
         return _REAL_CACHE[key]
 
 

@@ -431,3 +431,26 @@ def test_user_named_distortion_outside_the_categories(images):
     # no table entry for it: the fallback picks the first allowed general-purpose tool, else the first allowed
     assert d["tool_selection"] == {"vignetting": {"tool": "sharpness", "source": "fallback"}}
     assert "vignetting (Global)" in b.stage_prompts("analysis")[0].messages[-1].text
+
+
+def test_paper_preset_gpt4o_and_the_papers_tool_betas(images):
+    from lmmiqa.config import build_config
+    from lmmiqa.methods.agentic.agent import AGENTIC_PAPER, PAPER_TOOLS
+    from lmmiqa.tools.maps import PAPER_BETAS, default_map
+
+    opts = AgenticIQA.preset_options("paper", {})
+    assert (opts["backend"], opts["model"]) == ("openai", "https://api.openai.com/v1#gpt-4o")
+    assert set(PAPER_TOOLS) <= set(PAPER_BETAS) and set(PAPER_TOOLS) <= set(registry.names("tool"))
+    assert all(default_map(t).source == "paper" for t in PAPER_TOOLS)
+    assert any("not public" in n for n in AGENTIC_PAPER.notes)
+    # the preset's VLM replaced by a scripted one (an explicit backend object): the tools and their maps stay
+    b = ScriptedBackend({"selection": '{"tools": {"blur": "niqe", "noise": "brisque"}}'})
+    scorer = AgenticIQA(build_config(AgenticConfig, opts, what="agentic-iqa"), backend=b)
+    assert scorer.config.tools == PAPER_TOOLS and scorer.preset == "paper" and scorer.config.eta == 1.0
+    r = scorer.score(images[:1])[0]
+    assert r.ok, r.error
+    assert r.details["preset"] == "paper"
+    assert set(r.details["tool_selection"]) == {"blur", "noise"}
+    assert set(r.details["tools"]) == {"niqe", "brisque"}
+    assert all(t["map"]["source"] == "paper" for t in r.details["tools"].values())
+    assert r.details["tools"]["brisque"]["normalized"] is not None  # niqe needs larger images than this one

@@ -75,11 +75,15 @@ def test_tiny_model_cli_full_reference_json_and_text(tiny_model_path, tmp_path, 
     assert any(t["normalized"] is not None for t in det["tools"].values())
     assert det["fusion"]["q_bar"] is not None
 
-    rc = main(["assess", str(out_path), "--tools", "sharpness,noise", *common])
+    rc = main(["assess", str(out_path), "--tools", "sharpness,noise", "--progress", *common])
     assert rc == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert text.startswith(f"{out_path}: ") and "/ 5" in text
     assert "explanation (template):" in text and "plan (fallback)" in text
+    # progress on stderr only: images done and each agent stage as it starts
+    for stage in ("planner", "distortion detection", "tool execution", "summarizer", "1/1"):
+        assert stage in captured.err, captured.err
 
 
 def test_cli_usage_errors(tmp_path, capsys):
@@ -91,3 +95,7 @@ def test_cli_usage_errors(tmp_path, capsys):
     assert "need an agentic method" in capsys.readouterr().err
     assert main(["assess", str(img), "--option", "max_replans=5"]) == 2
     assert "max_replans" in capsys.readouterr().err
+    # a missing folder: its error once (stderr), not a second copy on stdout, and without the path twice
+    assert main(["assess", f"{tmp_path}/photos/", "--method", "contrast"]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.splitlines() == [f"lmmiqa assess: {tmp_path}/photos/: no such folder"]

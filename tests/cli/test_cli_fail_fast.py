@@ -42,17 +42,48 @@ def test_missing_hub_model_offline_is_one_error_and_one_load(run_cli, sample_ima
     assert took < 60
 
 
-def test_llm_iqa_missing_sam2_offline_is_one_error_and_one_load(run_cli, sample_images, tiny_model_path):
-    model = tiny_model_path("qwen2_5_vl")
-    r = run_cli(["score", *_three(sample_images), "--method", "llm-iqa", "--model", model, "--device", "cpu",
-                 "--batch-size", "2"], count=[SAM2_LOAD, SCORE_ITEMS])
-    assert r.returncode == 2, r.stderr
-    line = _one_error(r)
+def _count_in_process(monkeypatch, targets):
+    """``{"module:Class.method": calls}`` for calls made in this process (the counting of run_cli, without a
+    subprocess: used where a model is loaded, which a fresh interpreter pays a torch import for)."""
+    import importlib
+
+    counts: dict[str, int] = {}
+    for path in targets:
+        mod_name, _, attr = path.rpartition(":")
+        cls_name, _, meth = attr.partition(".")
+        owner = getattr(importlib.import_module(mod_name), cls_name)
+        original = getattr(owner, meth)
+
+        def wrapper(*a, _path=path, _original=original, **k):
+            counts[_path] = counts.get(_path, 0) + 1
+            return _original(*a, **k)
+
+        monkeypatch.setattr(owner, meth, wrapper)
+    return counts
+
+
+class _Result:
+    """What _one_error reads from a run: its stderr."""
+
+    def __init__(self, err: str) -> None:
+        self.message = err
+
+
+def test_llm_iqa_missing_sam2_offline_is_one_error_and_one_load(sample_images, tiny_model_path, monkeypatch, capsys):
+    from lmmiqa.cli import main
+
+    model = str(tiny_model_path("qwen2_5_vl"))
+    capsys.readouterr()  # building the tiny model (first use in a session) writes to stderr
+    counts = _count_in_process(monkeypatch, [SAM2_LOAD, SCORE_ITEMS])
+    rc = main(["score", *_three(sample_images), "--method", "llm-iqa", "--model", model, "--device", "cpu",
+               "--batch-size", "2"])
+    assert rc == 2
+    line = _one_error(_Result(capsys.readouterr().err))
     assert "facebook/sam2.1-hiera-large" in line and "HF_HUB_OFFLINE" in line
     # the CLI spelling of the segmenter folder, and the weight-free fallback as a flag
     assert """--option segmenter_options='{"model": "./sam2"}'""" in line
     assert "--segmenter felzenszwalb" in line and "model='" not in line
-    assert r.counts[SAM2_LOAD] == 1 and r.counts[SCORE_ITEMS] == 1
+    assert counts[SAM2_LOAD] == 1 and counts[SCORE_ITEMS] == 1
 
 
 def test_unreachable_hub_fails_fast_without_retries(run_cli, sample_images):
@@ -73,13 +104,15 @@ def test_unreachable_hub_fails_fast_without_retries(run_cli, sample_images):
     assert took < 60
 
 
-def test_broken_local_folder_is_run_level(run_cli, sample_images, tmp_path):
+def test_broken_local_folder_is_run_level(sample_images, tmp_path, monkeypatch, capsys):
+    from lmmiqa.cli import main
+
     empty = tmp_path / "not-a-model"
     empty.mkdir()
-    r = run_cli(["score", *_three(sample_images), "--model", empty, "--batch-size", "1"], count=[BACKEND_LOAD])
-    assert r.returncode == 2, r.stderr
-    assert "cannot load the model from the local folder" in _one_error(r)
-    assert r.counts[BACKEND_LOAD] == 1  # batch size 1: three batches before, each loading the model again
+    counts = _count_in_process(monkeypatch, [BACKEND_LOAD])
+    assert main(["score", *_three(sample_images), "--model", str(empty), "--batch-size", "1"]) == 2
+    assert "cannot load the model from the local folder" in _one_error(_Result(capsys.readouterr().err))
+    assert counts[BACKEND_LOAD] == 1  # batch size 1: three batches before, each loading the model again
 
 
 def test_python_api_raises_once_in_python_words(sample_images):

@@ -198,7 +198,8 @@ def test_ray_address_without_a_cluster_is_one_line(run_cli, small_images, tmp_pa
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
         "lmmiqa score: error: --ray-address auto: no Ray cluster is running on this machine; start one first with "
-        "`ray start --head`, or drop --ray-address to start a local Ray instance for this run"
+        "`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head` (on 127.0.0.1 only; export the variable for this "
+        "command too), or drop --ray-address to start a local Ray instance for this run"
     ]
 
 
@@ -223,6 +224,7 @@ def test_ray_actor_that_cannot_load_its_model_ends_the_run_with_its_message(run_
     errors = [x for x in r.stderr.splitlines() if x.startswith("lmmiqa score:")]
     assert len(errors) == 1 and errors[0].startswith("lmmiqa score: error: cannot load model 'nobody/no-such-model'")
     assert "Traceback" not in r.stderr and r.stdout == ""
+    assert "\x1b[" not in r.stderr  # Ray's relayed worker lines come without colour codes (RAY_COLOR_PREFIX=0)
 
 
 def test_cli_words_only_while_the_command_runs(monkeypatch, capsys):

@@ -73,16 +73,21 @@ def test_file_without_sidecar_is_judged_by_its_rows(run_cli, folder, tmp_path):
     assert len(_rows(out)) == 3
 
 
-def test_other_model_or_option_is_refused(run_cli, folder, tmp_path, tiny_model_path):
+def test_other_model_or_option_is_refused(folder, tmp_path, tiny_model_path, capsys):
+    # in process: the file check is the command's own logic, and the subprocess tests above run it as a user
+    # would; here a model is loaded, which a fresh interpreter would pay a torch import for at every call
     pytest.importorskip("torch")
+    from lmmiqa.cli import main
+
     a, b = str(tiny_model_path("qwen2_5_vl")), str(tiny_model_path("qwen2_5_vl", seed=1))
     out = tmp_path / "s.jsonl"
-    base = ["score", folder, "--method", "standard-guided", "--device", "cpu", "--out", out]
-    r = run_cli([*base, "--model", a, "--levels", "5"])
-    assert r.returncode == 0, r.stderr
-    r = run_cli([*base, "--model", b, "--levels", "5"])
-    assert r.returncode == 2 and f"model {a!r} (now {b!r})" in r.stderr
-    r = run_cli([*base, "--model", a, "--levels", "7"])
-    assert r.returncode == 2 and "option levels=5 (now 7)" in r.stderr
-    r = run_cli([*base, "--model", a, "--levels", "5"])
-    assert r.returncode == 0 and "nothing left to score" in r.stderr
+    base = ["score", str(folder), "--method", "standard-guided", "--device", "cpu", "--out", str(out)]
+    assert main([*base, "--model", a, "--levels", "5"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--model", b, "--levels", "5"]) == 2
+    assert f"model {a!r} (now {b!r})" in capsys.readouterr().err
+    assert main([*base, "--model", a, "--levels", "7"]) == 2
+    assert "option levels=5 (now 7)" in capsys.readouterr().err
+    assert main([*base, "--model", a, "--levels", "5"]) == 0
+    assert "nothing left to score" in capsys.readouterr().err
+    assert len(_rows(out)) == 3

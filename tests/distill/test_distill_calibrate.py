@@ -28,8 +28,17 @@ def test_logistic_recovers_a_logistic_relation():
 def test_logistic_falls_back_to_a_line_with_too_few_labels_and_says_so():
     cal = fit_calibration([0.0, 1.0, 2.0], [1.0, 2.0, 3.0], "logistic")
     assert cal.params["converged"] is False and "too few points" in cal.params["fallback"]
-    np.testing.assert_allclose(cal.apply([3.0]), [4.0])
+    np.testing.assert_allclose(cal.map_raw([3.0]), [4.0])  # the line extrapolates...
+    np.testing.assert_allclose(cal.apply([3.0, 1.5, -9.0]), [3.0, 2.5, 1.0])  # ...the score stays on its scale
     assert cal.scale == (1.0, 3.0)  # the label range when no scale is given
+
+
+def test_calibrated_scores_never_leave_the_stated_scale():
+    # a line through 4 labels: a student output past the calibration data would give 5.16 "on [1, 5]"
+    cal = fit_calibration([0.0, 1.0, 2.0, 3.0], [1.5, 2.5, 3.5, 4.5], "linear", scale=(1.0, 5.0))
+    assert cal.map_raw([3.66])[0] == pytest.approx(5.16)
+    out = cal.apply([3.66, -2.0, np.nan, 1.0])
+    assert out[0] == 5.0 and out[1] == 1.0 and np.isnan(out[2]) and out[3] == pytest.approx(2.5)
 
 
 def test_a_near_step_logistic_is_refitted_smooth():

@@ -109,9 +109,17 @@ def test_calibration_gives_mos_scale_results(trained, tmp_path):
     assert len(data["report"]["subset"]["images"]) == 6
     r = lmmiqa.score(str(images), method="leaf", student=str(student), device="cpu")[0]
     assert r.details["calibrated"] is True and r.details["calibration"] == "linear" and r.scale == (1.0, 5.0)
-    assert r.score == pytest.approx(data["params"]["a"] * r.details["raw"] + data["params"]["b"])
+    line = data["params"]["a"] * r.details["raw"] + data["params"]["b"]
+    assert r.score == pytest.approx(min(max(line, 1.0), 5.0))  # a line fitted on 6 labels extrapolates: clipped
+    assert r.details.get("clipped_from", r.score) == pytest.approx(line)
     raw = lmmiqa.score(str(images), method="leaf", student=str(student), device="cpu", calibrated=False)[0]
     assert raw.scale is None and raw.score == pytest.approx(r.details["raw"])
+    # a map that extrapolates past the scale: the score is clipped to it and the map's value kept beside it
+    data["params"]["b"] += 10.0
+    (student / CALIBRATION_FILE).write_text(json.dumps(data))
+    high = lmmiqa.score(str(images), method="leaf", student=str(student), device="cpu")[0]
+    assert high.score == 5.0 and high.scale == (1.0, 5.0)
+    assert high.details["clipped_from"] == pytest.approx(r.details["raw"] * data["params"]["a"] + data["params"]["b"])
 
 
 def test_importing_the_method_loads_no_torch():

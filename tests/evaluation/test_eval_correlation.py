@@ -88,6 +88,22 @@ def test_rmse_and_fitted_plcc():
         fitted_plcc(x, y, "cubic")
 
 
+def test_fitted_plcc_never_flips_the_sign():
+    # 4 points: the 4PL falls back to a line; the line falls, and so must the PLCC after it (was +0.9457)
+    x, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([4.1, 2.9, 2.2, 0.8])
+    p, _, fit = fitted_plcc(x, y, "logistic4")
+    assert not fit.converged and fit.kind == "linear" and fit.params[0] < 0
+    assert p == pytest.approx(plcc(x, y)) and p < -0.9
+    # a converged falling sigmoid: negative too, as large as the rising one's
+    xs = np.linspace(0, 1, 40)
+    rising = 1 + 4 / (1 + np.exp(-(xs - 0.5) / 0.1))
+    up, _, _ = fitted_plcc(xs, rising, "logistic4")
+    down, _, fit_down = fitted_plcc(-xs, rising, "logistic4")
+    assert fit_down.converged and down == pytest.approx(-up, abs=1e-6) and up > 0.99
+    p5, _, _ = fitted_plcc(-xs, rising, "logistic5")
+    assert p5 < -0.99
+
+
 def test_orientation_makes_agreement_positive(tied):
     x, y = tied
     # a lower-is-better tool that agrees with humans

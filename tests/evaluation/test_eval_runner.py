@@ -213,6 +213,23 @@ def test_eval_cli_and_report_command(ladder, tmp_path, capsys):
     assert len(rows) == 1 and rows[0]["dataset"] == "synthetic" and "skipping" in cap.err
 
 
+def test_a_fit_that_fell_back_is_named_and_keeps_the_sign(ladder, tmp_path, capsys):
+    a = tmp_path / "a"
+    assert main(["eval", "--method", METHOD, "--dataset", "synthetic", "--root", str(ladder), "--out", str(a),
+                 "--n-boot", "0", "--no-plot", "--limit", "4"]) == 0  # 4 items: too few for the 4PL and 5PL
+    md = capsys.readouterr().out
+    rep = EvalReport.load(a)
+    assert rep.fell_back("logistic4") == "a line" and rep.fell_back("logistic5") == "a line"
+    assert np.sign(rep.plcc_4pl) == np.sign(rep.plcc) == np.sign(rep.plcc_5pl) != 0  # never a flipped sign
+    assert f"| PLCC after 4PL fit (**fell back to a line**) | {rep.plcc_4pl:.4f} |" in md
+    assert main(["report", str(a)]) == 0
+    table = capsys.readouterr().out
+    assert f"| {rep.plcc_4pl:.4f} (a line) | {rep.plcc_5pl:.4f} (a line) |" in table and "fell back" in table
+    assert main(["report", str(a), "--format", "csv"]) == 0
+    (row,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    assert row["fit_4pl"] == "a line" and row["fit_5pl"] == "a line"
+
+
 def test_scatter_png_opens_with_expected_size(ladder, tmp_path):
     out = tmp_path / "run"
     evaluate(SharpnessScorer(), "synthetic", ladder, out=out, n_boot=0)

@@ -290,3 +290,51 @@ def test_results_are_json_safe(pixel_bank, queries):
 
     (r,) = _fake_scorer(pixel_bank, RecordingBackend()).score([Path(queries[0])])
     assert json.loads(json.dumps(r.to_dict()))["details"]["references"][0]["bin"] == 1
+
+
+# --------------------------------------------------------------------------- the paper preset, P and the answer prefix
+
+
+def _preset_scorer(bank, backend, preset="paper", **options):
+    from lmmiqa.config import build_config
+
+    cfg = build_config(IQARAGConfig, IQARAG.preset_options(preset, {"bank": str(bank), **options}), what="iqarag")
+    return IQARAG(cfg, backend=backend, encoder=PixelEncoder())
+
+
+def test_paper_preset_applies_and_is_recorded(pixel_bank, queries):
+    from lmmiqa.methods.iqarag import IQARAG_PAPER
+
+    assert IQARAG_PAPER.values["top_k"].is_decision and not IQARAG_PAPER.values["model"].is_decision
+    backend = RecordingBackend()
+    scorer = _preset_scorer(pixel_bank, backend)
+    cfg = scorer.config
+    assert (cfg.model, cfg.references, cfg.top_k, cfg.answer_prefix, cfg.preset) == (
+        "Qwen/Qwen3-VL-8B-Instruct", 5, 50, "The quality of this image is", "paper")
+    results = scorer.score(queries[:2])
+    assert all(r.details["preset"] == "paper" and r.details["n_references"] <= 5 for r in results)
+    assert all(p.answer_prefix == "The quality of this image is" for p in backend.prompts)
+    # explicit options win over the preset's values; the preset is still recorded
+    other = _preset_scorer(pixel_bank, RecordingBackend(), model="fake", top_k=7)
+    assert (other.config.model, other.config.top_k, other.config.references, other.preset) == ("fake", 7, 5, "paper")
+
+
+def test_references_keeps_the_nearest_p(pixel_bank, queries):
+    full = _fake_scorer(pixel_bank, RecordingBackend()).score(queries[:3])
+    backend = RecordingBackend()
+    two = _fake_scorer(pixel_bank, backend, references=2).score(queries[:3])
+    for a, b, prompt in zip(full, two, backend.prompts):
+        nearest = sorted(a.details["references"], key=lambda x: (x["distance"], x["id"]))[:2]
+        assert sorted(x["id"] for x in b.details["references"]) == sorted(x["id"] for x in nearest)
+        assert b.details["n_references"] == len(prompt.images) - 1 == 2
+        assert prompt.messages[0].content[0] == "Give you 2 images."
+    with pytest.raises(ConfigError, match=r"references \(P\) must be in 1..5"):
+        IQARAGConfig(bank=str(pixel_bank), references=6)
+
+
+def test_answer_prefix_option(pixel_bank, queries):
+    backend = RecordingBackend()
+    _fake_scorer(pixel_bank, backend, answer_prefix="The quality of the image is").score(queries[:1])
+    assert backend.prompts[0].answer_prefix == "The quality of the image is"
+    with pytest.raises(ConfigError, match="answer_prefix"):
+        IQARAGConfig(bank=str(pixel_bank), answer_prefix="  ")

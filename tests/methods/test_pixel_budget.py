@@ -85,7 +85,7 @@ def test_openai_backend_downscales_before_encoding() -> None:
     from lmmiqa.types import Prompt
 
     def sent_size(**opts: Any) -> tuple[int, int]:
-        backend = OpenAIBackend(OpenAIConfig(model="http://127.0.0.1:9/v1#m", **opts))
+        backend = OpenAIBackend(OpenAIConfig(model="http://127.0.0.1:9/v1#m", check=False, **opts))
         msgs = backend._messages(Prompt.simple([make_image(400, 300), "q"]), folded=False)
         url = next(p["image_url"]["url"] for p in msgs[-1]["content"] if p["type"] == "image_url")
         return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size

@@ -130,3 +130,14 @@ def test_lru_disabled_and_failing_loads_are_not_cached():
     assert "x" not in cache
     with pytest.raises(ConfigError):
         ImageLRU(max_items=-1)
+
+
+def test_max_refs_keeps_the_nearest_per_bin_picks():
+    indices = [0, 1, 2, 3, 4, 5, 6, 7]
+    distances = [0.9, 0.1, 0.5, 0.3, 0.2, 0.8, 0.4, 0.7]
+    # per-bin picks: rows 1 (0.1), 4 (0.2), 6 (0.4), 2 (0.5), 7 (0.7); P = 3 keeps the nearest three
+    refs = select_references(distances, indices, BINS, top_k=50, max_refs=3)
+    assert [(r.bin, r.index) for r in refs] == [(1, 1), (3, 4), (5, 6)]
+    assert select_references(distances, indices, BINS, max_refs=5) == select_references(distances, indices, BINS)
+    with pytest.raises(ConfigError, match="max_refs"):
+        select_references(distances, indices, BINS, max_refs=0)

@@ -235,6 +235,10 @@ def test_methods_health_metrics_openapi(qalign_server):
     page = client.get("/")
     assert page.status_code == 200 and "lmmiqa" in page.text
     assert client.get("/static/app.js").status_code == 200
+    # the page names its icon, so browsers do not ask for /favicon.ico (a 404 in the log)
+    assert '<link rel="icon" href="/static/favicon.svg"' in page.text
+    icon = client.get("/static/favicon.svg")
+    assert icon.status_code == 200 and icon.text.startswith("<svg")
 
 
 def test_assess_is_404_unless_the_agentic_method_is_allowed(qalign_server):

@@ -99,11 +99,19 @@ def test_upload_shows_score_scale_and_levels(browser, tiny_qalign_model, tmp_pat
         _upload(browser, [img])
         (card,) = _wait(browser, lambda d: _cards_done(d, 1))
         assert card.get_attribute("data-state") == "done", card.text
-        shown = float(card.find_element(By.CSS_SELECTOR, ".score-value").text)
+        text = card.find_element(By.CSS_SELECTOR, ".score-value").text
+        shown = float(text)
         assert 1.0 <= shown <= 5.0
-        expected = service.default_scorer.score([str(img)])[0].score
-        assert shown == pytest.approx(expected, abs=1e-3)  # shown with 3 decimals
+        expected = service.default_scorer.score([str(img)])[0]
+        assert len(text.split(".")[1]) == 3  # always 3 decimals, on every card
+        assert shown == pytest.approx(expected.score, abs=1e-3)
         assert "1–5" in card.find_element(By.CSS_SELECTOR, ".scale-text").text
+        # random weights: the card says that the covered mass is low, as the command line warns
+        assert expected.details["covered_mass"] < 0.5
+        note = card.find_element(By.CSS_SELECTOR, ".note")
+        assert note.is_displayed() and "Low covered mass" in note.text and "random weights" in note.text
+        assert browser.execute_script("return document.querySelector('link[rel=icon]').href").endswith(
+            "/static/favicon.svg")
         bars = card.find_elements(By.CSS_SELECTOR, ".levels .bar")
         assert [b.get_attribute("data-level") for b in bars] == ["1", "2", "3", "4", "5"]
         labels = card.find_element(By.CSS_SELECTOR, ".bar-labels").text
@@ -159,7 +167,7 @@ def test_regions_explanation_tools_and_inline_errors(browser, fake_methods, tmp_
         assert err.is_displayed() and err.text.startswith("400") and "broken.jpg" in err.text
 
         regions = ok.find_elements(By.CSS_SELECTOR, ".regions .region")
-        assert [r.find_element(By.CSS_SELECTOR, ".region-label").text for r in regions] == ["1.6", "0.4"]
+        assert [r.find_element(By.CSS_SELECTOR, ".region-label").text for r in regions] == ["1.600", "0.400"]
         # the first box covers the top-left quarter of the drawn picture
         img = ok.find_element(By.CSS_SELECTOR, ".thumb")
         layer = ok.find_element(By.CSS_SELECTOR, ".regions")
@@ -170,7 +178,8 @@ def test_regions_explanation_tools_and_inline_errors(browser, fake_methods, tmp_
         explanation = ok.find_element(By.CSS_SELECTOR, ".explanation")
         assert "<b>strong</b>" in explanation.text  # shown as text, never as HTML
         rows = [r.text for r in ok.find_elements(By.CSS_SELECTOR, ".tools tbody tr")]
-        assert rows == ["niqe 4.25 3.1", "brisque 31.5 3.75", "ssim error: needs a reference"]
+        assert rows == ["niqe 4.250 3.100", "brisque 31.500 3.750", "ssim error: needs a reference"]
+        assert not ok.find_element(By.CSS_SELECTOR, ".note").is_displayed()  # no covered mass: no note
         browser.save_screenshot(str(tmp_path / "web_page_regions.png"))
 
         # the agentic assessment goes to /v1/assess, with the question typed on the page

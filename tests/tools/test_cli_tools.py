@@ -40,20 +40,22 @@ def test_list(capsys):
 def test_run_nr_text(images_dir, capsys):
     path = str(images_dir / "rated" / "baboon.png")
     assert main(["tools", "run", "niqe", path]) == 0
-    assert capsys.readouterr().out.strip() == f"{path}\t5.74964"  # rgb2gray, the original release
+    assert capsys.readouterr().out.splitlines() == ["image\traw", f"{path}\t5.74964"]  # rgb2gray, the original release
     assert main(["tools", "run", "niqe", path, "--option", "channel=y"]) == 0
-    assert capsys.readouterr().out.strip() == f"{path}\t5.72957"  # BasicSR's published value
+    assert capsys.readouterr().out.splitlines()[1] == f"{path}\t5.72957"  # BasicSR's published value
 
 
 def test_run_fr_normalized(pngs, capsys):
     assert main(["tools", "run", "ssim", pngs[2], "--ref", pngs[0], "--normalized"]) == 0
-    image, raw, normalized = capsys.readouterr().out.strip().split("\t")
+    header, row = capsys.readouterr().out.strip().splitlines()
+    assert header == "image\traw\tnormalized"
+    image, raw, normalized = row.split("\t")
     assert image == pngs[2] and 0 < float(raw) < 1 and 1 <= float(normalized) <= 5
 
 
 def test_run_fr_one_reference_per_input(pngs, capsys):
     assert main(["tools", "run", "psnr", pngs[0], pngs[2], "--ref", pngs[0], "--ref", pngs[0]]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = capsys.readouterr().out.strip().splitlines()[1:]
     assert lines[0] == f"{pngs[0]}\tinf"
     assert float(lines[1].split("\t")[1]) > 20
 
@@ -80,7 +82,7 @@ def test_bad_images_give_error_lines_and_status(pngs, tmp_path, capsys):
     bad.write_bytes(b"garbage")
     assert main(["tools", "run", "noise", pngs[0], str(bad)]) == 0  # one succeeded
     captured = capsys.readouterr()
-    lines = captured.out.strip().splitlines()
+    lines = captured.out.strip().splitlines()[1:]
     assert lines[1].startswith(f"{bad}\tERROR\t") and str(bad) in captured.err
     assert main(["tools", "run", "noise", str(bad), str(tmp_path / "missing.png")]) == 1  # none succeeded
     captured = capsys.readouterr()

@@ -28,6 +28,7 @@ SUBCOMMANDS: list[str] = [
     "lmmiqa.cli.methods",
     "lmmiqa.cli.demo",
     "lmmiqa.cli.eval",
+    "lmmiqa.cli.reproduce",
     "lmmiqa.cli.report",
     "lmmiqa.cli.levels_bound",
     "lmmiqa.cli.synth",
@@ -58,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from lmmiqa.logs import show_warnings_as_lines
+
     previous = interface()
     set_interface("cli")  # hints name flags (--model DIR), not Python arguments (model='DIR')
+    restore_warnings = show_warnings_as_lines()  # `warning: ...`, not `path/x.py:212: SomeWarning: ...`
     try:
         return _main(argv)
     except BrokenPipeError:
@@ -72,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, the status of a Unix tool stopped by a closed pipe
     finally:
         set_interface(previous)  # main() called from Python (tests, scripts) leaves the interface as it was
+        restore_warnings()
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

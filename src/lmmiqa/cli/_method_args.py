@@ -24,10 +24,13 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key.strip().replace("-", "_"), value
 
 
-def add_method_args(parser: argparse.ArgumentParser, default_method: str = "q-align") -> None:
-    """Add --method, --model (repeatable), --backend, --device, --dtype, --levels, --readout, --batch-size, --option."""
+def add_method_args(parser: argparse.ArgumentParser, default_method: str = "q-align", method_flag: bool = True) -> None:
+    """Add --method (unless ``method_flag`` is false: the command takes the method otherwise), --model (repeatable),
+    --backend, --device, --dtype, --levels, --readout, --batch-size, --option."""
     g = parser.add_argument_group("method and model")
-    g.add_argument("--method", default=default_method, help=f"scoring method (default: {default_method}; see `lmmiqa methods`)")
+    if method_flag:
+        g.add_argument("--method", default=default_method,
+                       help=f"scoring method (default: {default_method}; see `lmmiqa methods`)")
     g.add_argument(
         "--model",
         action="append",

@@ -20,6 +20,7 @@ import textwrap
 from typing import Any, TextIO
 
 from lmmiqa.cli._method_args import add_method_args, method_options, scorer_from_args
+from lmmiqa.cli.score import error_text
 
 DEFAULT_METHOD = "agentic-iqa"
 FORMATS = ("text", "json")
@@ -38,6 +39,9 @@ def register(sub: Any) -> None:
     p.add_argument("--ref", default=None, help="reference (undistorted) image: full-reference assessment")
     p.add_argument("--query", default=None, help='free-text question that steers the plan, e.g. "Is the sky banded?"')
     p.add_argument("--format", choices=FORMATS, default="text", help="stdout format (default: text)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress on stderr: images done and the agent stage running (planner, distortion "
+                   "detection, ..., summarizer); default: when stderr is a terminal")
     p.add_argument("--tools", default=None, dest="opt_tools", metavar="NAMES",
                    help="comma-separated tool allow-list (default: every built-in tool; see `lmmiqa tools list`)")
     add_method_args(p, default_method=DEFAULT_METHOD)
@@ -66,9 +70,9 @@ def score_level_name(score: Any, level_words: dict[str, str]) -> str | None:
 
 
 def format_text(d: dict[str, Any], stream: TextIO) -> None:
-    """A readable rendering of one result: score, explanation, then the evidence and bookkeeping."""
+    """A readable rendering of one result: score, explanation, then the evidence and bookkeeping. A failed item
+    writes nothing here: its error goes to stderr once (see :func:`run`)."""
     if d.get("error"):
-        stream.write(f"{d['image']}: ERROR {d['error']}\n")
         return
     det = d.get("details") or {}
     scale = d.get("scale") or [1, 5]
@@ -122,14 +126,29 @@ def run(args: argparse.Namespace) -> int:
     if not inputs:
         print("lmmiqa assess: no input images found", file=sys.stderr)
         return 1
-    if args.ref is not None:
-        scorer = scorer_from_args(args)
-        results = [scorer.assess(inputs[0], ref=args.ref, query=args.query)]
-    else:
-        if args.query is not None:
-            args.option = [*(args.option or []), ("query", args.query)]
-        scorer = scorer_from_args(args)
-        results = scorer.score(inputs, batch_size=method_options(args).get("batch_size"))
+    if args.query is not None and args.ref is None:
+        args.option = [*(args.option or []), ("query", args.query)]
+    scorer = scorer_from_args(args)
+    bar = _progress_bar(len(inputs), args.progress)
+    if bar is not None and hasattr(scorer, "on_stage"):
+        scorer.on_stage = lambda stage, round_: bar.set_postfix_str(
+            stage + (f" (replan {round_})" if round_ else ""), refresh=True)
+    results = []
+    try:
+        if args.ref is not None:
+            results = [scorer.assess(inputs[0], ref=args.ref, query=args.query)]
+            if bar is not None:
+                bar.update(1)
+        else:
+            batches = scorer.iter_score(inputs, batch_size=method_options(args).get("batch_size"), progress=False)
+            for batch in batches:
+                results.extend(batch)
+                if bar is not None:
+                    bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.set_postfix_str("done" if len(results) == len(inputs) else "stopped")
+            bar.close()
     dicts = [r.to_dict() for r in results]
     if args.format == "json":
         json.dump(dicts[0] if len(dicts) == 1 else dicts, sys.stdout, indent=2)
@@ -139,5 +158,16 @@ def run(args: argparse.Namespace) -> int:
             format_text(d, sys.stdout)
     for d in dicts:
         if d["error"]:
-            print(f"lmmiqa assess: {d['image']}: {d['error']}", file=sys.stderr)
+            print(f"lmmiqa assess: {d['image']}: {error_text(d)}", file=sys.stderr)
     return 0 if any(d["error"] is None for d in dicts) else 1
+
+
+def _progress_bar(total: int, enabled: bool | None) -> Any:
+    """A bar over the images on stderr (an assessment takes minutes per batch on a CPU), or None."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="assess", unit="img", file=sys.stderr, dynamic_ncols=True)

@@ -7,6 +7,9 @@
     lmmiqa distill train --teacher-labels teach/koniq --student convnext-base --epochs 10 --out students/koniq
     lmmiqa distill calibrate students/koniq --dataset koniq10k --root /data/koniq --split official:train --fraction 0.1
     lmmiqa score photos/ --method leaf --student students/koniq
+
+``--preset paper`` on each step (and on ``score --method leaf``) applies the LEAF paper's settings for that step
+(:mod:`lmmiqa.distill.presets`; ``lmmiqa methods --presets`` lists them with their sources); explicit options win.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import sys
 from typing import Any
 
 from lmmiqa.cli._method_args import _key_value
+
+#: stdout formats of teach, train and info: a few lines of text, or the whole summary as JSON
+SUMMARY_FORMATS = ("text", "json")
 
 
 def register(sub: Any) -> None:
@@ -58,7 +64,11 @@ def _register_teach(dsub: Any) -> None:
         "prompt in both orders (MLLM teachers) or derived from the point scores (Thurstone). Written to "
         "--out as teacher.json, points.jsonl and pairs.jsonl, flushed per batch; run again to resume.",
     )
-    p.add_argument("--teacher", required=True, metavar="METHOD", help="teacher method (see `lmmiqa methods`) or package.module:Class")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="a named set of option values: 'paper' = the LEAF paper's teacher (InternVL3.5-8B, q-align "
+                   "prompt, pairs by prompt, entropy reliability); explicit options override it")
+    p.add_argument("--teacher", default=None, metavar="METHOD",
+                   help="teacher method (see `lmmiqa methods`) or package.module:Class (required without --preset)")
     p.add_argument("--teacher-model", default=None, metavar="MODEL", help="the teacher's model (hub id, folder, or http://host:port/v1#name)")
     p.add_argument("--teacher-backend", default=None, metavar="NAME", help="transformers (default) or openai")
     p.add_argument("--device", default=None, help="teacher device: auto (default), cpu, cuda, ...")
@@ -69,24 +79,29 @@ def _register_teach(dsub: Any) -> None:
                    help="unlabeled images: files, folders (recursive) or @list files")
     p.add_argument("--pairs", type=int, default=None,
                    help=f"number of pairs to judge (default: {DEFAULT_PAIRS_PER_IMAGE} per image; 0 = points only)")
-    p.add_argument("--pair-mode", choices=PAIR_MODES, default="auto",
+    p.add_argument("--pair-mode", choices=PAIR_MODES, default=None,
                    help="prompt (two-image comparison, MLLM teachers), derived (from point scores), or auto (default)")
     p.add_argument("--close-fraction", type=float, default=0.5, help="share of informative close-score pairs (default 0.5)")
     p.add_argument("--close-window", type=int, default=8, help="rank distance of close pairs (default 8)")
     p.add_argument("--derived-model", choices=DERIVED_PAIR_MODELS, default="thurstone", help="model of derived pairs")
-    p.add_argument("--point-reliability", choices=POINT_RELIABILITIES, default="entropy",
+    p.add_argument("--point-reliability", choices=POINT_RELIABILITIES, default=None,
                    help="entropy: 1 - normalized entropy (default); maxprob: the largest level probability")
     p.add_argument("--batch-size", type=int, default=8, help="images per teacher batch (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default 0)")
     p.add_argument("--out", required=True, metavar="DIR", help="cache folder (created; resumed when it exists)")
     p.add_argument("--restart", action="store_true", help="discard judgments already in --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars on stderr")
+    p.add_argument("--format", choices=SUMMARY_FORMATS, default="text",
+                   help="summary on stdout: text (default: a few lines) or json")
     p.set_defaults(func=run_teach)
 
 
 def run_teach(args: argparse.Namespace) -> int:
-    from lmmiqa.distill.teacher import TeacherConfig, teach
+    from lmmiqa.distill.teacher import teach, teacher_config
+    from lmmiqa.errors import ConfigError
 
+    if args.teacher is None and args.preset is None:
+        raise ConfigError("give the teacher: --teacher METHOD (with --teacher-model MODEL), or --preset paper")
     options: dict[str, Any] = {}
     for key, value in (("model", args.teacher_model), ("backend", args.teacher_backend), ("device", args.device),
                        ("dtype", args.dtype)):
@@ -94,9 +109,10 @@ def run_teach(args: argparse.Namespace) -> int:
             options[key] = value
     for key, value in args.teacher_option:
         options[key] = value
-    config = TeacherConfig(
+    config = teacher_config(
+        args.preset,
         method=args.teacher,
-        options=options,
+        teacher_options=options,
         pairs=args.pairs,
         pair_mode=args.pair_mode,
         close_fraction=args.close_fraction,
@@ -109,7 +125,13 @@ def run_teach(args: argparse.Namespace) -> int:
     )
     summary = teach(args.images, args.out, config, restart=args.restart)
     d = summary.to_dict()
-    print(json.dumps(d, indent=2))
+    if args.format == "json":
+        print(json.dumps(d, indent=2))
+    else:
+        print(f"teacher {args.teacher}: {d['n_points']} of {d['n_images']} image(s) judged, {d['n_pairs']} pair(s) "
+              f"({d['pair_mode']}) in {d['seconds']:.1f} s -> {d['out']}")
+        if d.get("negated"):
+            print("  the teacher's scores are lower-is-better: stored negated (higher is better)")
     if summary.n_point_failures:
         print(f"lmmiqa distill teach: {summary.n_point_failures} image(s) could not be judged; see "
               f"{args.out}/points.jsonl", file=sys.stderr)
@@ -139,7 +161,10 @@ def _register_train(dsub: Any) -> None:
         f"Students: {_student_help()}.",
     )
     p.add_argument("--teacher-labels", required=True, metavar="DIR", help="teacher cache (`lmmiqa distill teach --out`)")
-    p.add_argument("--student", default="small-cnn", metavar="NAME", help=f"student: {', '.join(names)} (default small-cnn)")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="a named set of option values: 'paper' = the LEAF paper's student (convnext-base, "
+                   "ImageNet-pretrained); explicit options override it")
+    p.add_argument("--student", default=None, metavar="NAME", help=f"student: {', '.join(names)} (default small-cnn)")
     p.add_argument("--student-model", default=None, metavar="MODEL",
                    help="hub id or local folder of the student checkpoint (default: the student's own, e.g. "
                    "facebook/convnext-base-224)")
@@ -165,10 +190,10 @@ def _register_train(dsub: Any) -> None:
     p.add_argument("--pairs-per-batch", type=int, default=None, help="pairs per step (default batch-size/2)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the student's)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
-    p.add_argument("--w-point", type=float, default=1.0, help="weight of the point regression term (default 1)")
-    p.add_argument("--w-kl", type=float, default=0.5, help="weight of the level-distribution KL term (default 0.5)")
-    p.add_argument("--w-pair", type=float, default=1.0, help="weight of the pair fidelity term (default 1)")
-    p.add_argument("--pair-prob", choices=["thurstone", "sigmoid"], default="thurstone",
+    p.add_argument("--w-point", type=float, default=None, help="weight of the point regression term (default 1)")
+    p.add_argument("--w-kl", type=float, default=None, help="weight of the level-distribution KL term (default 0.5)")
+    p.add_argument("--w-pair", type=float, default=None, help="weight of the pair fidelity term (default 1)")
+    p.add_argument("--pair-prob", choices=["thurstone", "sigmoid"], default=None,
                    help="student pair probability: Phi(d/sqrt2) (default) or sigmoid(d)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal-flip augmentation")
     p.add_argument("--val-fraction", type=float, default=None,
@@ -181,13 +206,17 @@ def _register_train(dsub: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="student folder (artifact + checkpoints)")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and train from scratch")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
+    p.add_argument("--format", choices=SUMMARY_FORMATS, default="text",
+                   help="summary on stdout: text (default: a few lines; the per-epoch history is in "
+                   "OUT/training.json) or json (the whole summary, with the history)")
     p.set_defaults(func=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from lmmiqa.distill.train import TrainConfig, train_student
+    from lmmiqa.distill.train import train_config, train_student
 
-    config = TrainConfig(
+    config = train_config(
+        args.preset,
         student=args.student,
         student_options=dict(args.student_option),
         student_model=args.student_model,
@@ -195,7 +224,7 @@ def run_train(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         resize_mode=args.resize_mode,
         crop_layout=args.crop_layout,
-        **({"crops": args.crops} if args.crops is not None else {}),
+        crops=args.crops,
         epochs=args.epochs,
         batch_size=args.batch_size,
         pairs_per_batch=args.pairs_per_batch,
@@ -214,7 +243,10 @@ def run_train(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     summary = train_student(args.teacher_labels, args.out, config, restart=args.restart)
-    print(json.dumps(summary.to_dict(), indent=2))
+    if args.format == "json":
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(train_text(summary))
     fid = summary.fidelity
     parts = []
     if fid.get("val_srcc") is not None:
@@ -227,6 +259,20 @@ def run_train(args: argparse.Namespace) -> int:
     for warning in summary.warnings:
         print(f"lmmiqa distill train: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def train_text(summary: Any) -> str:
+    """A few lines about a training run: what was trained, on what, the last epoch's losses, where it went."""
+    resumed = f", resumed after epoch {summary.resumed_from_epoch}" if summary.resumed_from_epoch else ""
+    lines = [f"student {summary.student}: {summary.epochs} epoch(s){resumed} on {summary.n_train} image(s) "
+             f"({summary.n_val} held out), {summary.n_pairs} pair(s), in {summary.seconds:.1f} s -> {summary.out}"]
+    last = summary.history[-1] if summary.history else None
+    if last:
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch")
+        lines.append(f"  last epoch ({last.get('epoch', len(summary.history))}): {losses}")
+    lines.append(f"  per-epoch history: {summary.out}/training.json (or --format json)")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- calibrate
@@ -244,11 +290,14 @@ def _register_calibrate(dsub: Any) -> None:
         "(calibration.json) and report SRCC/PLCC/RMSE of the calibrated output on the held-out remainder.",
     )
     p.add_argument("student", metavar="STUDENT", help="student folder (`lmmiqa distill train --out`)")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="a named set of option values: 'paper' = the LEAF paper's calibration (10 %% of the labels, "
+                   "monotone logistic map); explicit options override it")
     add_data_args(p)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--fraction", type=float, default=None, help="share of the labelled images used to fit (default 0.1)")
     size.add_argument("--n", type=int, default=None, help="number of labelled images used to fit")
-    p.add_argument("--kind", choices=CALIBRATION_KINDS, default="logistic", help="the map (default logistic)")
+    p.add_argument("--kind", choices=CALIBRATION_KINDS, default=None, help="the map (default logistic)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset draw (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     p.add_argument("--batch-size", type=int, default=32, help="images per student batch (default 32)")
@@ -259,10 +308,10 @@ def _register_calibrate(dsub: Any) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from lmmiqa.cli._data_args import dataset_from_args
-    from lmmiqa.distill.calibrate import CalibrateConfig, calibrate_student
+    from lmmiqa.distill.calibrate import calibrate_config, calibrate_student
 
-    config = CalibrateConfig(kind=args.kind, fraction=args.fraction, n=args.n, seed=args.seed, device=args.device,
-                             batch_size=args.batch_size, progress=args.progress)
+    config = calibrate_config(args.preset, kind=args.kind, fraction=args.fraction, n=args.n, seed=args.seed,
+                              device=args.device, batch_size=args.batch_size, progress=args.progress)
     dataset = dataset_from_args(args)
     report = calibrate_student(args.student, dataset, config)
     if args.format == "json":
@@ -295,13 +344,47 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def _register_info(dsub: Any) -> None:
     p = dsub.add_parser("info", help="describe a student folder (config, calibration, teacher)",
-                        description="Print a student folder's description as JSON.")
+                        description="Describe a student folder: a few lines, or its whole description as JSON.")
     p.add_argument("student", metavar="STUDENT", help="student folder")
+    p.add_argument("--format", choices=SUMMARY_FORMATS, default="text",
+                   help="text (default: a few lines) or json (everything: preprocessing, calibration parameters and "
+                   "its held-out report, teacher, fidelity)")
     p.set_defaults(func=run_info)
+
+
+def info_text(d: dict[str, Any]) -> str:
+    """A few lines describing a student folder (:meth:`StudentArtifact.summary`)."""
+    pre = d.get("preprocessing") or {}
+    view, size = pre.get("mode") or "?", pre.get("size")
+    if view == "crops":
+        view = f"the mean of {pre.get('crops', '?')} crops ({pre.get('crop_layout', 'grid')}) of {size}x{size}"
+    elif size:
+        view = f"{view} {size}x{size}"
+    lines = [f"{d['path']}: student {d['student']} (schema {d.get('schema_version')}), input: {view}"]
+    teacher = d.get("teacher") or {}
+    if teacher:
+        model = teacher.get("model") or (teacher.get("options") or {}).get("model")
+        lines.append(f"  teacher: {teacher.get('method', '?')}" + (f" ({model})" if model else ""))
+    fid = d.get("fidelity") or {}
+    if fid.get("val_srcc") is not None:
+        lines.append(f"  fidelity to the teacher: SRCC {fid['val_srcc']:+.3f} on {fid.get('n_val')} held-out image(s)")
+    cal = d.get("calibration")
+    if cal:
+        scale = cal.get("scale")
+        held = ((d.get("calibration_report") or {}).get("heldout") or {})
+        lines.append(f"  calibrated ({cal.get('kind')}) to {list(scale) if scale else 'no fixed scale'}, "
+                     + ("higher" if cal.get("higher_is_better", True) else "lower") + " is better"
+                     + (f"; held-out SRCC {held['srcc']:.4f}, PLCC {held['plcc']:.4f}"
+                        if isinstance(held.get("srcc"), float) and isinstance(held.get("plcc"), float) else ""))
+    else:
+        lines.append("  not calibrated: scores are the raw output in the teacher's unit (`lmmiqa distill calibrate`)")
+    lines.append("  everything: --format json")
+    return "\n".join(lines)
 
 
 def run_info(args: argparse.Namespace) -> int:
     from lmmiqa.distill.artifact import StudentArtifact
 
-    print(json.dumps(StudentArtifact.load(args.student).summary(), indent=2))
+    summary = StudentArtifact.load(args.student).summary()
+    print(json.dumps(summary, indent=2) if args.format == "json" else info_text(summary))
     return 0

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 COLUMNS = ["method", "model", "dataset", "split", "n", "n_failed", "srcc", "krcc", "plcc", "plcc_4pl", "plcc_5pl",
-           "rmse", "partial", "synthetic", "run_dir"]
+           "fit_4pl", "fit_5pl", "rmse", "partial", "synthetic", "run_dir"]
 
 
 def register(sub: Any) -> None:
@@ -38,10 +38,10 @@ def model_label(model: Any) -> str:
 
 
 def rows_of(reports: Sequence[Any]) -> list[dict[str, Any]]:
-    """One table row per report."""
+    """One table row per report (a preset is shown with the method: ``iqarag [paper]``)."""
     return [
         {
-            "method": r.method,
+            "method": r.method + (f" [{r.preset}]" if getattr(r, "preset", None) else ""),
             "model": model_label(r.model),
             "dataset": r.dataset,
             "split": r.split,
@@ -52,6 +52,8 @@ def rows_of(reports: Sequence[Any]) -> list[dict[str, Any]]:
             "plcc": r.plcc,
             "plcc_4pl": r.plcc_4pl,
             "plcc_5pl": r.plcc_5pl,
+            "fit_4pl": r.fell_back("logistic4") or "logistic4",
+            "fit_5pl": r.fell_back("logistic5") or "logistic5",
             "rmse": r.rmse,
             "partial": r.partial,
             "synthetic": r.synthetic,
@@ -85,12 +87,21 @@ def to_markdown(rows: Sequence[dict[str, Any]], matrix: dict[str, Any] | None) -
         "| method | model | dataset | split | n | failed | SRCC | KRCC | PLCC (raw) | PLCC (4PL fit) | PLCC (5PL fit) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    fell_back = False
     for r in rows:
         flags = (" (partial)" if r["partial"] else "") + (" (synthetic)" if r["synthetic"] else "")
+        p4, p5 = _f(r["plcc_4pl"]), _f(r["plcc_5pl"])
+        if r.get("fit_4pl", "logistic4") != "logistic4":
+            p4, fell_back = f"{p4} ({r['fit_4pl']})", True
+        if r.get("fit_5pl", "logistic5") != "logistic5":
+            p5, fell_back = f"{p5} ({r['fit_5pl']})", True
         lines.append(
             f"| {r['method']} | {r['model']} | {r['dataset']}{flags} | {r['split']} | {r['n']} | {r['n_failed']} | "
-            f"{_f(r['srcc'])} | {_f(r['krcc'])} | {_f(r['plcc'])} | {_f(r['plcc_4pl'])} | {_f(r['plcc_5pl'])} |"
+            f"{_f(r['srcc'])} | {_f(r['krcc'])} | {_f(r['plcc'])} | {p4} | {p5} |"
         )
+    if fell_back:
+        lines += ["", "(a line), (a constant): that logistic fit did not converge (too few items, or constant "
+                  "predictions) and fell back to the map named; the PLCC after it keeps the sign of the relation."]
     if matrix is not None:
         ds = matrix["datasets"]
         lines += ["", "Cross-dataset matrix (SRCC / PLCC after 4PL fit):", "",

@@ -151,9 +151,14 @@ def _scale_text(d: dict[str, Any]) -> str:
 
 def error_text(d: dict[str, Any]) -> str:
     """The error of a result without a leading copy of its image path (the table/stderr already name it)."""
+    import os
+
     err = str(d.get("error") or "")
-    prefix = f"{d.get('image')}: "
-    return err[len(prefix):] if err.startswith(prefix) else err
+    image = str(d.get("image"))
+    for prefix in (f"{image}: ", f"{os.path.normpath(image)}: "):  # "photos/" is reported as "photos"
+        if err.startswith(prefix):
+            return err[len(prefix):]
+    return err
 
 
 def _table_row(d: dict[str, Any]) -> str:

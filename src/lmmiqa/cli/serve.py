@@ -117,9 +117,11 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lmmiqa.logs import log_warnings
     from lmmiqa.service.app import check_bind, serve
 
     config = build_config(args)
     check_bind(args.host, config.api_key)  # before loading the model
+    log_warnings()  # a warning (low covered mass, ...) is one record of the service log, not a source listing
     serve(config, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -183,6 +183,8 @@ def run_run(args: argparse.Namespace) -> int:
         for d in dicts:
             print(json.dumps(d))
     else:
+        # a header naming the columns as the JSON keys do (raw: the tool's own unit; normalized: its [1, 5] map)
+        print("image\traw" + ("\tnormalized" if args.normalized else ""))
         for r, d in zip(results, dicts):
             if r.error is not None:
                 print(f"{r.image}\tERROR\t{r.error}")

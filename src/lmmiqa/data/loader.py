@@ -21,7 +21,7 @@ import numpy as np
 
 from lmmiqa.data.records import DatasetRecord, LabelFormat, custom_record, get_record
 from lmmiqa.data.splits import SplitSpec, official_split_mask, parse_split, seeded_split_mask
-from lmmiqa.errors import ConfigError, DataError
+from lmmiqa.errors import ConfigError, DataError, InputNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,9 @@ class Dataset:
             f"{self.root}: {', '.join(examples)}{' ...' if len(missing) > len(examples) else ''}"
         )
         if not skip_missing:
-            raise DataError(msg + " (check --root, or pass --skip-missing to evaluate the rest)")
+            raise InputNotFoundError(msg + " (check --root, or pass --skip-missing to evaluate the rest)")
         if len(missing) == len(self.items):
-            raise DataError(msg + "; none exists, so nothing is left with --skip-missing (check --root)")
+            raise InputNotFoundError(msg + "; none exists, so nothing is left with --skip-missing (check --root)")
         log.warning("%s; skipping them (--skip-missing)", msg)
         gone = set(missing)
         kept = replace(self, n_missing=self.n_missing + len(missing), missing_examples=examples, _index={})
@@ -250,7 +250,7 @@ def read_label_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[
     """Read a CSV label file: (header, rows). Handles a UTF-8 BOM and CRLF line ends."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"label file not found: {p}")
+        raise InputNotFoundError(f"label file not found: {p}")
     try:
         with p.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -335,7 +335,7 @@ def load_dataset(
     """
     root_s = os.path.abspath(os.fspath(root)) if root is not None else None  # stable result keys
     if root_s is not None and not Path(root_s).is_dir():
-        raise DataError(f"--root {root_s} is not a folder")
+        raise InputNotFoundError(f"--root {root_s} is not a folder" + ("" if Path(root_s).exists() else " (it does not exist)"))
     if name is not None:
         record = get_record(name)
         if labels is None:

@@ -167,6 +167,21 @@ class DatasetRecord:
             f"expected one of: {expected} (or pass --image-column/--score-column)"
         )
 
+    def layout(self) -> str:
+        """How a folder of this dataset must look, in words (for messages about a missing or wrong folder)."""
+        layouts = []
+        for fmt in self.formats:
+            cols = ", ".join(fmt.signature or (fmt.image_column, fmt.score_column))
+            where = ("paths that start with the dataset's own folder (e.g. " + self.title.replace(" ", "_")
+                     + "/...), so DIR is the folder that holds it" if fmt.name == "collection"
+                     else "bare image file names, so DIR holds the images")
+            layouts.append(f"columns {cols}: {where}")
+        text = (f"the {self.title} folder DIR holds the label file {self.label_file} and the images at the paths it "
+                f"lists, relative to DIR; label layouts accepted: " + "; ".join(layouts))
+        if self.official_file:
+            text += f"; the official split also needs {self.official_file} next to the label file or in DIR"
+        return text
+
     def summary(self) -> dict[str, object]:
         """JSON-safe description used in run configs and reports."""
         fmt = self.default_format

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lmmiqa.errors import ConfigError, DataError, UnknownNameError
+from lmmiqa.errors import ConfigError, DataError, InputNotFoundError, UnknownNameError
 
 if TYPE_CHECKING:
     from lmmiqa.data.loader import Dataset
@@ -203,7 +203,7 @@ def folder_images(folder: str | os.PathLike[str]) -> list[tuple[str, Any]]:
 
     root = Path(folder)
     if not root.is_dir():
-        raise DataError(f"image folder not found: {root}")
+        raise InputNotFoundError(f"image folder not found: {root}")
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}")

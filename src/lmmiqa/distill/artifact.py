@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lmmiqa.errors import ConfigError, DataError, require
+from lmmiqa.jsonl import write_json
 from lmmiqa.types import json_safe
 
 ARTIFACT_KIND = "lmmiqa-leaf-student"
@@ -40,13 +41,6 @@ TRAINING_FILE = "training.json"
 CALIBRATION_FILE = "calibration.json"
 #: the calibration maps (:mod:`lmmiqa.distill.calibrate` fits them; this module stores and applies them)
 CALIBRATION_KINDS = ("logistic", "isotonic", "linear")
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON-safe ``data`` atomically (a temporary file, then a rename): readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def save_artifact(
@@ -134,8 +128,9 @@ class Calibration:
         if self.input_sign not in (1.0, -1.0):
             raise ConfigError(f"input_sign must be +1 or -1, got {self.input_sign}")
 
-    def apply(self, raw: Any) -> np.ndarray:
-        """Calibrated scores for raw student outputs (NaN stays NaN)."""
+    def map_raw(self, raw: Any) -> np.ndarray:
+        """The fitted map applied to raw student outputs, without clipping (a line or a fallback fit can
+        extrapolate past the scale); NaN stays NaN."""
         x = self.input_sign * np.asarray(raw, dtype=np.float64)
         if self.kind == "logistic":
             return _fit_result(self.params).predict(x)
@@ -145,6 +140,14 @@ class Calibration:
             out = np.interp(x, xs, ys)
             return np.where(np.isfinite(x), out, np.nan)
         return float(self.params["a"]) * x + float(self.params["b"])
+
+    def apply(self, raw: Any) -> np.ndarray:
+        """Calibrated scores for raw student outputs, clipped to :attr:`scale` when there is one (a score of 5.16
+        "on [1, 5]" would contradict its label); NaN stays NaN."""
+        out = self.map_raw(raw)
+        if self.scale is not None:
+            out = np.clip(out, float(self.scale[0]), float(self.scale[1]))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(
@@ -278,8 +281,20 @@ class StudentArtifact:
                 "calibration_report": self.calibration_report,
                 "teacher": (self.teacher or {}).get("identity"),
                 "fidelity": self._training().get("fidelity"),
+                "recipe": self.recipe(),
             }
         )
+
+    def recipe(self) -> dict[str, str | None]:
+        """The preset each step that made this student was run with (``{"distill teach": "paper", "distill
+        train": None, "distill calibrate": ...}``; None: lmmiqa's defaults, not recorded, or not calibrated)."""
+        from lmmiqa.distill.presets import CALIBRATE, TEACH, TRAIN
+
+        return {
+            TEACH: (self.teacher or {}).get("preset"),
+            TRAIN: (self._training().get("config") or {}).get("preset"),
+            CALIBRATE: (self.calibration_report or {}).get("preset") if self.calibration is not None else None,
+        }
 
     def _training(self) -> dict[str, Any]:
         path = self.path / TRAINING_FILE

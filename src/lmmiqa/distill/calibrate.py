@@ -251,6 +251,8 @@ class CalibrateConfig:
         device: ``auto``, ``cpu``, ``cuda``, …
         batch_size: images per student batch.
         progress: progress bar on stderr.
+        preset: the preset these options were built over (:func:`calibrate_config`; recorded in
+            ``calibration.json``), or None.
     """
 
     kind: str = "logistic"
@@ -260,6 +262,7 @@ class CalibrateConfig:
     device: str = "auto"
     batch_size: int = 32
     progress: bool | None = None
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in CALIBRATION_KINDS:
@@ -274,6 +277,22 @@ class CalibrateConfig:
             raise ConfigError(f"n must be >= 2, got {self.n}")
         if int(self.batch_size) < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def calibrate_config(preset: str | None = None, **options: Any) -> CalibrateConfig:
+    """A :class:`CalibrateConfig` from keyword options over the values of ``preset`` (``"paper"``: 10 % of the
+    labels, :data:`lmmiqa.distill.presets.CALIBRATE_PAPER`); explicit options (not None) win. An explicit ``n``
+    replaces the preset's ``fraction`` (the two are alternatives)."""
+    from lmmiqa.config import build_config
+    from lmmiqa.distill.presets import CALIBRATE, STAGE_PRESETS
+    from lmmiqa.presets import apply_preset, get_preset
+
+    opts = apply_preset(STAGE_PRESETS[CALIBRATE], preset, options, f"`lmmiqa {CALIBRATE}`")
+    if preset is not None:
+        if options.get("n") is not None and options.get("fraction") is None:
+            opts.pop("fraction", None)
+        opts["preset"] = get_preset(STAGE_PRESETS[CALIBRATE], preset, f"`lmmiqa {CALIBRATE}`").name
+    return build_config(CalibrateConfig, opts, what=f"`lmmiqa {CALIBRATE}`")
 
 
 @dataclass(frozen=True)
@@ -386,7 +405,8 @@ def calibrate_student(student: str | os.PathLike[str], dataset: Any, config: Cal
         calibration_fit=info["calibration_fit"],
         dataset=dataset.summary(),
         seconds=time.perf_counter() - t0,
-        extra={"subset": {"fraction": config.fraction, "n": config.n, "seed": config.seed,
+        extra={"preset": config.preset,
+               "subset": {"fraction": config.fraction, "n": config.n, "seed": config.seed,
                           "by": "reference image" if groups is not None else "image",
                           "images": [dataset.items[i].id for i in info["indices"]],
                           "paths": [dataset.items[i].path for i in info["indices"]]},

@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 
 from lmmiqa.config import config_to_dict
-from lmmiqa.distill.artifact import write_json
 from lmmiqa.distill.judgments import (
     DERIVED_PAIR_MODELS,
     POINT_RELIABILITIES,
@@ -50,7 +49,7 @@ from lmmiqa.distill.judgments import (
     sample_pairs,
 )
 from lmmiqa.errors import ConfigError, DataError, LmmiqaError, UnsupportedError
-from lmmiqa.jsonl import JsonlAppender, read_jsonl
+from lmmiqa.jsonl import JsonlAppender, read_jsonl, write_json
 from lmmiqa.types import json_safe
 
 log = logging.getLogger(__name__)
@@ -82,6 +81,8 @@ class TeacherConfig:
         batch_size: images per teacher batch (pairs: comparison prompts per batch / 2).
         seed: seed of the pair sampling.
         progress: progress bars on stderr (default: when stderr is a terminal).
+        preset: the preset these options were built over (:func:`teacher_config`; recorded in ``teacher.json``),
+            or None.
     """
 
     method: str = "q-align"
@@ -95,6 +96,7 @@ class TeacherConfig:
     batch_size: int = 8
     seed: int = 0
     progress: bool | None = None
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method.strip():
@@ -116,6 +118,39 @@ class TeacherConfig:
         if int(self.batch_size) < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         self.options = dict(self.options)
+
+
+def teacher_config(preset: str | None = None, *, teacher_options: dict[str, Any] | None = None,
+                   **fields_: Any) -> TeacherConfig:
+    """A :class:`TeacherConfig` from keyword options over the values of ``preset`` (``"paper"``: the LEAF paper's
+    teacher, :data:`lmmiqa.distill.presets.TEACH_PAPER`); explicit options (not None) win.
+
+    Args:
+        preset: a preset of ``lmmiqa distill teach``, or None.
+        teacher_options: the teacher method's own options (``model``, ``backend``, ``device``, ...).
+        **fields_: :class:`TeacherConfig` fields. A preset value that is not a field (``model``) goes into the
+            teacher's options — unless ``method`` names another teacher than the preset's: the preset's teacher
+            options belong to its own teacher and are then left out.
+    """
+    import dataclasses
+
+    from lmmiqa.config import build_config
+    from lmmiqa.distill.presets import STAGE_PRESETS, TEACH
+    from lmmiqa.presets import get_preset
+
+    given = {k: v for k, v in fields_.items() if v is not None}
+    options = {k: v for k, v in (teacher_options or {}).items() if v is not None}
+    if preset is not None:
+        chosen = get_preset(STAGE_PRESETS[TEACH], preset, f"`lmmiqa {TEACH}`")
+        names = {f.name for f in dataclasses.fields(TeacherConfig)}
+        own_teacher = given.get("method", chosen.options().get("method")) == chosen.options().get("method")
+        for key, value in chosen.options().items():
+            if key in names:
+                given.setdefault(key, value)
+            elif own_teacher:
+                options.setdefault(key, value)
+        given["preset"] = chosen.name
+    return build_config(TeacherConfig, {**given, "options": options}, what=f"`lmmiqa {TEACH}`")
 
 
 # --------------------------------------------------------------------------- JSONL helpers
@@ -195,11 +230,18 @@ def judge_pairs_prompt(backend: Any, images_a: Sequence[Any], images_b: Sequence
     Rows where the backend saw neither candidate are NaN.
     """
     from lmmiqa.levels import closed_set_probs
+    from lmmiqa.methods.coverage import check_levels
 
     n = len(images_a)
     prompts = [_pair_prompt(a, b) for a, b in zip(images_a, images_b)]
     prompts += [_pair_prompt(b, a) for a, b in zip(images_a, images_b)]
-    probs = closed_set_probs(backend.level_logprobs(prompts, pair_candidates()))
+    cands = pair_candidates()
+    lp = backend.level_logprobs(prompts, cands)
+    # as for every level read-out: warn once per run when " A"/" B" hold little of the answer, or a server's
+    # top-k left one out
+    check_levels(lp, backend=backend, prompts=prompts, candidates=cands, what="leaf teacher pair prompt",
+                 keys=["A", "B"])
+    probs = closed_set_probs(lp)
     return probs[:n, 0], probs[n:, 1]
 
 
@@ -282,11 +324,11 @@ def teach(
     config = config or TeacherConfig()
     t_start = time.perf_counter()
     root = Path(out)
+    paths = _image_paths(images)  # before anything is written: a wrong --images leaves no cache folder behind
     if restart:
         for name in (TEACHER_FILE, POINTS_FILE, PAIRS_FILE):
             (root / name).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    paths = _image_paths(images)
     teacher = scorer if scorer is not None else make_teacher(config)
     pair_mode = resolve_pair_mode(config, teacher)
     meta = _open_meta(root, config, teacher, pair_mode)
@@ -326,14 +368,21 @@ def teach(
 
 def _image_paths(images: Any) -> list[str]:
     """Absolute, sorted, unique image paths of the inputs (in-memory images are refused)."""
-    from lmmiqa.images import expand_inputs
+    from lmmiqa.errors import InputNotFoundError
+    from lmmiqa.images import IMAGE_EXTENSIONS, expand_inputs
 
+    given = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    missing = [str(x) for x in given if isinstance(x, (str, os.PathLike)) and not str(x).startswith("@")
+               and not os.path.exists(x)]
+    if missing:
+        raise InputNotFoundError(f"no such file or folder: {', '.join(missing)}")
     inputs = expand_inputs(images)
     if any(not isinstance(x, str) for x in inputs):
         raise ConfigError("the teacher pass needs image files (paths, folders, @lists), not in-memory images")
     paths = sorted({os.path.abspath(p) for p in inputs})
     if not paths:
-        raise DataError(f"no images found in {images!r}")
+        raise InputNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in "
+                                 f"{', '.join(str(x) for x in given)}")
     return paths
 
 
@@ -605,6 +654,7 @@ class TeacherLabels:
                 "point_reliability_mean": float(np.mean(self.point_reliability)),
                 "pair_reliability_mean": float(np.mean(self.pair_reliability)) if len(self.pairs) else None,
                 "has_distributions": self.probs is not None,
+                "preset": (self.teacher.get("config") or {}).get("preset"),
             }
         )
 

@@ -63,7 +63,7 @@ AUTO_VAL_MIN_IMAGES = 50
 FIT_CHECK_IMAGES = 256
 CHECKPOINT_FILE = "checkpoint.pt"
 #: options that may change between a run and its resumption
-RESUMABLE_CHANGES = ("epochs", "device", "progress", "workers", "cache_mb")
+RESUMABLE_CHANGES = ("epochs", "device", "progress", "workers", "cache_mb", "preset")
 
 
 @dataclass
@@ -103,6 +103,8 @@ class TrainConfig:
         workers: threads decoding images (default: the CPU count, at most 8); the next step's images are decoded
             in the background while the current step runs.
         progress: progress bar on stderr (default: when stderr is a terminal).
+        preset: the preset these options were built over (:func:`train_config`; recorded in ``training.json``), or
+            None.
     """
 
     student: str = "small-cnn"
@@ -130,6 +132,7 @@ class TrainConfig:
     cache_mb: int = 2048
     workers: int | None = None
     progress: bool | None = None
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         from lmmiqa import registry
@@ -167,6 +170,20 @@ class TrainConfig:
             self.workers = min(8, os.cpu_count() or 1)
         if int(self.cache_mb) < 0 or int(self.workers) < 0:
             raise ConfigError("cache_mb and workers must be >= 0")
+
+
+def train_config(preset: str | None = None, **options: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from keyword options over the values of ``preset`` (``"paper"``: the LEAF paper's
+    student, :data:`lmmiqa.distill.presets.TRAIN_PAPER`); explicit options (not None) win; unknown names are a
+    ConfigError listing the valid ones."""
+    from lmmiqa.config import build_config
+    from lmmiqa.distill.presets import STAGE_PRESETS, TRAIN
+    from lmmiqa.presets import apply_preset, get_preset
+
+    opts = apply_preset(STAGE_PRESETS[TRAIN], preset, options, f"`lmmiqa {TRAIN}`")
+    if preset is not None:
+        opts["preset"] = get_preset(STAGE_PRESETS[TRAIN], preset, f"`lmmiqa {TRAIN}`").name
+    return build_config(TrainConfig, opts, what=f"`lmmiqa {TRAIN}`")
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,11 @@ def rmse(pred: ArrayLike, mos: ArrayLike) -> float:
 def fitted_plcc(pred: ArrayLike, mos: ArrayLike, kind: str = "logistic4") -> tuple[float, float, FitResult]:
     """PLCC and RMSE after mapping predictions to MOS with a logistic fit.
 
+    The PLCC keeps the direction of the predictions: Pearson's r between the fitted values and the MOS is
+    always ≥ 0 (a least-squares map turns a falling relation into a rising one), so it is given the sign of the
+    map itself (of the fitted values against the predictions). Predictions that run against the MOS (raw PLCC
+    −0.95) thus get a fitted PLCC near −0.95, never +0.95 — with a converged logistic as with its fallback line.
+
     Args:
         kind: ``logistic4`` (VQEG, METHODS §7) or ``logistic5`` (§5.3).
 
@@ -108,7 +113,11 @@ def fitted_plcc(pred: ArrayLike, mos: ArrayLike, kind: str = "logistic4") -> tup
 
         raise ConfigError(f"unknown fit {kind!r}; known: logistic4, logistic5")
     yhat = fit.predict(x)
-    return _pearson(yhat, y), rmse(yhat, y), fit
+    r = _pearson(yhat, y)
+    direction = _pearson(x, yhat)  # +1 for a rising map, -1 for a falling one (NaN: a constant map)
+    if np.isfinite(r) and np.isfinite(direction) and direction < 0:
+        r = -r
+    return r, rmse(yhat, y), fit
 
 
 # --------------------------------------------------------------------------- direction

@@ -26,6 +26,8 @@ class EvalReport:
 
     Attributes:
         method: registered method name (or ``module:Class``). model: model id(s), or ``None``.
+        preset: the method's preset the scorer was built over (``"paper"``; ``lmmiqa methods --presets`` lists its
+            values), or ``None`` for lmmiqa's defaults.
         dataset: dataset record name. split: split specification. labels: label file.
         n: items with a prediction used in the metrics. n_failed: items that could not be scored.
         n_total: items in the (possibly limited) selection. partial: true when ``limit`` cut the split.
@@ -82,6 +84,7 @@ class EvalReport:
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     schema: int = REPORT_SCHEMA
+    preset: str | None = None
 
     @property
     def mean(self) -> float:
@@ -120,6 +123,18 @@ class EvalReport:
         except (json.JSONDecodeError, TypeError, KeyError) as err:
             raise DataError(f"{p} is not an lmmiqa report: {err}") from err
 
+    def fell_back(self, name: str) -> str | None:
+        """The map used instead of the ``logistic4``/``logistic5`` fit when it did not converge ("a line" or "a
+        constant"), else None."""
+        if (self.fit_converged or {}).get(name, True):
+            return None
+        why = str(((self.fits or {}).get(name) or {}).get("fallback") or "")
+        return "a constant" if why.startswith("constant") else "a line"
+
+    def _fell_back(self, name: str) -> str:
+        used = self.fell_back(name)
+        return f" (**fell back to {used}**)" if used else ""
+
     def to_markdown(self) -> str:
         """A short human-readable report."""
         lines = [f"# {self.method} on {self.dataset} ({self.split})", ""]
@@ -131,8 +146,11 @@ class EvalReport:
                       "(`--limit`).", ""]
         model = ", ".join(self.model) if isinstance(self.model, list) else (self.model or "-")
         ci = self.ci or {}
+        preset = (f"{self.preset} (its values: `lmmiqa methods {self.method} --presets`)" if self.preset
+                  else "none (lmmiqa's defaults)")
         lines += [
             f"- model: {model}",
+            f"- preset: {preset}",
             f"- labels: {self.labels or '-'}",
             f"- items: n = {self.n} scored, {self.n_failed} failed, {self.n_total} selected"
             + (f", {self.n_missing} missing files skipped" if self.n_missing else ""),
@@ -143,10 +161,10 @@ class EvalReport:
             f"| SRCC | {_f(self.srcc)} | {_ci(ci.get('srcc'))} |",
             f"| KRCC (τ-b) | {_f(self.krcc)} | |",
             f"| PLCC (raw, no fit) | {_f(self.plcc)} | {_ci(ci.get('plcc'))} |",
-            f"| PLCC after 4PL fit | {_f(self.plcc_4pl)} | |",
-            f"| PLCC after 5PL fit | {_f(self.plcc_5pl)} | |",
-            f"| RMSE after 4PL fit | {_f(self.rmse)} | |",
-            f"| RMSE after 5PL fit | {_f(self.rmse_5pl)} | |",
+            f"| PLCC after 4PL fit{self._fell_back('logistic4')} | {_f(self.plcc_4pl)} | |",
+            f"| PLCC after 5PL fit{self._fell_back('logistic5')} | {_f(self.plcc_5pl)} | |",
+            f"| RMSE after 4PL fit{self._fell_back('logistic4')} | {_f(self.rmse)} | |",
+            f"| RMSE after 5PL fit{self._fell_back('logistic5')} | {_f(self.rmse_5pl)} | |",
             "",
             f"Bootstrap: {ci.get('n_boot', 0)} resamples over {ci.get('unit', 'image')}s "
             f"({ci.get('n_units', '-')} units), seed {ci.get('seed', '-')}; the PLCC interval is for raw PLCC.",

@@ -193,9 +193,9 @@ def package_versions() -> dict[str, str]:
     """Versions of lmmiqa, Python and the packages that influence scores (read from metadata; nothing imported)."""
     from importlib import metadata
 
-    import lmmiqa
+    from lmmiqa._version import __version__
 
-    out = {"lmmiqa": lmmiqa.__version__, "python": platform.python_version()}
+    out = {"lmmiqa": __version__, "python": platform.python_version()}
     for pkg in ("numpy", "scipy", "pillow", "torch", "transformers"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
@@ -208,6 +208,7 @@ class RunConfig:
 
     Attributes:
         method: method name. model: model id(s). options: the scorer's full config (``describe()["config"]``).
+        preset: the preset the scorer was built over (``"paper"``), or ``None`` for lmmiqa's defaults.
         dataset: the dataset summary (name, labels, root, split, columns, direction ...).
         limit: ``--limit``, or ``None``. engine: engine name. n_boot, seed: bootstrap settings.
         versions: package versions when the run started. created: ISO time.
@@ -223,11 +224,13 @@ class RunConfig:
     seed: int
     versions: dict[str, str]
     created: str
+    preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(
             {
                 "method": self.method,
+                "preset": self.preset,
                 "model": self.model,
                 "options": self.options,
                 "dataset": self.dataset,
@@ -306,25 +309,55 @@ def _write_atomic(path: Path, text: str) -> None:
 
 @contextlib.contextmanager
 def _run_lock(rundir: Path) -> Iterator[None]:
-    """Exclusive lock on the run folder, so two processes never append to the same predictions file."""
+    """Exclusive lock on the run folder, so two processes never append to the same predictions file.
+
+    The lock file is removed on every exit (success, error, interruption) while the lock is still held; a
+    process that opened the file just before its removal notices that its file is no longer the one at the path
+    and locks the new one instead, so two processes never both hold "the" lock.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX
         yield
         return
-    f = (rundir / LOCK_FILE).open("a")
-    try:
+    path = rundir / LOCK_FILE
+    while True:
+        f = path.open("a")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
+            f.close()
             raise ConfigError(f"{rundir} is in use by another lmmiqa eval process") from err
+        try:
+            current = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        f.close()  # the previous holder removed it after we opened it: lock the file now at the path
+    try:
         yield
     finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
         f.close()
 
 
-def _prepare_rundir(rundir: Path, config: RunConfig, force: bool) -> None:
-    """Create or validate the run folder; with ``force`` start it over."""
+def _n_scored(preds: Path) -> int:
+    """How many items of a predictions file have a score (0 when there is no file)."""
+    try:
+        records = PredictionStore(preds).load(repair=False)
+    except DataError:
+        return 1  # a damaged file is not "empty": never discard it without --force
+    return sum(1 for r in records.values() if r.get("error") is None and r.get("score") is not None)
+
+
+def _prepare_rundir(rundir: Path, config: RunConfig, force: bool, verbose: bool = False) -> None:
+    """Create or validate the run folder; with ``force`` start it over.
+
+    A folder whose run scored nothing (it failed before its first result, e.g. a model that could not be loaded)
+    holds nothing to protect: a run with another configuration replaces it without ``force``.
+    """
     rundir.mkdir(parents=True, exist_ok=True)
     cfg_path = rundir / CONFIG_FILE
     preds = rundir / PREDICTIONS_FILE
@@ -338,7 +371,11 @@ def _prepare_rundir(rundir: Path, config: RunConfig, force: bool) -> None:
             old = {}
         a, b = RunConfig.fingerprint(old), RunConfig.fingerprint(new)
         diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        if diff and not force:
+        replace_empty = bool(diff) and not force and _n_scored(preds) == 0
+        if replace_empty:
+            _say(verbose, f"{rundir} holds an earlier run that scored nothing; replacing it with this "
+                 f"configuration ({', '.join(diff)} changed)")
+        if diff and not force and not replace_empty:
             details = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff)
             raise ConfigError(
                 f"{rundir} holds a run with a different configuration ({details}); use another folder, or "
@@ -350,7 +387,8 @@ def _prepare_rundir(rundir: Path, config: RunConfig, force: bool) -> None:
             new["versions_resumed"] = config.versions
             new["versions"] = old.get("versions", config.versions)
         else:
-            log.warning("%s: configuration changed (%s); --force: starting over", rundir, ", ".join(diff))
+            if not replace_empty:
+                log.warning("%s: configuration changed (%s); --force: starting over", rundir, ", ".join(diff))
             _clear_outputs(rundir)
     elif preds.exists() and preds.stat().st_size > 0:
         if not force:
@@ -396,6 +434,7 @@ def build_report(
     method: str,
     model: Any,
     method_higher_is_better: bool,
+    preset: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     limit: int | None = None,
@@ -449,6 +488,7 @@ def build_report(
     n_total = len(paths)
     report = EvalReport(
         method=method,
+        preset=preset,
         model=model,
         dataset=dataset.name,
         split=dataset.split,
@@ -635,6 +675,7 @@ def evaluate(
         seed=int(seed),
         versions=versions,
         created=_now(),
+        preset=desc.get("preset"),
     )
     method_hib = bool(getattr(scorer, "higher_is_better", True))
 
@@ -648,14 +689,14 @@ def evaluate(
         run_engine(scorer, sel.paths(), collect, batch_size=batch_size, progress=progress, **(engine_options or {}))
         report, pred, mos, _fit = build_report(
             sel, records, method=config.method, model=config.model, method_higher_is_better=method_hib,
-            n_boot=n_boot, seed=seed, limit=config.limit, n_split=n_split, versions=versions,
+            preset=config.preset, n_boot=n_boot, seed=seed, limit=config.limit, n_split=n_split, versions=versions,
         )
         return dataclasses.replace(report, overlap=overlap) if overlap else report
 
     rundir = Path(out)
     rundir.mkdir(parents=True, exist_ok=True)
     with _run_lock(rundir):
-        _prepare_rundir(rundir, config, force)
+        _prepare_rundir(rundir, config, force, verbose)
         store = PredictionStore(rundir / PREDICTIONS_FILE)
         records = store.load()
         if retry_failed:
@@ -680,7 +721,7 @@ def evaluate(
             run_engine(scorer, pending, append, batch_size=batch_size, progress=progress, **(engine_options or {}))
         report, pred, mos, fit = build_report(
             sel, records, method=config.method, model=config.model, method_higher_is_better=method_hib,
-            n_boot=n_boot, seed=seed, limit=config.limit, n_split=n_split, run_dir=str(rundir),
+            preset=config.preset, n_boot=n_boot, seed=seed, limit=config.limit, n_split=n_split, run_dir=str(rundir),
             versions=versions,
         )
         if overlap:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from lmmiqa.config import build_config, config_to_dict
 from lmmiqa.errors import ConfigError, LmmiqaError, is_run_level
-from lmmiqa.images import ImageItem, ImageLimits, expand_inputs, iter_batches, load_many
+from lmmiqa.images import PIXEL_LIMIT_OPTION, ImageItem, ImageLimits, expand_inputs, iter_batches, load_many
 from lmmiqa.presets import Preset, apply_preset, get_preset
 from lmmiqa.types import ScoreResult
 
@@ -67,7 +67,8 @@ class Scorer(ABC):
     """Base class of all methods.
 
     Subclasses set ``name``, ``config_cls`` and implement :meth:`score_items`; they may list named option sets in
-    ``presets`` (:mod:`lmmiqa.presets`; ``paper`` reproduces the method's paper).
+    ``presets`` (:mod:`lmmiqa.presets`; ``paper`` reproduces the method's paper), and the presets of the commands
+    that make their artifact in ``stage_presets``.
 
     The preset a scorer was built with is ``config.preset`` (:attr:`preset`).
     """
@@ -77,6 +78,9 @@ class Scorer(ABC):
     higher_is_better: ClassVar[bool] = True
     summary: ClassVar[str] = ""
     presets: ClassVar[dict[str, Preset]] = {}
+    #: presets of the commands that make this method's artifact, by command (LEAF: ``distill teach``, ``distill
+    #: train``, ``distill calibrate``); listed beside :attr:`presets` by ``lmmiqa methods --presets``
+    stage_presets: ClassVar[dict[str, dict[str, Preset]]] = {}
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
@@ -136,7 +140,7 @@ class Scorer(ABC):
     def _limits(self) -> ImageLimits:
         cfg = self.config
         return ImageLimits(
-            max_pixels=getattr(cfg, "max_image_pixels", ImageLimits.max_pixels),
+            max_pixels=getattr(cfg, PIXEL_LIMIT_OPTION, ImageLimits.max_pixels),
             max_bytes=getattr(cfg, "max_bytes", ImageLimits.max_bytes),
         )
 

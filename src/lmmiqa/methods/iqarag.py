@@ -45,6 +45,7 @@ from lmmiqa.errors import BackendError, ConfigError, ImageLoadError, LmmiqaError
 from lmmiqa.images import ImageItem, ImageLimits, open_image, resize_max_side
 from lmmiqa.levels import QALIGN_SCALE, LevelScale
 from lmmiqa.methods.mllm import LevelScorer, MLLMConfig
+from lmmiqa.presets import Preset, PresetValue
 from lmmiqa.prompts import (
     IQARAG_ANSWER_PREFIX,
     IQARAG_INTRO_TEMPLATE,
@@ -76,8 +77,13 @@ class IQARAGConfig(MLLMConfig):
         bank: the reference bank folder (``lmmiqa bank build``). Required.
         top_k: nearest bank items considered before one per MOS bin is kept (the paper does not publish K;
             default 50).
+        references: P, the most references shown (1..5, default 5: one per MOS bin, the paper's best). With
+            fewer than 5, the nearest P of the per-bin picks are kept (lmmiqa's decision: the paper varies P but
+            does not say which bins it keeps).
         order: references in the prompt from the lowest MOS bin to the highest (``quality``, default) or from
             the nearest to the farthest (``distance``).
+        answer_prefix: the text the answer continues (default ``"The quality of this image is"``, "this" as in the
+            IQARAG paper; Q-Align and Q-Scorer say "the").
         bank_root: rebase the bank's image paths onto this folder (``root/id``), for a bank moved elsewhere.
         encoder_model: load the bank's encoder weights from here instead (e.g. a local copy of the same hub
             model); the encoder kind always comes from the bank.
@@ -92,7 +98,9 @@ class IQARAGConfig(MLLMConfig):
 
     bank: str | None = None
     top_k: int = DEFAULT_TOP_K
+    references: int = N_BINS
     order: str = "quality"
+    answer_prefix: str = IQARAG_ANSWER_PREFIX
     bank_root: str | None = None
     encoder_model: str | None = None
     encoder_device: str | None = None
@@ -110,8 +118,13 @@ class IQARAGConfig(MLLMConfig):
         if int(self.top_k) < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         self.top_k = int(self.top_k)
+        if isinstance(self.references, bool) or not 1 <= int(self.references) <= N_BINS:
+            raise ConfigError(f"references (P) must be in 1..{N_BINS} (one per MOS bin at most), got {self.references!r}")
+        self.references = int(self.references)
         if self.order not in ORDERS:
             raise ConfigError(f"unknown order {self.order!r}; known: {', '.join(ORDERS)}")
+        if not isinstance(self.answer_prefix, str) or not self.answer_prefix.strip():
+            raise ConfigError(f"answer_prefix must be a non-empty string, got {self.answer_prefix!r}")
         if int(self.encoder_batch_size) < 1:
             raise ConfigError(f"encoder_batch_size must be >= 1, got {self.encoder_batch_size}")
         if self.reference_max_side is not None and int(self.reference_max_side) < 16:
@@ -129,13 +142,41 @@ def level_word(bin_: int, scale: LevelScale = QALIGN_SCALE) -> str:
     return scale.words[int(bin_) - 1]
 
 
-def iqarag_prompt(references: Sequence[tuple[Any, str]], query: Any) -> Prompt:
+def iqarag_prompt(references: Sequence[tuple[Any, str]], query: Any, answer_prefix: str = IQARAG_ANSWER_PREFIX) -> Prompt:
     """The IQARAG prompt (METHODS §2.4) for ``[(reference image, level word), ...]`` and the query image."""
     content: list[Any] = [IQARAG_INTRO_TEMPLATE.format(n=len(references))]
     for image, word in references:
         content += [image, IQARAG_REFERENCE_TEMPLATE.format(level=word)]
     content += [query, IQARAG_QUESTION]
-    return Prompt.simple(content, answer_prefix=IQARAG_ANSWER_PREFIX)
+    return Prompt.simple(content, answer_prefix=answer_prefix)
+
+
+#: IQARAG as its paper evaluates it (``--preset paper``; METHODS §2)
+IQARAG_PAPER = Preset(
+    name="paper",
+    target="iqarag",
+    summary="IQARAG as the paper evaluates it: Qwen3-VL-8B-Instruct, P = 5 rated references (one per MOS fifth) "
+    "among the 50 nearest, the 'this' answer prefix",
+    reference="IQARAG: training-free retrieval-augmented image quality assessment for large multimodal models "
+    "(KADID, KonIQ, LIVE Challenge, SPAQ); lmmiqa METHODS §2",
+    values={
+        "model": PresetValue("Qwen/Qwen3-VL-8B-Instruct", "METHODS §2.5: the paper's numbers are Qwen3-VL-8B's"),
+        "references": PresetValue(N_BINS, "METHODS §2.3 and §2.5: one reference per MOS fifth, P = 5 (the "
+                                  "paper's best; P = 1 is worse than none)"),
+        "top_k": PresetValue(DEFAULT_TOP_K, "lmmiqa decision: the paper does not publish K (METHODS §2.3)"),
+        "answer_prefix": PresetValue(IQARAG_ANSWER_PREFIX, "METHODS §2.4: the paper's answer prefix says 'this' "
+                                     "(Q-Align and Q-Scorer say 'the')"),
+        "readout": PresetValue("expected", "METHODS §2.4: Q-Align-style expectation over the five words"),
+        "order": PresetValue("quality", "lmmiqa decision: the paper does not say in which order the references are "
+                             "shown (lowest MOS bin first)"),
+    },
+    notes=(
+        "The bank is data, not an option: the paper's best encoder is the MLLM's own vision tower (METHODS §2.2): "
+        "`lmmiqa bank build --encoder vision-tower --model Qwen/Qwen3-VL-8B-Instruct ...`.",
+        "The paper's references come from the evaluated dataset itself, ref:test = 1:9 (METHODS §2.5); "
+        "`lmmiqa reproduce iqarag` builds such a bank per dataset.",
+    ),
+)
 
 
 class IQARAG(LevelScorer):
@@ -151,6 +192,7 @@ class IQARAG(LevelScorer):
     name = "iqarag"
     config_cls = IQARAGConfig
     summary = "IQARAG: Q-Align 1-5 expectation with up to 5 rated reference images retrieved from a bank"
+    presets = {"paper": IQARAG_PAPER}
     #: options a service request may set (the bank, models and devices are fixed by the server)
     request_options: ClassVar[tuple[str, ...]] = ("top_k", "order", "readout")
 
@@ -249,7 +291,8 @@ class IQARAG(LevelScorer):
             k = min(bank.count, 2 * k)
         out = []
         for b in range(len(items)):
-            sel = select_references(dist[b], idx[b], bins, top_k=cfg.top_k, n_bins=N_BINS, exclude=masks[b], order=cfg.order)
+            sel = select_references(dist[b], idx[b], bins, top_k=cfg.top_k, n_bins=N_BINS, exclude=masks[b],
+                                    order=cfg.order, max_refs=cfg.references)
             out.append((sel, bool(own[b]) or bool(masks[b].any())))
         return out
 
@@ -261,7 +304,7 @@ class IQARAG(LevelScorer):
         if not sel:
             raise ConfigError("no reference left in the bank for this image (the bank holds only the image itself)")
         refs = [(self.reference_image(self.bank.items[s.index].path), level_word(s.bin)) for s in sel]
-        return iqarag_prompt(refs, image)
+        return iqarag_prompt(refs, image, self.config.answer_prefix)
 
     # ------------------------------------------------------------------------------------------ scoring
     def score_items(self, items: list[ImageItem]) -> list[ScoreResult]:
@@ -292,7 +335,7 @@ class IQARAG(LevelScorer):
             except ImageLoadError as err:
                 out[i] = self.failure(it.key, f"a reference image of the bank {bank.dir} cannot be opened: {err}")
                 continue
-            prompts.append(iqarag_prompt(refs, it.image))
+            prompts.append(iqarag_prompt(refs, it.image, self.config.answer_prefix))
             good.append(i)
             references = [
                 Reference(
@@ -316,7 +359,7 @@ class IQARAG(LevelScorer):
         t3 = time.perf_counter()
         if prompts:
             try:
-                probs, mass = self.level_probs(prompts)
+                probs, mass, missing = self.level_readout(prompts)
             except LmmiqaError:
                 raise
             except Exception as err:
@@ -336,7 +379,7 @@ class IQARAG(LevelScorer):
                 "forward": (t4 - t3) / max(len(prompts), 1),
             }
             scored = self.results_from_probs(
-                [items[i].key for i in good], probs, mass, extra_details=extra, timings=timings
+                [items[i].key for i in good], probs, mass, extra_details=extra, timings=timings, missing=missing
             )
             for i, r in zip(good, scored):
                 out[i] = r

@@ -5,7 +5,8 @@ The student folder comes from ``lmmiqa distill train`` (and optionally ``lmmiqa 
 or GPU.
 
 ``score`` is the calibrated MOS when the folder holds a calibration (``scale`` = the MOS scale, direction
-that of the calibration labels), else the raw student output in the teacher's oriented unit (higher is better,
+that of the calibration labels; clipped to that scale, with ``details.clipped_from`` holding the map's value
+when the map extrapolated past it), else the raw student output in the teacher's oriented unit (higher is better,
 ``scale`` None) with ``details.calibrated = false``. ``details.raw`` always holds the raw output. When the
 student has a level head (teachers with level distributions) ``probabilities`` holds its distribution over the
 teacher's levels.
@@ -13,15 +14,21 @@ teacher's levels.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from lmmiqa.distill.presets import LEAF_PAPER, STAGE_PRESETS
 from lmmiqa.errors import ConfigError
 from lmmiqa.images import ImageItem
 from lmmiqa.methods.base import Scorer, ScorerConfig
 from lmmiqa.types import ScoreResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,6 +65,8 @@ class LEAF(Scorer):
     name = "leaf"
     config_cls = LEAFConfig
     summary = "LEAF distilled student (no MLLM at inference): --student DIR from `lmmiqa distill train`"
+    presets = {"paper": LEAF_PAPER}
+    stage_presets = STAGE_PRESETS
 
     def __init__(self, config: LEAFConfig | None = None) -> None:
         if config is None:
@@ -68,6 +77,17 @@ class LEAF(Scorer):
         self.artifact = StudentArtifact.load(config.student)
         self.calibration = self.artifact.calibration if config.calibrated else None
         self.higher_is_better = self.calibration.higher_is_better if self.calibration is not None else True  # type: ignore[misc]
+        #: the preset of each step that made the student (``details.recipe``); with a preset, a step made
+        #: otherwise is warned about once, here
+        self.recipe = self.artifact.recipe()
+        if self.preset is not None:
+            other = [step for step, used in self.recipe.items() if used != self.preset]
+            if other:
+                log.warning(
+                    "leaf --preset %s: the student %s was not made with that preset at every step (%s); its results "
+                    "record the steps in details.recipe. Make it with `lmmiqa <step> --preset %s` to reproduce the "
+                    "paper's recipe", self.preset, config.student,
+                    ", ".join(f"{step}: {self.recipe[step] or 'lmmiqa defaults'}" for step in other), self.preset)
         self._predictor: Any = None
         self.overlap: dict[str, Any] | None = None
         self._lock = threading.Lock()
@@ -98,6 +118,7 @@ class LEAF(Scorer):
         raw, probs = out_views["raw"], out_views["probs"]
         t2 = time.perf_counter()
         scores = self.calibration.apply(raw) if self.calibration is not None else raw
+        unclipped = self.calibration.map_raw(raw) if self.calibration is not None else raw
         n = max(len(items), 1)
         timings = {"preprocess": (t1 - t0) / n, "forward": (t2 - t1) / n}
         level_scale = self.artifact.level_scale
@@ -107,12 +128,15 @@ class LEAF(Scorer):
                 "calibrated": self.calibration is not None,
                 "raw": float(raw[i]),
                 "student": self.artifact.student_name,
+                "recipe": dict(self.recipe),
             }
             if prep.mode == "crops":
                 details["crops"] = int(out_views["n_views"][i])
                 details["crop_std"] = float(out_views["crop_std"][i])
             if self.calibration is not None:
                 details["calibration"] = self.calibration.kind
+                if np.isfinite(unclipped[i]) and float(unclipped[i]) != float(scores[i]):  # past the scale: clipped
+                    details["clipped_from"] = float(unclipped[i])
             probabilities = None
             if probs is not None and level_scale is not None:
                 from lmmiqa.levels import level_details

@@ -311,11 +311,12 @@ class LLMIQA(Scorer):
         t0 = time.perf_counter()
         plans, prompts, region_masks = self.plan(items)
         t1 = time.perf_counter()
-        per_model: list[tuple[np.ndarray, np.ndarray]] = []
+        per_model: list[tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None]]] = []
         greedy: list[list[tuple[str, bool]] | None] = []
         for member in self.members:
-            probs, mass = member.level_probs(prompts, scale)
-            per_model.append((probs, mass))
+            probs, mass, missing = member.level_readout(prompts, scale)
+            per_model.append((probs, mass, missing))
+            # right after the member's call: the backend keeps its top tokens per thread for its last call
             greedy.append(greedy_levels(member.backend, probs, mass) if cfg.readout == "argmax" else None)
         t2 = time.perf_counter()
         tokens = [member.token_details(prompts) for member in self.members]
@@ -328,7 +329,7 @@ class LLMIQA(Scorer):
     def _result(
         self,
         plan: _Plan,
-        per_model: list[tuple[np.ndarray, np.ndarray]],
+        per_model: list[tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None]]],
         timings: dict[str, float],
         tokens: list[list[dict[str, Any]] | None] | None = None,
         greedy: list[list[tuple[str, bool]] | None] | None = None,
@@ -341,8 +342,10 @@ class LLMIQA(Scorer):
         mixes, region_scores, region_probs = [], [], []
         tokens = tokens or [None] * len(per_model)
         greedy = greedy or [None] * len(per_model)
-        for model_id, (probs, mass), tok, top in zip(cfg.model_list, per_model, tokens, greedy):
+        missing_bounds: list[float] = []
+        for model_id, (probs, mass, *rest), tok, top in zip(cfg.model_list, per_model, tokens, greedy):
             p = probs[rows]
+            missing = [rest[0][r] if rest and rest[0] else None for r in rows]
             if not np.all(np.isfinite(p)):
                 bad = int(np.flatnonzero(~np.isfinite(p).all(axis=1))[0])
                 what = "the whole image" if bad == 0 else f"region {bad} (box {list(plan.crops[bad - 1])})"
@@ -362,6 +365,11 @@ class LLMIQA(Scorer):
                 if s_local is None
                 else (p[0] + cfg.lam * (plan.weights @ p[1:])) / (1.0 + cfg.lam)
             )
+            # levels a server's top-k left out: the final score's error bound mixes the rows' bounds alike
+            bounds = np.array([m.get("score_error_at_most", 0.0) if m else 0.0 for m in missing])
+            bound = float(mix_scores(float(bounds[0]), area_weighted_mean(bounds[1:], plan.weights)
+                                     if len(bounds) > 1 else None, cfg.lam))
+            missing_bounds.append(bound)
             finals.append(final)
             globals_.append(s_global)
             if s_local is not None:
@@ -377,6 +385,14 @@ class LLMIQA(Scorer):
                     "local": s_local,
                     "covered_mass": float(mass[plan.global_row]),
                     "region_scores": [float(x) for x in s_regions],
+                    **(
+                        {"missing_levels": {
+                            "prompts": sum(1 for m in missing if m),
+                            "levels": sorted({lv for m in missing if m for lv in m["levels"]}, key=float),
+                            "score_error_at_most": bound,
+                        }}
+                        if any(missing) else {}
+                    ),
                     **(
                         {"image_tokens": sum(tok[r]["image_tokens"] for r in rows),
                          "prompt_tokens": sum(tok[r]["prompt_tokens"] for r in rows)}
@@ -430,6 +446,11 @@ class LLMIQA(Scorer):
         if all("greedy_is_level" in e for e in model_entries):
             # the paper reads one greedy token: was it a level at all (whole image, every model)?
             details["greedy_is_level"] = all(e["greedy_is_level"] for e in model_entries)
+        if any(missing_bounds):
+            details["missing_levels"] = {
+                "models": [e["model"] for e in model_entries if "missing_levels" in e],
+                "score_error_at_most": float(np.mean(missing_bounds)),
+            }
         if all("image_tokens" in e for e in model_entries):
             # the cost of this image: every prompt (whole image + crops) of every model
             details["image_tokens"] = int(sum(e["image_tokens"] for e in model_entries))

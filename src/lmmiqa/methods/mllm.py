@@ -14,9 +14,9 @@ from lmmiqa.backends.base import Backend, create_backend
 from lmmiqa.backends.pixels import DEFAULT_MAX_PIXELS, MODEL_LIMITS, check_budget, parse_pixels
 from lmmiqa.errors import ConfigError
 from lmmiqa.images import ImageItem
-from lmmiqa.levels import READOUTS, LevelScale, closed_set_probs, covered_mass, level_details, readout
+from lmmiqa.levels import READOUTS, LevelScale, closed_set_probs, level_details, readout
 from lmmiqa.methods.base import Scorer, ScorerConfig
-from lmmiqa.methods.coverage import check_covered_mass
+from lmmiqa.methods.coverage import check_levels
 from lmmiqa.types import Prompt, ScoreResult
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
@@ -151,16 +151,27 @@ class LevelScorer(MLLMScorer):
     # --------------------------------------------------------------------------------------------------
     def level_probs(self, prompts: Sequence[Prompt], scale: LevelScale | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(closed-set probabilities [B, K], covered mass [B]) for prompts answered on ``scale``."""
+        probs, mass, _ = self.level_readout(prompts, scale)
+        return probs, mass
+
+    def level_readout(
+        self, prompts: Sequence[Prompt], scale: LevelScale | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None]]:
+        """:meth:`level_probs` plus, per prompt, the levels a server's top-k listing left out (None when none
+        was; see :func:`lmmiqa.methods.coverage.missing_level_details`). Warns once per run when most of the batch
+        has a low covered mass, and when levels were left out."""
         scale = scale or self.level_scale
         prefixes = {p.answer_prefix for p in prompts}
         if len(prefixes) > 1:
             raise ConfigError("prompts of one call must share an answer prefix")
         cands = scale.candidates(prompts[0].answer_prefix if prompts else "")
         lp = self.backend.level_logprobs(list(prompts), cands)
-        mass = covered_mass(lp)
         # a wrong template/prompt/model shows itself: warn once per run when most of the batch is low
-        check_covered_mass(mass, backend=self.backend, prompts=prompts, candidates=cands, what=self.name)
-        return closed_set_probs(lp), mass
+        mass, missing = check_levels(
+            lp, backend=self.backend, prompts=prompts, candidates=cands, what=self.name, keys=scale.keys,
+            values=scale.values,
+        )
+        return closed_set_probs(lp), mass, missing
 
     def results_from_probs(
         self,
@@ -171,8 +182,10 @@ class LevelScorer(MLLMScorer):
         scale: LevelScale | None = None,
         extra_details: Sequence[dict[str, Any]] | None = None,
         timings: dict[str, float] | None = None,
+        missing: Sequence[dict[str, Any] | None] | None = None,
     ) -> list[ScoreResult]:
-        """Build results (score by the configured readout) from closed-set probabilities."""
+        """Build results (score by the configured readout) from closed-set probabilities; ``missing`` (from
+        :meth:`level_readout`) becomes ``details.missing_levels``."""
         scale = scale or self.level_scale
         out: list[ScoreResult] = []
         scores = readout(probs, scale.values, self.config.readout)
@@ -194,6 +207,8 @@ class LevelScorer(MLLMScorer):
                 details["prefix_mode"] = self.backend.prefix_mode
             if getattr(self.backend, "candidate_match", None) is not None:  # servers: which tokens counted
                 details["candidate_match"] = self.backend.candidate_match
+            if missing is not None and missing[i]:
+                details["missing_levels"] = missing[i]
             if extra_details is not None:
                 details.update(extra_details[i])
             out.append(
@@ -215,12 +230,14 @@ class LevelScorer(MLLMScorer):
         t0 = time.perf_counter()
         prompts = [self.build_prompt(it.image) for it in items]
         t1 = time.perf_counter()
-        probs, mass = self.level_probs(prompts)
+        probs, mass, missing = self.level_readout(prompts)
         t2 = time.perf_counter()
         n = max(len(items), 1)
         timings = {"prompt": (t1 - t0) / n, "forward": (t2 - t1) / n}
         extra = self.token_details(prompts)
-        return self.results_from_probs([it.key for it in items], probs, mass, timings=timings, extra_details=extra)
+        return self.results_from_probs(
+            [it.key for it in items], probs, mass, timings=timings, extra_details=extra, missing=missing
+        )
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -161,12 +161,28 @@ class QScorer(Scorer):
         # the cost of each prompt (image and total tokens), counted from the image sizes without a second forward
         prompts = [Prompt.simple([it.image, spec.question], answer_prefix=spec.answer_prefix) for it in items]
         counts = token_details(loaded.backend, prompts) or [{} for _ in items]
+        if spec.k > 1:
+            self._check_mass(pred, loaded.backend, prompts, spec)
         out = []
         for i, it in enumerate(items):
             r = self._result(it.key, pred.head_norm[i], pred.token_logprobs[i], spec, timings)
             r.details.update(counts[i])
             out.append(r)
         return out
+
+    def _check_mass(self, pred: Any, backend: Any, prompts: list[Any], spec: Any) -> None:
+        """The covered-mass warning for the score tokens (read here, outside the level scorer), with the model's own
+        most likely next tokens from the same forward."""
+        from lmmiqa.levels import covered_mass
+        from lmmiqa.methods.coverage import check_covered_mass
+
+        tops = None
+        if pred.top_ids is not None:
+            decode = backend.tokenizer.decode
+            tops = [[(decode([int(t)]), float(v)) for t, v in zip(ids, vals)]
+                    for ids, vals in zip(pred.top_ids, pred.top_logprobs)]
+        check_covered_mass(covered_mass(pred.token_logprobs), backend=backend, prompts=prompts,
+                           candidates=list(spec.tokens), what=self.name, tops=tops)
 
     def _result(self, key: str, u: float, token_lp: np.ndarray, spec: Any, timings: dict[str, float]) -> ScoreResult:
         from lmmiqa.levels import closed_set_probs, covered_mass, level_details

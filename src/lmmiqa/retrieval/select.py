@@ -91,6 +91,7 @@ def select_references(
     n_bins: int = N_BINS,
     exclude: Sequence[bool] | np.ndarray | None = None,
     order: str = "quality",
+    max_refs: int | None = None,
 ) -> list[Selected]:
     """Pick at most one reference per MOS bin among the ``top_k`` nearest hits (IQARAG, METHODS §2.3).
 
@@ -102,6 +103,9 @@ def select_references(
         n_bins: number of bins.
         exclude: per hit, true when it must not be used (the query itself: same file, same content).
         order: ``"quality"`` (lowest bin first) or ``"distance"`` (nearest first).
+        max_refs: keep at most this many of the per-bin picks, the nearest first (the paper's P; ``None`` or
+            ``n_bins``: all of them). Which bins the paper keeps for P < 5 is not published: keeping the nearest
+            is lmmiqa's decision.
 
     Returns:
         The selected references in prompt order; empty when no hit is left.
@@ -110,6 +114,8 @@ def select_references(
         raise ConfigError(f"unknown reference order {order!r}; known: {', '.join(ORDERS)}")
     if int(top_k) < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    if max_refs is not None and int(max_refs) < 1:
+        raise ConfigError(f"max_refs must be >= 1, got {max_refs}")
     d = np.asarray(distances, dtype=np.float64).reshape(-1)
     ix = np.asarray(indices, dtype=np.int64).reshape(-1)
     if d.shape != ix.shape:
@@ -137,6 +143,8 @@ def select_references(
             if len(chosen) == n_bins:
                 break
     refs = list(chosen.values())
+    if max_refs is not None and len(refs) > int(max_refs):
+        refs = sorted(refs, key=lambda r: (r.distance, r.index))[: int(max_refs)]
     if order == "quality":
         refs.sort(key=lambda r: r.bin)
     else:

@@ -33,14 +33,15 @@ def _decode_image(url: str) -> Any:
     return open_image_bytes(base64.b64decode(payload), "<data-url>")
 
 
-def request_to_prompt(body: dict[str, Any]) -> Prompt:
+def request_to_prompt(body: dict[str, Any], *, close_turn: bool = False) -> Prompt:
     """Convert an OpenAI chat request body into a :class:`Prompt` (last assistant message -> answer prefix
-    when ``continue_final_message`` is set)."""
+    when ``continue_final_message`` is set, unless ``close_turn``: then it stays a finished assistant turn and a
+    new one is opened, as llama-cpp-python's server does)."""
     raw = list(body.get("messages") or [])
     if not raw:
         raise ValueError("messages must be a non-empty list")
     prefix = ""
-    if body.get("continue_final_message") and raw[-1].get("role") == "assistant":
+    if body.get("continue_final_message") and raw[-1].get("role") == "assistant" and not close_turn:
         last = raw.pop()
         content = last.get("content")
         prefix = content if isinstance(content, str) else "".join(p.get("text", "") for p in content or [])
@@ -63,15 +64,35 @@ def request_to_prompt(body: dict[str, Any]) -> Prompt:
     return Prompt(tuple(msgs), prefix)
 
 
-def create_app(backend: Any, *, served_name: str = "tiny", allow_continue: bool = True) -> Any:
+#: how the app treats ``continue_final_message`` (see :func:`create_app`)
+CONTINUE_MODES = ("continue", "reject", "close")
+
+
+def create_app(
+    backend: Any,
+    *,
+    served_name: str = "tiny",
+    allow_continue: bool = True,
+    continue_mode: str | None = None,
+    echo_prefix: bool = False,
+    max_top_logprobs: int | None = None,
+) -> Any:
     """FastAPI app answering the chat-completions protocol with ``backend`` (a TransformersBackend).
 
     Args:
-        backend: a backend with ``top_logprobs(prompts, k)`` and ``generate(prompts, n)``.
+        backend: a backend with ``top_logprobs(prompts, k)``, ``generate(prompts, n)`` and
+            ``prompt_token_counts(prompts)`` (for ``usage.prompt_tokens``).
         served_name: the model name clients address.
         allow_continue: when False, requests with ``continue_final_message`` are rejected with 400 (to emulate
-            servers that cannot continue a message).
+            servers that cannot continue a message); same as ``continue_mode="reject"``.
+        continue_mode: ``continue`` (vLLM, SGLang, llama-server), ``reject`` (400) or ``close`` (ignore it, close
+            the assistant turn and open a new one, answering 200: what llama-cpp-python's server does).
+        echo_prefix: repeat a continued assistant prefix at the start of ``message.content`` (llama-server).
+        max_top_logprobs: answer 400 with vLLM's message to a larger ``top_logprobs`` (vLLM's ``--max-logprobs``).
     """
+    mode = continue_mode or ("continue" if allow_continue else "reject")
+    if mode not in CONTINUE_MODES:
+        raise ValueError(f"unknown continue_mode {mode!r}; known: {', '.join(CONTINUE_MODES)}")
     fastapi = require("fastapi", "serve", "the OpenAI-compatible server")
     from fastapi.responses import JSONResponse
 
@@ -89,16 +110,19 @@ def create_app(backend: Any, *, served_name: str = "tiny", allow_continue: bool 
 
         if body.get("model") not in (served_name, None):
             return error(404, f"model {body.get('model')!r} not found; served: {served_name}")
-        if body.get("continue_final_message") and not allow_continue:
+        if body.get("continue_final_message") and mode == "reject":
             return error(400, "continue_final_message is not supported by this server")
         try:
-            prompt = request_to_prompt(body)
+            prompt = request_to_prompt(body, close_turn=mode == "close")
         except (ValueError, KeyError, ImageLoadError) as err:
             return error(400, str(err))
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
         want_lp = bool(body.get("logprobs"))
         k = int(body.get("top_logprobs") or 0)
+        if want_lp and max_top_logprobs is not None and k > max_top_logprobs:
+            return error(400, f"Requested sample logprobs of {k}, which is greater than max allowed: {max_top_logprobs}")
         with lock:
+            n_prompt = int(backend.prompt_token_counts([prompt])[0]["tokens"])
             if want_lp or max_tokens == 1:
                 top = backend.top_logprobs([prompt], max(k, 1))[0]
                 text = top[0][0]
@@ -117,6 +141,8 @@ def create_app(backend: Any, *, served_name: str = "tiny", allow_continue: bool 
             else:
                 text = backend.generate([prompt], max_tokens, float(body.get("temperature") or 0.0))[0]
                 lp_content = None
+        if echo_prefix:
+            text = prompt.answer_prefix + text
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion",
@@ -130,7 +156,7 @@ def create_app(backend: Any, *, served_name: str = "tiny", allow_continue: bool 
                     "finish_reason": "length",
                 }
             ],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 1, "total_tokens": 1},
+            "usage": {"prompt_tokens": n_prompt, "completion_tokens": 1, "total_tokens": n_prompt + 1},
         }
 
     return app

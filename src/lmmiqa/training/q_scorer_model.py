@@ -665,10 +665,14 @@ class Prediction:
     Attributes:
         head_norm: the head's unclamped output in normalized units (``(MOS − lo)/(hi − lo)``), float64 [N].
         token_logprobs: full-vocabulary log-probabilities of the k score tokens at the score position, [N, k].
+        top_ids: the model's most likely next tokens at the score position, [N, 8] (for the covered-mass warning).
+        top_logprobs: their log-probabilities, [N, 8].
     """
 
     head_norm: np.ndarray
     token_logprobs: np.ndarray
+    top_ids: np.ndarray | None = None
+    top_logprobs: np.ndarray | None = None
 
 
 def predict(
@@ -703,6 +707,7 @@ def predict(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     heads: list[np.ndarray] = []
     lps: list[np.ndarray] = []
+    tops: list[tuple[np.ndarray, np.ndarray]] = []
     for start in range(0, len(images), int(batch_size)):
         chunk = images[start : start + int(batch_size)]
         prompts = [Prompt.simple([im, spec.question], answer_prefix=spec.answer_prefix) for im in chunk]
@@ -713,13 +718,21 @@ def predict(
         ctx = autocast() if autocast is not None else contextlib.nullcontext()
         with torch.no_grad(), ctx:  # not inference_mode: the model may cache tensors it reuses in training
             logits, u = net(inputs, logits_to_keep=1)
-            lp = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, net.score_ids]
+            full = torch.log_softmax(logits[:, -1].float(), dim=-1)
+            lp = full[:, net.score_ids]
+            top_v, top_i = torch.topk(full, k=min(8, full.shape[-1]), dim=-1)
         heads.append(u.float().cpu().numpy())
         lps.append(lp.cpu().numpy())
+        tops.append((top_i.cpu().numpy(), top_v.cpu().numpy()))
     k = len(spec.token_ids)
     if not heads:
         return Prediction(np.zeros(0), np.zeros((0, k)))
-    return Prediction(np.concatenate(heads).astype(np.float64), np.concatenate(lps).astype(np.float64))
+    return Prediction(
+        np.concatenate(heads).astype(np.float64),
+        np.concatenate(lps).astype(np.float64),
+        np.concatenate([t[0] for t in tops]),
+        np.concatenate([t[1] for t in tops]).astype(np.float64),
+    )
 
 
 def save_adapter(

@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -61,6 +61,7 @@ from lmmiqa.methods.agentic.planner import run_planner
 from lmmiqa.methods.agentic.state import ItemState
 from lmmiqa.methods.agentic.summarizer import Summary, run_summarizer
 from lmmiqa.methods.mllm import MLLMConfig, MLLMScorer
+from lmmiqa.presets import Preset, PresetValue
 from lmmiqa.prompts import AGENTIC_DEFAULT_QUERY
 from lmmiqa.types import ScoreResult
 
@@ -132,6 +133,39 @@ class AgenticConfig(MLLMConfig):
             load_map_set(self.tool_maps)  # fail at configuration time, not on the first image
 
 
+#: the tools of the paper's library (METHODS §5.5) that lmmiqa ships and whose β the paper prints (METHODS §5.3)
+PAPER_TOOLS = ("niqe", "brisque", "ssim", "gmsd")
+
+#: AgenticIQA as its paper evaluates it, where the models are public (``--preset paper``; METHODS §5)
+AGENTIC_PAPER = Preset(
+    name="paper",
+    target="agentic-iqa",
+    summary="AgenticIQA with GPT-4o (the paper's VLM, through the OpenAI-compatible backend) and the paper's tools "
+    "with their printed β",
+    reference="AgenticIQA (2025): planner, executor and summarizer over IQA tools; its GPT-4o rows; lmmiqa METHODS §5",
+    values={
+        "backend": PresetValue("openai", "METHODS §5.6: the paper's VLM is GPT-4o, a hosted model (reached "
+                               "through the OpenAI-compatible API)"),
+        "model": PresetValue("https://api.openai.com/v1#gpt-4o", "METHODS §5.6: GPT-4o; lmmiqa decision: OpenAI's "
+                             "'gpt-4o' alias (the paper names no snapshot), key from OPENAI_API_KEY"),
+        "tools": PresetValue(PAPER_TOOLS, "METHODS §5.3 and §5.5: the tools of the paper's library that lmmiqa ships "
+                             "and whose β the paper prints (KADID-10k fit); the shipped maps of these tools are "
+                             "those β"),
+        "eta": PresetValue(1.0, "METHODS §5.4: η = 1 in the tool prior"),
+        "max_replans": PresetValue(MAX_REPLANS, "lmmiqa decision: the paper bounds re-planning without a number "
+                                   "(METHODS §5.4: 'e.g. 2 times')"),
+    },
+    notes=(
+        "The paper's fine-tuned Qwen2.5-VL-7B (TID2013 .7780/.7982, METHODS §5.6) is not public, so no preset can "
+        "load it; its rows are listed by `lmmiqa reproduce` as not runnable.",
+        "Most of the paper's tools are deep models from pyiqa (METHODS §5.5); with pyiqa installed, pyiqa:fsim, "
+        "pyiqa:vif and pyiqa:lpips also have the paper's β: add them with --option tools=[...].",
+        "Hosted APIs do not continue a partial assistant message: the summarizer's answer prefix is then folded "
+        "into the instruction (details.prefix_mode = folded), which the paper's own prompting may differ from.",
+    ),
+)
+
+
 def canonical_tools(tools: str | Sequence[str]) -> tuple[str, ...]:
     """Validated, de-duplicated tool names of an allow-list (``"niqe,ssim"`` or a list).
 
@@ -175,11 +209,15 @@ class AgenticIQA(MLLMScorer):
     #: options an HTTP request may set; the model, the tool allow-list and the generation budget
     #: (``max_new_tokens``) stay the server's
     request_options: ClassVar[tuple[str, ...]] = ("query", "eta", "max_replans", "max_retries")
+    presets: ClassVar[dict[str, Preset]] = {"paper": AGENTIC_PAPER}
 
     def __init__(self, config: AgenticConfig | None = None, backend: Backend | None = None) -> None:
         super().__init__(config, backend)
         #: backend calls made by the last run (all items together); see also ``details.backend_calls``
         self.last_backend_calls = 0
+        #: called with ``(stage, round)`` as each stage of a batch starts (planner, distortion detection, ...,
+        #: summarizer; round > 0 for replans): the command line shows it beside its progress bar
+        self.on_stage: Callable[[str, int], None] | None = None
         self._tool_maps: Any = None
 
     @property
@@ -256,13 +294,15 @@ class AgenticIQA(MLLMScorer):
         cfg = self.config
         t0 = time.perf_counter()
         backend = self.backend
+        stage = self.on_stage or (lambda _stage, _round: None)
         executor = Executor(
             backend, self.allowed_tools, max_retries=cfg.max_retries, max_new_tokens=cfg.max_new_tokens,
-            tool_workers=cfg.tool_workers, tool_maps=self.tool_maps,
+            tool_workers=cfg.tool_workers, tool_maps=self.tool_maps, on_stage=self.on_stage,
         )
         calls = 0
         active = list(states)
         round_ = 0
+        stage("planner", round_)
         calls += run_planner(backend, active, round_=round_, max_retries=cfg.max_retries, max_new_tokens=cfg.max_new_tokens)
         while True:
             executor.run(active, round_)
@@ -283,9 +323,11 @@ class AgenticIQA(MLLMScorer):
                 s.distortions, s.analysis, s.selection = {}, [], {}
                 s.tool_results = {}
                 s.detection_ran = False
+            stage("planner", round_)
             calls += run_planner(backend, missing, round_=round_, max_retries=cfg.max_retries, max_new_tokens=cfg.max_new_tokens)
             active = missing
         calls += executor.calls
+        stage("summarizer", round_)
         summaries, scalls = run_summarizer(
             backend, states, infos=executor.infos, eta=cfg.eta, round_=round_, max_retries=cfg.max_retries,
             max_new_tokens=cfg.max_new_tokens,
@@ -334,6 +376,9 @@ class AgenticIQA(MLLMScorer):
             "tool_maps": self.tool_maps.describe() if self.tool_maps is not None else None,
             "cues": cues_detail(s),
             "fusion": fusion,
+            "covered_mass": summ.covered_mass,
+            **({"missing_levels": summ.missing_levels} if summ.missing_levels else {}),
+            **(summ.tokens or {}),
             "summary_letter": summ.letter,
             "explanation": summ.explanation,
             "explanation_source": summ.explanation_source,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -154,8 +154,10 @@ class Executor:
         max_new_tokens: int,
         tool_workers: int,
         tool_maps: Any = None,
+        on_stage: Callable[[str, int], None] | None = None,
     ) -> None:
         self.backend = backend
+        self.on_stage = on_stage
         self.tool_maps = tool_maps
         self.max_retries = int(max_retries)
         self.max_new_tokens = int(max_new_tokens)
@@ -517,11 +519,12 @@ class Executor:
             )
 
     def run(self, states: Sequence[ItemState], round_: int) -> None:
-        """All executor stages, in order, as each item's plan asks."""
-        self.detect(states, round_)
-        self.analyze(states, round_)
-        self.select(states, round_)
-        self.execute(states, round_)
+        """All executor stages, in order, as each item's plan asks (each announced to ``on_stage`` first)."""
+        for stage, step in (("distortion detection", self.detect), ("distortion analysis", self.analyze),
+                            ("tool selection", self.select), ("tool execution", self.execute)):
+            if self.on_stage is not None:
+                self.on_stage(stage, round_)
+            step(states, round_)
 
 
 def tools_detail(s: ItemState, infos: dict[str, Any]) -> dict[str, dict[str, Any]]:

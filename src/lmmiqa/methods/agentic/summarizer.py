@@ -32,12 +32,14 @@ from typing import Any
 import numpy as np
 
 from lmmiqa.backends.base import Backend
-from lmmiqa.errors import BackendError
+from lmmiqa.errors import BackendError, is_run_level
 from lmmiqa.levels import LETTER_SCALE
 from lmmiqa.methods.agentic.fusion import Fusion, fuse_evidence, level_name
 from lmmiqa.methods.agentic.planner import image_parts
 from lmmiqa.methods.agentic.schemas import SummaryOutput
 from lmmiqa.methods.agentic.state import ItemState, JsonJob, ask_json
+from lmmiqa.methods.coverage import check_levels
+from lmmiqa.methods.mllm import token_details
 from lmmiqa.prompts import (
     AGENTIC_ANSWER_PREFIX,
     AGENTIC_EVIDENCE_CLEAN,
@@ -157,6 +159,12 @@ class Summary:
     error: str | None = None
     #: why the level probabilities were not used (``p_source`` is not ``logprobs``), else None
     p_fallback: str | None = None
+    #: full-vocabulary probability of the letters (None when the backend gave no log-probabilities)
+    covered_mass: float | None = None
+    #: letters a server's top-k listing left out (see :func:`lmmiqa.methods.coverage.missing_level_details`)
+    missing_levels: dict[str, Any] | None = None
+    #: ``{"image_tokens", "prompt_tokens"}`` of the level prompt where the backend can count them
+    tokens: dict[str, Any] | None = None
 
 
 def run_summarizer(
@@ -180,14 +188,26 @@ def run_summarizer(
     t0 = time.perf_counter()
     cands = LETTER_SCALE.candidates(AGENTIC_ANSWER_PREFIX)
     unsupported: str | None = None
+    prompts = [level_prompt(s, infos, multi) for s in states]
+    masses: list[float | None] = [None] * n
+    missing: list[dict[str, Any] | None] = [None] * n
     try:
-        logits = np.asarray(backend.level_logprobs([level_prompt(s, infos, multi) for s in states], cands), dtype=np.float64)
+        logits = np.asarray(backend.level_logprobs(prompts, cands), dtype=np.float64)
         calls += 1
         for s in states:
             s.backend_calls += 1
+        # the same checks as every level read-out: covered mass, letters outside a server's top-k (warned once)
+        mass, missing = check_levels(
+            logits, backend=backend, prompts=prompts, candidates=cands, what="agentic-iqa summarizer",
+            keys=LETTER_SCALE.keys, values=LETTER_SCALE.values,
+        )
+        masses = [float(m) for m in mass]
     except BackendError as err:  # UnsupportedError included
+        if is_run_level(err):  # a server that stopped answering ends the run
+            raise
         logits = np.full((n, len(cands)), -np.inf)
         unsupported = f"{type(err).__name__}: {err}"
+    tokens = token_details(backend, prompts) or [None] * n
     levels_s = (time.perf_counter() - t0) / n
 
     # 2. explanations
@@ -238,6 +258,7 @@ def run_summarizer(
             parse_failures=len(out.errors), errors=out.errors, source=e_source, p_source=p_source,
         )
         summaries.append(
-            Summary(fusion, p_source, explanation, e_source, letter, error, None if p_source == "logprobs" else reason)
+            Summary(fusion, p_source, explanation, e_source, letter, error, None if p_source == "logprobs" else reason,
+                    covered_mass=masses[i], missing_levels=missing[i], tokens=tokens[i])
         )
     return summaries, calls

@@ -36,10 +36,22 @@
     return key ? { Authorization: "Bearer " + key } : {};
   }
 
-  function fmt(x, digits = 3) {
+  // Every score on the page (the result, its regions, the tools) has the same number of decimals, so cards
+  // compare at a glance ("3.500" beside "3.712", never "3.5").
+  const SCORE_DIGITS = 3;
+  // lmmiqa.methods.coverage.COVERED_MASS_THRESHOLD: below it the levels hold less than half of the model's
+  // next-token probability, and the command line warns
+  const COVERED_MASS_THRESHOLD = 0.5;
+
+  function fmt(x, digits = SCORE_DIGITS) {
     if (x === null || x === undefined || Number.isNaN(Number(x))) return "–";
     const v = Number(x);
-    return Math.abs(v) >= 1000 ? v.toFixed(0) : String(Number(v.toFixed(digits)));
+    return Math.abs(v) >= 1000 ? v.toFixed(0) : v.toFixed(digits);
+  }
+
+  function fmtBound(x) {
+    // scale ends as written ("1–5", "0.5–1")
+    return x === null || x === undefined ? "–" : String(Number(Number(x).toFixed(SCORE_DIGITS)));
   }
 
   async function errorMessage(response) {
@@ -175,6 +187,7 @@
     $(".status", card).hidden = true;
     card.dataset.state = "done";
     renderScore(card, result);
+    renderCoveredMass(card, result);
     renderLevels(card, result);
     const details = result.details || {};
     renderRegions(card, details.regions, result.scale);
@@ -190,7 +203,7 @@
     const direction = result.higher_is_better ? "higher is better" : "lower is better";
     const bar = $(".scale-bar", card);
     if (Array.isArray(scale) && scale.length === 2 && scale[1] > scale[0]) {
-      $(".scale-text", card).textContent = `on ${fmt(scale[0])}–${fmt(scale[1])} (${direction}) · ${result.method}`;
+      $(".scale-text", card).textContent = `on ${fmtBound(scale[0])}–${fmtBound(scale[1])} (${direction}) · ${result.method}`;
       const pos = Math.min(1, Math.max(0, (result.score - scale[0]) / (scale[1] - scale[0])));
       $(".scale-marker", card).style.left = (pos * 100).toFixed(2) + "%";
       bar.classList.toggle("reversed", !result.higher_is_better);
@@ -198,6 +211,20 @@
       $(".scale-text", card).textContent = `(${direction}) · ${result.method}`;
       bar.hidden = true;
     }
+  }
+
+  function renderCoveredMass(card, result) {
+    // the command line warns when the levels hold little of the model's next-token probability (random
+    // weights, a thinking template, a prompt that does not fit): say it on the card too
+    const mass = result.details ? result.details.covered_mass : undefined;
+    if (typeof mass !== "number" || !(mass < COVERED_MASS_THRESHOLD)) return;
+    const note = $(".note", card);
+    note.textContent =
+      `Low covered mass: the levels hold only ${mass.toPrecision(2)} of the model's next-token probability ` +
+      "(below " + COVERED_MASS_THRESHOLD + "). The model, its chat template or the prompt does not fit — " +
+      "or it has random weights — so this score says little.";
+    note.hidden = false;
+    card.classList.add("low-mass");
   }
 
   function renderLevels(card, result) {
@@ -277,7 +304,7 @@
         const label = document.createElement("span");
         label.className = "region-label";
         label.style.background = color;
-        label.textContent = score !== undefined ? fmt(score, 2) : region.label || `#${i + 1}`;
+        label.textContent = score !== undefined ? fmt(score) : region.label || `#${i + 1}`;
         box.title = `region ${i + 1}: ${label.textContent}` + (region.area ? ` · area ${region.area} px` : "");
         box.appendChild(label);
         layer.appendChild(box);
@@ -320,7 +347,7 @@
       const cells = [
         name,
         error ? "error: " + error : typeof raw === "number" ? fmt(raw) : String(raw ?? "–"),
-        typeof normalized === "number" ? fmt(normalized, 2) : "",
+        typeof normalized === "number" ? fmt(normalized) : "",
       ];
       for (const text of cells) {
         const td = document.createElement("td");
