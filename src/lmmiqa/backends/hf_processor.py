@@ -340,6 +340,9 @@ def set_pixel_budget(processor: Any, min_pixels: int | None, max_pixels: int | N
     """
     if min_pixels is None and max_pixels is None:
         return "model"
+    if getattr(processor, "fixed_image_resolution", False):
+        # the processor resizes every image to a fixed set of views (mPLUG-Owl3): a budget changes no cost
+        return "model"
     ip = getattr(processor, "image_processor", None)
     names = {c.__name__ for c in type(ip).__mro__} if ip is not None else set()
     if not any(any(n.startswith(p) for n in names) for p in PIXEL_RANGE_PROCESSORS):

@@ -427,7 +427,7 @@ class TransformersBackend(Backend):
         return {"tokens": len(ids), "image_tokens": n_img, "per_image": None}
 
     def _warn_large(self, counts: list[dict[str, Any]]) -> None:
-        if self._warned_large or not counts:
+        if self._warned_large or not counts or getattr(self.processor, "fixed_image_resolution", False):
             return
         worst = max(counts, key=lambda c: c["image_tokens"])
         if worst["image_tokens"] > LARGE_PROMPT_IMAGE_TOKENS:

@@ -18,7 +18,10 @@ The contract, so that no family grows special cases across the scorer:
   ``apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)`` (rendering the family's own
   conversation format, which need not be a Jinja chat template), ``__call__(text=, images=, padding=,
   return_tensors=, add_special_tokens=)``, ``image_token_id`` and, where image token counts are known without
-  running the vision encoder, ``_get_num_multimodal_tokens(image_sizes=)`` (for token-budget batching).
+  running the vision encoder, ``_get_num_multimodal_tokens(image_sizes=)`` (for token-budget batching). A
+  processor that resizes every image to a fixed set of views whatever its size (mPLUG-Owl3) sets
+  ``fixed_image_resolution = True``: the backend's pixel budget then leaves its images alone (it would change
+  their pixels, not their cost) and does not advise ``--max-pixels`` for large prompts.
 * :attr:`Family.conventions` says how the family's checkpoints expect prompts (:class:`PromptConventions`); a
   method option left at ``"auto"`` follows them (e.g. one-align reads the question before the image and takes
   images padded to a square).

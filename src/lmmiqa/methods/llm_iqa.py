@@ -28,6 +28,12 @@ segmenter sees the whole batch at once (``segment_many``). Cost: ``1 + regions``
 Decision beyond the paper: a region whose box is thinner than ``min_crop_side`` pixels is scored on a box grown
 around its centre to that size (original pixels, clamped to the image), because vision processors reject very
 thin crops; ``details["regions"][k]["crop"]`` is the box actually scored.
+
+``preset="paper"`` (:data:`PAPER_PRESET`, CLI ``--preset paper``) is the paper's setting: mPLUG-Owl3-7B-240728 (run
+natively, :mod:`lmmiqa.families.mplug_owl3`), K = 7, the ``argmax`` readout (the one greedy token), SAM 2, t = 1 %;
+every value with its source. With the ``argmax`` readout, results also say whether the model's greedy token over the
+whole vocabulary was a level at all (``details["greedy_is_level"]``, per model ``greedy_token``), where the backend
+keeps its top tokens (transformers).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from lmmiqa.images import ImageItem
 from lmmiqa.levels import LevelScale, level_details, readout, standard_scale
 from lmmiqa.methods.base import Scorer
 from lmmiqa.methods.standard_guided import StandardGuided, StandardGuidedConfig
+from lmmiqa.presets import Preset, PresetValue
 from lmmiqa.segment.regions import (
     DEFAULT_MIN_AREA,
     area_weighted_mean,
@@ -127,6 +134,69 @@ class _Plan:
     region_rows: list[int]
 
 
+#: The checkpoint LLM-IQA's published numbers come from.
+PAPER_MODEL = "mPLUG/mPLUG-Owl3-7B-240728"
+
+PAPER_PRESET = Preset(
+    name="paper",
+    target="llm-iqa",
+    summary="Dog-IQA / LLM-IQA as published: mPLUG-Owl3-7B-240728, the K = 7 standards, one greedy token, SAM 2 "
+    "regions (t = 1 %, complement, bounding-box crops, mask-area weights) mixed with the global score",
+    reference="K. Liu et al., 'Dog-IQA: Standard-guided Zero-shot MLLM for Mix-grained Image Quality Assessment', "
+    "arXiv:2410.02505 (2024); checkpoint mPLUG/mPLUG-Owl3-7B-240728",
+    values={
+        "model": PresetValue(
+            PAPER_MODEL,
+            "paper, Table 2 (training-free results, METHODS §1): the reported numbers are mPLUG-Owl3 based; lmmiqa runs "
+            "the checkpoint natively (lmmiqa.families.mplug_owl3, parity with the official code on tiny weights)",
+        ),
+        "levels": PresetValue(
+            7,
+            "paper §3.1 and its K ablation: 7 levels (7 Perfect ... 1 Very Bad) are best. The system and user prompts are "
+            "the paper's (METHODS §1), rendered in the model's own chat format (mPLUG-Owl3: its ChatML turns, image "
+            "before the question)",
+        ),
+        "readout": PresetValue(
+            "argmax",
+            "paper §3.1: the model writes one token (greedy). lmmiqa takes the most probable of the K level tokens and "
+            "reports in details.greedy_is_level whether the greedy token over the whole vocabulary was a level",
+        ),
+        "segmenter": PresetValue("sam2", "paper §3.2: SAM 2 automatic mask generation at a coarse granularity"),
+        "segmenter_options": PresetValue(
+            {},
+            "lmmiqa decision: the paper's tuned SAM 2 values are in a supplementary file that is not reachable; "
+            "lmmiqa uses its SAM 2 segmenter's coarse defaults (facebook/sam2.1-hiera-large, 16x16 point grid, "
+            "pred_iou_thresh 0.88, stability_score_thresh 0.95, at most 10 of the largest masks, each at most 50 % "
+            "inside larger kept ones), aimed at the paper's ~7 masks per SPAQ image",
+        ),
+        "min_area": PresetValue(
+            DEFAULT_MIN_AREA,
+            "lmmiqa decision (METHODS §1): the paper does not publish Algorithm 1's threshold t; t = 1 % of the image "
+            "area, for the masks and for the complement mask",
+        ),
+        "lam": PresetValue(
+            1.0,
+            "lmmiqa decision (METHODS §1): the paper writes s = s_global + λ·s_local, says s lies in [1, 7] and gives no "
+            "λ; lmmiqa uses (s_global + λ·s_local)/(1 + λ) with λ = 1 (the same ranks, hence SRCC, as the plain sum)",
+        ),
+        "min_crop_side": PresetValue(
+            0,
+            "paper §3.2: each region is scored on its mask's bounding box as it is (no growing); mPLUG-Owl3's processor "
+            "resizes any box to its 384-pixel views",
+        ),
+    },
+    notes=(
+        "The complement mask, bounding-box crops of the original pixels (not masked images) and mask-area weights "
+        "(paper §3.2, Algorithm 1) are how lmmiqa's llm-iqa always works; they are no options.",
+        "Ensemble: the paper's best row averages several MLLMs, and which ones is not in any source lmmiqa could "
+        "reach (no official code was released; METHODS §1 names none). The preset runs mPLUG-Owl3 alone, the model "
+        "the reported numbers name; add members with models=[...] (CLI: --model repeated) when they are known.",
+        "SAM 2 needs a transformers-format checkpoint folder offline (segmenter_options={'model': FOLDER}); "
+        "segmenter='felzenszwalb' runs without weights but is not the paper's.",
+    ),
+)
+
+
 class LLMIQA(Scorer):
     """LLM-IQA / Dog-IQA: global standard-guided score mixed with area-weighted region scores (1..K)."""
 
@@ -134,8 +204,9 @@ class LLMIQA(Scorer):
     config_cls: ClassVar[type] = LLMIQAConfig
     summary: ClassVar[str] = (
         "LLM-IQA (Dog-IQA) mix-grained score (1-K): standard-guided global score mixed with area-weighted "
-        "scores of SAM 2 regions; ensembles with several --model"
+        "scores of SAM 2 regions; ensembles with several --model; --preset paper: mPLUG-Owl3, argmax"
     )
+    presets: ClassVar[dict[str, Preset]] = {"paper": PAPER_PRESET}
 
     def __init__(
         self,
@@ -240,14 +311,20 @@ class LLMIQA(Scorer):
         t0 = time.perf_counter()
         plans, prompts, region_masks = self.plan(items)
         t1 = time.perf_counter()
-        per_model = [member.level_readout(prompts, scale) for member in self.members]
+        per_model: list[tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None]]] = []
+        greedy: list[list[tuple[str, bool]] | None] = []
+        for member in self.members:
+            probs, mass, missing = member.level_readout(prompts, scale)
+            per_model.append((probs, mass, missing))
+            # right after the member's call: the backend keeps its top tokens per thread for its last call
+            greedy.append(greedy_levels(member.backend, probs, mass) if cfg.readout == "argmax" else None)
         t2 = time.perf_counter()
         tokens = [member.token_details(prompts) for member in self.members]
         timings = {"segment": (t1 - t0) / n, "forward": (t2 - t1) / n}
         if cfg.keep_masks:
             for plan, rmasks in zip(plans, region_masks):
                 self.region_masks[plan.key] = rmasks
-        return [self._result(plan, per_model, timings, tokens) for plan in plans]
+        return [self._result(plan, per_model, timings, tokens, greedy) for plan in plans]
 
     def _result(
         self,
@@ -255,6 +332,7 @@ class LLMIQA(Scorer):
         per_model: list[tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None]]],
         timings: dict[str, float],
         tokens: list[list[dict[str, Any]] | None] | None = None,
+        greedy: list[list[tuple[str, bool]] | None] | None = None,
     ) -> ScoreResult:
         cfg: LLMIQAConfig = self.config
         scale = self.level_scale
@@ -263,8 +341,9 @@ class LLMIQA(Scorer):
         finals, globals_, locals_ = [], [], []
         mixes, region_scores, region_probs = [], [], []
         tokens = tokens or [None] * len(per_model)
+        greedy = greedy or [None] * len(per_model)
         missing_bounds: list[float] = []
-        for model_id, (probs, mass, *rest), tok in zip(cfg.model_list, per_model, tokens):
+        for model_id, (probs, mass, *rest), tok, top in zip(cfg.model_list, per_model, tokens, greedy):
             p = probs[rows]
             missing = [rest[0][r] if rest and rest[0] else None for r in rows]
             if not np.all(np.isfinite(p)):
@@ -320,6 +399,12 @@ class LLMIQA(Scorer):
                         if tok is not None
                         else {}
                     ),
+                    **(
+                        {"greedy_token": top[plan.global_row][0], "greedy_is_level": top[plan.global_row][1],
+                         "regions_greedy_not_level": sum(not top[r][1] for r in plan.region_rows)}
+                        if top is not None
+                        else {}
+                    ),
                 }
             )
         mix_mean = np.mean(mixes, axis=0)
@@ -358,6 +443,9 @@ class LLMIQA(Scorer):
                 "models": model_entries,
             }
         )
+        if all("greedy_is_level" in e for e in model_entries):
+            # the paper reads one greedy token: was it a level at all (whole image, every model)?
+            details["greedy_is_level"] = all(e["greedy_is_level"] for e in model_entries)
         if any(missing_bounds):
             details["missing_levels"] = {
                 "models": [e["model"] for e in model_entries if "missing_levels" in e],
@@ -385,3 +473,28 @@ class LLMIQA(Scorer):
         d = super().describe()
         d["scale"] = self.level_scale.to_dict()
         return d
+
+
+def greedy_levels(backend: Any, probs: np.ndarray, mass: np.ndarray, tol: float = 1e-5) -> list[tuple[str, bool]] | None:
+    """For each row of the backend's last ``level_logprobs`` call: the model's greedy next token over the whole
+    vocabulary (decoded) and whether it was one of the level tokens — what the paper's one generated token would have
+    been. None when the backend does not keep its top tokens (``last_level_top``, transformers backend).
+
+    The greedy token is a level when the most probable level's log-probability, ``log(max(probs) · mass)``
+    (closed-set probabilities times the covered mass), equals the top log-probability (within ``tol``).
+    """
+    top_of = getattr(backend, "last_level_top", None)
+    if top_of is None:
+        return None
+    out: list[tuple[str, bool]] = []
+    for i in range(len(probs)):
+        top = top_of(i, 1)
+        if not top:
+            return None
+        text, logp = top[0]
+        if not np.all(np.isfinite(probs[i])) or mass[i] <= 0:
+            out.append((text, False))  # no level had any probability
+            continue
+        best_level = float(np.log(np.max(probs[i]) * mass[i]))
+        out.append((text, bool(best_level >= logp - tol)))
+    return out
