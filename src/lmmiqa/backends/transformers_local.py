@@ -230,7 +230,12 @@ class TransformersBackend(Backend):
     def _setup_pixels(self) -> None:
         from lmmiqa.backends.hf_processor import set_pixel_budget
 
-        self._pixel_mode = set_pixel_budget(self.processor, self._min_pixels, self._max_pixels)
+        # a family's processor may apply (or decline) the budget itself (lmmiqa.families: fixed-size inputs)
+        own = getattr(self.processor, "set_pixel_budget", None)
+        if callable(own):
+            self._pixel_mode = own(self._min_pixels, self._max_pixels)
+        else:
+            self._pixel_mode = set_pixel_budget(self.processor, self._min_pixels, self._max_pixels)
 
     def _fit(self, image: Any) -> Any:
         """The image as the processor will get it: downscaled to the pixel budget when the processor has no
@@ -337,7 +342,8 @@ class TransformersBackend(Backend):
                         images.append(self._fit(part))
                 conv.append({"role": msg.role, "content": content})
             text = self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
-            texts.append(text + prompt.answer_prefix)
+            join = getattr(self.processor, "join_answer_prefix", None)  # formats ending "ASSISTANT:" (families)
+            texts.append(join(text, prompt.answer_prefix) if callable(join) else text + prompt.answer_prefix)
         if per_prompt and all(per_prompt):
             return texts, per_prompt
         return texts, [im for ims in per_prompt for im in ims]
@@ -399,7 +405,9 @@ class TransformersBackend(Backend):
                 continue
             counts = [int(c) for c in per_image[k : k + len(ims)]]
             k += len(ims)
-            n_text = len(self.tokenizer(text)["input_ids"])
+            # a family's processor counts its own text tokens (image markers as one token each)
+            count = getattr(self.processor, "num_text_tokens", None)
+            n_text = count(text) if callable(count) else len(self.tokenizer(text)["input_ids"])
             # the rendered text holds one placeholder per image; the processor expands it to the image's tokens
             out.append({"tokens": n_text + sum(counts) - len(counts), "image_tokens": sum(counts), "per_image": counts})
         self._last_counts = (list(prompts), out)

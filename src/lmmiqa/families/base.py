@@ -19,6 +19,12 @@ The contract, so that no family grows special cases across the scorer:
   conversation format, which need not be a Jinja chat template), ``__call__(text=, images=, padding=,
   return_tensors=, add_special_tokens=)``, ``image_token_id`` and, where image token counts are known without
   running the vision encoder, ``_get_num_multimodal_tokens(image_sizes=)`` (for token-budget batching).
+  Optional, for formats that are not chat templates (the backend uses them when present, the plain behaviour
+  otherwise): ``join_answer_prefix(rendered, prefix)`` (e.g. ``"ASSISTANT:"`` + ``" The quality ..."``: the space
+  the format puts after the colon), ``num_text_tokens(rendered)`` (tokens of a rendered prompt counting each image
+  marker as one, when the tokenizer alone would count the marker's text differently) and
+  ``set_pixel_budget(min_pixels, max_pixels) -> "native" | "resize" | "model"`` (a fixed-size input returns
+  ``"model"``: no pixel budget applies).
 * :attr:`Family.conventions` says how the family's checkpoints expect prompts (:class:`PromptConventions`); a
   method option left at ``"auto"`` follows them (e.g. one-align reads the question before the image and takes
   images padded to a square).
