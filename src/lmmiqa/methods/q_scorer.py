@@ -65,8 +65,11 @@ class QScorerConfig(ScorerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from lmmiqa.families.mplug_owl2.qscorer_release import is_release
         from lmmiqa.training.q_scorer_model import is_artifact
 
+        if not self.adapter and is_release(self.model):  # Q-Scorer's official release given as the model
+            self.adapter, self.model = self.model, None
         if not self.adapter:
             if self.model and is_artifact(self.model):
                 self.adapter = str(self.model)
@@ -74,7 +77,9 @@ class QScorerConfig(ScorerConfig):
             else:
                 raise ConfigError(
                     "q-scorer needs a trained adapter: adapter=DIR (CLI: --adapter DIR), made by "
-                    "`lmmiqa train q-scorer`, or model=DIR of a merged export (`lmmiqa export q-scorer --merged`)"
+                    "`lmmiqa train q-scorer`, or model=DIR of a merged export (`lmmiqa export q-scorer --merged`), "
+                    "or Q-Scorer's released folder (adapter_config.json + non_lora_trainables.bin) with model= its "
+                    "mPLUG-Owl2 base"
                 )
         self.adapter = str(self.adapter)
         if not isinstance(self.merge_lora, bool):
@@ -106,9 +111,26 @@ class QScorer(Scorer):
 
     # -------------------------------------------------------------------------------------------------
     @property
+    def is_release(self) -> bool:
+        """Whether the adapter is Q-Scorer's official release (:mod:`lmmiqa.families.mplug_owl2.qscorer_release`)."""
+        from lmmiqa.families.mplug_owl2.qscorer_release import is_release
+
+        return is_release(self.config.adapter)
+
+    @property
     def loaded(self) -> Any:
         """The loaded artifact (model, head, backend), loaded on first use."""
         with self._lock:
+            if self._loaded is None and self.is_release:
+                from lmmiqa.families.mplug_owl2.qscorer_release import load_release
+
+                cfg = self.config
+                opts = {k: v for k, v in cfg.backend_options.items() if k != "local_files_only"}
+                self._loaded = load_release(
+                    cfg.adapter, model=cfg.model, device=cfg.device, dtype=cfg.dtype,
+                    max_batch_tokens=cfg.max_batch_tokens,
+                    local_files_only=cfg.backend_options.get("local_files_only"), **opts,
+                )
             if self._loaded is None:
                 from lmmiqa.training.q_scorer_model import load_q_scorer
 
@@ -124,6 +146,10 @@ class QScorer(Scorer):
     def spec(self) -> Any:
         if self._loaded is not None:
             return self._loaded.spec
+        if self.is_release:
+            from lmmiqa.families.mplug_owl2.qscorer_release import read_release
+
+            return read_release(self.config.adapter)
         from lmmiqa.training.q_scorer_model import read_spec
 
         return read_spec(self.config.adapter)
@@ -145,6 +171,8 @@ class QScorer(Scorer):
 
     # -------------------------------------------------------------------------------------------------
     def score_items(self, items: list[ImageItem]) -> list[ScoreResult]:
+        if self.is_release:
+            return self._score_release(items)
         from lmmiqa.training.q_scorer_model import predict
 
         loaded = self.loaded
@@ -202,6 +230,47 @@ class QScorer(Scorer):
             details=details,
             timings=dict(timings),
         )
+
+
+    def _score_release(self, items: list[ImageItem]) -> list[ScoreResult]:
+        """Q-Scorer's official release, scored as its iqa_eval.py (see qscorer_release's docstring)."""
+        from lmmiqa.families.mplug_owl2.qscorer_release import predict_release
+        from lmmiqa.levels import closed_set_probs, covered_mass, level_details
+        from lmmiqa.methods.mllm import token_details
+        from lmmiqa.types import Prompt
+
+        loaded = self.loaded
+        spec = loaded.spec
+        t0 = time.perf_counter()
+        with self._lock:
+            pred = predict_release(loaded, [it.image for it in items])
+        timings = {"forward": (time.perf_counter() - t0) / max(len(items), 1)}
+        prompts = [Prompt.simple([spec.question, it.image], answer_prefix=spec.answer_prefix) for it in items]
+        counts = token_details(loaded.backend, prompts) or [{} for _ in items]
+        lo, hi = spec.mos_range
+        tokenizer = loaded.backend.tokenizer
+        out = []
+        for i, it in enumerate(items):
+            raw = float(pred.head_raw[i])
+            lp = np.asarray(pred.token_logprobs[i], dtype=np.float64)
+            probs = closed_set_probs(lp[None])[0]
+            probabilities, level = level_details(probs, _token_scale(spec))
+            details: dict[str, Any] = {
+                "head_raw": raw,
+                "clamped": not lo <= raw <= hi,
+                "k": spec.k,
+                "base_model": loaded.source_model,
+                "release": True,
+                "hidden_state_at": "the greedy token after the prompt (iqa_eval.py's second step)",
+                "greedy_token": tokenizer.decode([pred.next_token[i]]),
+                "covered_mass": float(covered_mass(lp[None])[0]),
+                **level,
+                **counts[i],
+            }
+            out.append(ScoreResult(image=it.key, score=float(min(max(raw, lo), hi)), method=self.name,
+                                   higher_is_better=True, scale=(lo, hi), model=self.model_name,
+                                   probabilities=probabilities, details=details, timings=dict(timings)))
+        return out
 
 
 def _token_scale(spec: Any) -> Any:

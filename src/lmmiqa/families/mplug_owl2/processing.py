@@ -9,7 +9,12 @@
 * **Tokenization** — as the published ``tokenizer_image_token``: the text is cut at each ``<|image|>``, every piece
   is tokenized on its own by the LLaMA-2 SentencePiece tokenizer (so the piece after an image starts with its own
   ``▁``), BOS is kept on the first piece only, and each image becomes ``num_image_tokens`` (65) placeholder ids
-  (``image_token_id``, -200) that the model replaces with the image's features.
+  (``image_token_id``, -200) that the model replaces with the image's features. The pieces are encoded by the
+  ``sentencepiece`` library itself from the checkpoint's ``tokenizer.model`` with the rules of the published code's
+  tokenizer (transformers 4.3x ``LlamaTokenizer``, ``legacy=False``: the start of a text gets SentencePiece's ``▁``
+  prefix, text right after a special token does not), because transformers 5's BPE conversion of that model segments
+  some whitespace differently (``" ASSISTANT"`` → ``▁A SS…`` instead of ``▁ ▁A SS…``). Without a
+  ``tokenizer.model`` the checkpoint's own tokenizer is used.
 * **Images** — the checkpoint's CLIP preprocessing read from its ``preprocessor_config.json`` as it is (the old
   ``CLIPFeatureExtractor`` layout: 448 shortest edge, bicubic, centre crop 448, CLIP mean/std), run by transformers'
   PIL CLIP image processor (the same pixels as the published code). Padding to a square with the CLIP mean colour
@@ -96,6 +101,58 @@ def clip_image_processor(name_or_path: str, **kwargs: Any) -> Any:
     return cls.from_pretrained(name_or_path, **kwargs)
 
 
+class SentencePieceText:
+    """``tokenizer(text).input_ids`` without BOS as the published code's tokenizer computes it (transformers 4.3x
+    ``LlamaTokenizer`` with ``legacy=False``), from the SentencePiece model and the tokenizer's added tokens.
+
+    The text is split at added/special tokens (``</s>``, ``<score1>`` ...), which map to their ids; the first text
+    segment, at the start of the text, is encoded with SentencePiece's ``▁`` prefix; a segment after a special token
+    without it (encoded after an ``<unk>`` marker that is then removed, as that tokenizer does).
+    """
+
+    def __init__(self, model_file: str, tokenizer: Any) -> None:
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_file=model_file)
+        self.tokenizer = tokenizer
+        self.unk = str(getattr(tokenizer, "unk_token", None) or "<unk>")
+        self.unk_length = len(self.sp.encode(self.unk))
+        self._specials: tuple[int, list[tuple[str, int]]] | None = None
+
+    def specials(self) -> list[tuple[str, int]]:
+        """(text, id) of the tokenizer's added tokens, longest first (recomputed when tokens are added)."""
+        n = len(self.tokenizer)
+        if self._specials is None or self._specials[0] != n:
+            added = dict(self.tokenizer.get_added_vocab())
+            self._specials = (n, sorted(((t, int(i)) for t, i in added.items() if t), key=lambda x: -len(x[0])))
+        return self._specials[1]
+
+    def __call__(self, text: str) -> list[int]:
+        text = text.replace("\u2581", " ")
+        ids: list[int] = []
+        start = True
+        pos = 0
+        specials = self.specials()
+        while pos <= len(text):
+            nxt, found = len(text), None
+            for tok_text, tok_id in specials:
+                i = text.find(tok_text, pos)
+                if i >= 0 and (i < nxt or (i == nxt and found is None)):
+                    nxt, found = i, (tok_text, tok_id)
+            segment = text[pos:nxt]
+            if segment:
+                if start:
+                    ids.extend(self.sp.encode(segment))
+                else:
+                    ids.extend(self.sp.encode(self.unk + segment)[self.unk_length :])
+            if found is None:
+                break
+            ids.append(found[1])
+            start = False
+            pos = nxt + len(found[0])
+        return ids
+
+
 class _Counts:
     def __init__(self, num_image_tokens: list[int]) -> None:
         self.num_image_tokens = num_image_tokens
@@ -124,6 +181,13 @@ class MPLUGOwl2Processor:
         self.num_image_tokens = int(num_image_tokens or ABSTRACTOR_DEFAULTS["num_learnable_queries"] + 1)
         self.image_token_id = int(image_token_id)
         self.separator = separator
+        model_file = getattr(tokenizer, "vocab_file", None)
+        self.sentencepiece: SentencePieceText | None = None
+        if model_file and os.path.isfile(str(model_file)) and str(model_file).endswith(".model"):
+            try:
+                self.sentencepiece = SentencePieceText(str(model_file), tokenizer)
+            except ImportError:  # pragma: no cover - sentencepiece comes with the hf extra
+                self.sentencepiece = None
 
     # ---------------------------------------------------------------------------------------- files
     @classmethod
@@ -132,8 +196,10 @@ class MPLUGOwl2Processor:
         ``local_files_only``, ``revision``, ``cache_dir``; ``separator=``)."""
         from transformers import AutoTokenizer
 
+        from lmmiqa.families.mplug_owl2 import FAMILY
         from lmmiqa.hub import read_checkpoint_json
 
+        FAMILY.register()  # so that nothing asks about the config.json's remote code
         separator = kwargs.pop("separator", "\n")
         kwargs.pop("trust_remote_code", None)
         name = os.fspath(name_or_path)
@@ -179,8 +245,8 @@ class MPLUGOwl2Processor:
         the first piece only, ``placeholders`` (default ``num_image_tokens``) image ids per image."""
         per_image = self.num_image_tokens if placeholders is None else placeholders
         tok = self.tokenizer
-        pieces = [tok(p, add_special_tokens=add_special_tokens)["input_ids"] if p else [] for p in text.split(IMAGE_TOKEN)]
         bos = tok.bos_token_id
+        pieces = [self._piece(p, add_special_tokens) if p else [] for p in text.split(IMAGE_TOKEN)]
         strip = 1 if pieces[0] and bos is not None and pieces[0][0] == bos else 0
         ids: list[int] = [bos] if strip else []
         for i, piece in enumerate(pieces):
@@ -188,6 +254,14 @@ class MPLUGOwl2Processor:
                 ids.extend([self.image_token_id] * per_image)
             ids.extend(piece[strip:])
         return ids
+
+    def _piece(self, text: str, add_special_tokens: bool) -> list[int]:
+        """``tokenizer(text).input_ids`` of the published code (BOS first when ``add_special_tokens``)."""
+        if self.sentencepiece is None:
+            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        bos = self.tokenizer.bos_token_id
+        head = [bos] if add_special_tokens and bos is not None and getattr(self.tokenizer, "add_bos_token", True) else []
+        return head + self.sentencepiece(text)
 
     def num_text_tokens(self, text: str) -> int:
         """Tokens of a rendered prompt counting each image as one token (the transformers backend adds each

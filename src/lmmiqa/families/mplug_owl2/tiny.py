@@ -11,6 +11,12 @@
   code's keys with an ``auto_map`` to the remote code (which lmmiqa ignores), the weights sharded over
   ``pytorch_model-0000i-of-0000N.bin`` with ``pytorch_model.bin.index.json``, the tokenizer files and the
   ``preprocessor_config.json`` copied from where they are given.
+* :func:`save_qscorer_release` — a tiny Q-Scorer release in the layout its training script writes (``config.json``,
+  ``adapter_config.json`` + ``adapter_model.bin`` for LoRA on ``q_proj`` and ``v_proj.multiway.1``,
+  ``non_lora_trainables.bin`` with every non-LoRA tensor under ``base_model.model.``: the embeddings resized by the
+  five score tokens, the ``deepmlp`` head, a fine-tuned vision model, abstractor and LM head). The tensor names
+  follow ``shared/data/official/q-scorer/derived`` — reconstructed from ``train_mem.py``, not the release's own
+  files, which could not be obtained.
 """
 
 from __future__ import annotations
@@ -70,13 +76,28 @@ def fill_parity_weights(model: Any) -> Any:
     return model
 
 
-def tiny_model(config: dict[str, Any] | None = None, *, parity_weights: bool = True) -> Any:
-    """A tiny :class:`~lmmiqa.families.mplug_owl2.modeling.MPLUGOwl2ForConditionalGeneration` (fp32, eval)."""
+def tiny_model(config: dict[str, Any] | None = None, *, parity_weights: bool = True, image_gain: float = 1.0) -> Any:
+    """A tiny :class:`~lmmiqa.families.mplug_owl2.modeling.MPLUGOwl2ForConditionalGeneration` (fp32, eval).
+
+    ``image_gain`` scales the abstractor's output projection and end-of-image embedding after the parity weights:
+    with the parity recipe alone images move the level logits by ~1e-4, so tests that must tell images apart
+    (batches, padding) use a gain of 20.
+    """
+    import torch
+
     from lmmiqa.families.mplug_owl2.configuration import MPLUGOwl2Config
     from lmmiqa.families.mplug_owl2.modeling import MPLUGOwl2ForConditionalGeneration
 
     model = MPLUGOwl2ForConditionalGeneration(MPLUGOwl2Config(**(config or TINY_CONFIG))).eval()
-    return fill_parity_weights(model) if parity_weights else model
+    if not parity_weights:
+        return model
+    fill_parity_weights(model)
+    if image_gain != 1.0:
+        abstractor = model.model.visual_abstractor
+        with torch.no_grad():
+            for p in (abstractor.visual_fc.weight, abstractor.visual_fc.bias, abstractor.vit_eos):
+                p.mul_(float(image_gain))
+    return model
 
 
 def published_config(config: dict[str, Any], *, dtype: str = "float32", **extra: Any) -> dict[str, Any]:
@@ -159,12 +180,105 @@ def save_published_layout(
     return out
 
 
+#: Q-Scorer's score tokens, added in this order after the LLaMA-2 vocabulary (ids 32000..32004)
+SCORE_TOKENS = ("<score1>", "<score2>", "<score3>", "<score4>", "<score5>")
+
+
+def release_value(name: str, shape: tuple[int, ...], scale: float = 0.02) -> np.ndarray:
+    """A tiny release's deterministic values for tensor ``name`` (``default_rng(crc32("qscorer:" + name))``)."""
+    rng = np.random.default_rng(zlib.crc32(("qscorer:" + name).encode()))
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+def qscorer_release_tensors(base_model: Any, *, rank: int = 4, head_dims: tuple[int, ...] | None = None
+                            ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The tensors of a tiny Q-Scorer release on ``base_model`` (a tiny mPLUG-Owl2), by recipe.
+
+    Returns:
+        ``(adapter, non_lora, targets)``: the LoRA tensors (``base_model.model.<module>.lora_A.weight`` ...), every
+        non-LoRA tensor (``base_model.model.<published name>``, embeddings resized to vocab + 5, the ``deepmlp``
+        head, vision model / abstractor / LM head moved off the base values as fine-tuning would) and the LoRA
+        target module names.
+    """
+    import torch
+
+    cfg = base_model.config
+    hidden = int(cfg.hidden_size)
+    dims = tuple(head_dims or (hidden // 2, hidden // 4))
+    base = {k: v.detach().cpu().float() for k, v in base_model.state_dict().items()}
+    n_old, n_new = base["model.embed_tokens.weight"].shape[0], len(SCORE_TOKENS)
+    non_lora: dict[str, Any] = {}
+    for name, value in base.items():
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            rows = value.shape[0] + n_new
+            out = torch.zeros((rows, value.shape[1]))
+            out[:n_old] = value
+            if name == "lm_head.weight":  # output rows: the mean (train_mem.py), then trained in full
+                out[n_old:] = value.mean(dim=0, keepdim=True)
+                out = out + torch.from_numpy(release_value(name, tuple(out.shape), 0.01))
+            else:  # input rows: random (resize_token_embeddings), not trained
+                out[n_old:] = torch.from_numpy(release_value(name + ":new", (n_new, value.shape[1])))
+            value = out
+        elif name.startswith(("model.vision_model.", "model.visual_abstractor.")) and not name.endswith("_pos_embed"):
+            value = value + torch.from_numpy(release_value(name, tuple(value.shape), 0.01))
+        non_lora["base_model.model." + name] = value
+    widths = (hidden, *dims)
+    for i in range(len(dims)):
+        for part, shape in (("weight", (widths[i + 1], widths[i])), ("bias", (widths[i + 1],))):
+            key = f"deepmlp.model.{i}.linear.{part}"
+            non_lora["base_model.model." + key] = torch.from_numpy(release_value(key, shape, 0.2))
+    for part, shape in (("weight", (1, dims[-1])), ("bias", (1,))):
+        key = f"deepmlp.output_layer.{part}"
+        non_lora["base_model.model." + key] = torch.from_numpy(release_value(key, shape, 0.2))
+    non_lora["base_model.model.deepmlp.output_layer.bias"] += 3.0  # scores around the middle of [0, 5]
+    targets: list[str] = []
+    adapter: dict[str, Any] = {}
+    for i in range(int(cfg.num_hidden_layers)):
+        for module, width_out in ((f"model.layers.{i}.self_attn.q_proj", hidden),
+                                  (f"model.layers.{i}.self_attn.v_proj.multiway.1",
+                                   int(cfg.num_key_value_heads) * int(cfg.head_dim))):
+            targets.append(module)
+            a, b = f"base_model.model.{module}.lora_A.weight", f"base_model.model.{module}.lora_B.weight"
+            adapter[a] = torch.from_numpy(release_value(a, (rank, hidden), 0.1))
+            adapter[b] = torch.from_numpy(release_value(b, (width_out, rank), 0.1))
+    return adapter, non_lora, targets
+
+
+def save_qscorer_release(base_model: Any, folder: str | os.PathLike[str], *, rank: int = 4, alpha: int = 8,
+                         base_model_name: str = "MAGAer13/mplug-owl2-llama2-7b") -> Path:
+    """Write a tiny Q-Scorer release (see :func:`qscorer_release_tensors`) in the training script's layout."""
+    import torch
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter, non_lora, targets = qscorer_release_tensors(base_model, rank=rank)
+    torch.save(adapter, out / "adapter_model.bin")
+    torch.save(non_lora, out / "non_lora_trainables.bin")
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha, "lora_dropout": 0.05,
+        "bias": "none", "target_modules": sorted(targets), "base_model_name_or_path": base_model_name,
+        "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
+        "revision": None, "layers_to_transform": None, "layers_pattern": None,
+    }, indent=2))
+    cfg = {k: v for k, v in published_config(TINY_CONFIG).items() if k != "auto_map"}
+    cfg.update(vocab_size=int(base_model.config.vocab_size) + len(SCORE_TOKENS), weight_desp=1.0,
+               weight_next_token=0.05, image_aspect_ratio="pad", image_grid_pinpoints=None,
+               tune_visual_abstractor=True, freeze_vision_model=False, visual_abstractor_lr=None,
+               use_cache=True, torch_dtype="bfloat16", _name_or_path=base_model_name)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
 __all__ = [
     "PUBLISHED_AUTO_MAP",
+    "SCORE_TOKENS",
     "TINY_CONFIG",
     "fill_parity_weights",
     "parity_value",
     "published_config",
+    "qscorer_release_tensors",
+    "release_value",
     "save_published_layout",
+    "save_qscorer_release",
     "tiny_model",
 ]
