@@ -21,6 +21,7 @@ one-align. This is lmmiqa's own implementation, checked against the official cod
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -376,6 +377,23 @@ class MPLUGOwl2ForConditionalGeneration(MPLUGOwl2PreTrainedModel, GenerationMixi
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``from_pretrained``, with the weight files of a local folder checked first and any tensor
+        left missing after loading an error instead of random values (:mod:`.checkpoint`)."""
+        from lmmiqa.families.mplug_owl2.checkpoint import check_folder, check_loading_info
+
+        name = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
+        if isinstance(name, str) and os.path.isdir(name) and not kwargs.get("subfolder"):
+            config = kwargs.get("config")
+            if not isinstance(config, MPLUGOwl2Config):
+                config = MPLUGOwl2Config.from_pretrained(name)
+            check_folder(name, config)
+        want_info = bool(kwargs.pop("output_loading_info", False))
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        check_loading_info(str(name), info)
+        return (model, info) if want_info else model
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens

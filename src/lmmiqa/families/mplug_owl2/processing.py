@@ -216,6 +216,13 @@ class MPLUGOwl2Processor:
         """Write the tokenizer files and ``preprocessor_config.json`` (CLIP's, loadable by the published code)."""
         os.makedirs(path, exist_ok=True)
         files = list(self.tokenizer.save_pretrained(path, **kwargs))
+        model_file = getattr(self.tokenizer, "vocab_file", None)
+        target = os.path.join(os.fspath(path), "tokenizer.model")
+        if model_file and os.path.isfile(str(model_file)) and not os.path.exists(target):
+            import shutil  # the SentencePiece model itself: exact tokenization after a reload (see SentencePieceText)
+
+            shutil.copy(str(model_file), target)
+            files.append(target)
         self.image_processor.save_pretrained(path)
         pre = os.path.join(os.fspath(path), "preprocessor_config.json")
         with open(pre, encoding="utf-8") as fh:

@@ -123,10 +123,11 @@ class MPLUGOwl2VisionMLP(nn.Module):
 class MPLUGOwl2VisionLayer(nn.Module):
     def __init__(self, config: SubConfig, root_config: Any) -> None:
         super().__init__()
-        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # registration order = the published state dict's order
         self.self_attn = MPLUGOwl2VisionAttention(config, root_config)
-        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = MPLUGOwl2VisionMLP(config)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x))
