@@ -266,9 +266,18 @@ class MPLUGOwl2Processor:
         """``tokenizer(text).input_ids`` of the published code (BOS first when ``add_special_tokens``)."""
         if self.sentencepiece is None:
             return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-        bos = self.tokenizer.bos_token_id
-        head = [bos] if add_special_tokens and bos is not None and getattr(self.tokenizer, "add_bos_token", True) else []
+        head = [self._bos] if add_special_tokens and self._bos is not None else []
         return head + self.sentencepiece(text)
+
+    @property
+    def _bos(self) -> int | None:
+        """BOS when the tokenizer adds one with its special tokens (asked of the tokenizer itself: transformers 5
+        reloads a saved LLaMA tokenizer with ``add_bos_token`` False although it still adds BOS)."""
+        if not hasattr(self, "_bos_cache"):
+            bos = self.tokenizer.bos_token_id
+            ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+            self._bos_cache = bos if bos is not None and ids[:1] == [bos] else None
+        return self._bos_cache
 
     def num_text_tokens(self, text: str) -> int:
         """Tokens of a rendered prompt counting each image as one token (the transformers backend adds each
