@@ -165,3 +165,23 @@ def test_qscorer_release_with_foreign_tensors_fails_naming_them(owl2_release_fol
     torch.save(state, broken / "non_lora_trainables.bin")
     with pytest.raises(ModelLoadError, match=r"1 unexpected tensor\(s\), first: model.extra_tower.weight"):
         load_release(broken, model=str(owl2_base_folder), device="cpu", dtype="float32")
+
+
+def test_qscorer_paper_preset_names_the_release_and_its_base(owl2_release_folder, owl2_base_folder, tmp_path):
+    scorer = lmmiqa.create_scorer("q-scorer", preset="paper", device="cpu")
+    assert scorer.config.adapter == "2kxx/Qscorer_lora_5_1" and scorer.config.model == "MAGAer13/mplug-owl2-llama2-7b"
+    assert scorer.is_release and scorer.preset == "paper"
+    image = tmp_path / "a.png"
+    from lmmiqa.testing import make_image
+
+    make_image(32, 24, seed=1).save(image)
+    # offline and not cached: one run-level error saying how to get the release (tests run with HF_HUB_OFFLINE=1)
+    with pytest.raises(ModelLoadError, match=r"Qscorer_lora_5_1.*(hf download|huggingface-cli)"):
+        scorer.score(str(image))
+    # explicit options override the preset's hub ids with local folders; the preset is still recorded
+    local = lmmiqa.create_scorer("q-scorer", preset="paper", adapter=str(owl2_release_folder),
+                                 model=str(owl2_base_folder), device="cpu", dtype="float32")
+    r = local.score(str(image))[0]
+    assert r.ok and r.details["preset"] == "paper" and 0.0 <= r.score <= 5.0
+    with pytest.raises(lmmiqa.errors.ConfigError, match="neither an lmmiqa Q-Scorer folder"):
+        lmmiqa.create_scorer("q-scorer", adapter=str(tmp_path))

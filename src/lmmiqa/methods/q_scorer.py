@@ -14,6 +14,11 @@ runs **one forward pass** per batch up to the position that predicts the score t
   ``details.covered_mass`` the full-vocabulary probability of the five tokens). For k = 1 ``probabilities`` is
   ``None`` and ``details.score_token_prob`` is the full-vocabulary probability of ``<score>``.
 
+Q-Scorer's **official release** (``adapter_config.json`` + ``non_lora_trainables.bin`` on mPLUG-Owl2; a local folder
+or the hub id ``2kxx/Qscorer_lora_5_1``, preset ``paper``) is loaded as its ``builder.py`` loads it and scored as its
+``iqa_eval.py`` scores (:mod:`lmmiqa.families.mplug_owl2.qscorer_release`): score = the ``deepmlp`` head clamped to
+[0, 5], ``probabilities`` over ``<score1>`` … ``<score5>`` at the position that predicts the score token.
+
 Prompts are encoded with the transformers backend's own :meth:`~lmmiqa.backends.transformers_local.TransformersBackend.encode`
 (left padding), so batching behaves as for every other MLLM method.
 """
@@ -23,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -31,6 +36,7 @@ from lmmiqa.backends.pixels import DEFAULT_MAX_PIXELS, check_budget, parse_pixel
 from lmmiqa.errors import ConfigError
 from lmmiqa.images import ImageItem
 from lmmiqa.methods.base import Scorer, ScorerConfig
+from lmmiqa.presets import Preset, PresetValue
 from lmmiqa.types import ScoreResult
 
 
@@ -65,7 +71,7 @@ class QScorerConfig(ScorerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from lmmiqa.families.mplug_owl2.qscorer_release import is_release
+        from lmmiqa.families.mplug_owl2.qscorer_release import is_hub_release, is_release
         from lmmiqa.training.q_scorer_model import is_artifact
 
         if not self.adapter and is_release(self.model):  # Q-Scorer's official release given as the model
@@ -82,6 +88,12 @@ class QScorerConfig(ScorerConfig):
                     "mPLUG-Owl2 base"
                 )
         self.adapter = str(self.adapter)
+        if not (is_artifact(self.adapter) or is_release(self.adapter) or is_hub_release(self.adapter)):
+            raise ConfigError(
+                f"q-scorer: {self.adapter!r} is neither an lmmiqa Q-Scorer folder (qscorer.json, from `lmmiqa train "
+                "q-scorer` or `lmmiqa export q-scorer`) nor Q-Scorer's released folder (adapter_config.json + "
+                "non_lora_trainables.bin) nor a hub id of such a release"
+            )
         if not isinstance(self.merge_lora, bool):
             raise ConfigError(f"merge_lora must be true or false, got {self.merge_lora!r}")
         check_budget(parse_pixels(self.min_pixels, "min_pixels"), parse_pixels(self.max_pixels, "max_pixels"))
@@ -91,11 +103,37 @@ class QScorerConfig(ScorerConfig):
             raise ConfigError(f"unknown backend option(s) {', '.join(unknown)} for q-scorer; valid: {', '.join(sorted(allowed))}")
 
 
+PAPER = Preset(
+    name="paper",
+    target="q-scorer",
+    summary="Q-Scorer's released checkpoint (k = 5 score tokens) on mPLUG-Owl2-LLaMA2-7B, scored as the official "
+    "iqa_eval.py: its prompt, the hidden state after the greedy token, the deepmlp head clamped to [0, 5]",
+    reference="Tang et al., Revisiting MLLM Based Image Quality Assessment: Errors and Remedy (Q-Scorer, AAAI 2026); "
+    "2kxx/Q-Scorer (MIT)",
+    values={
+        "adapter": PresetValue("2kxx/Qscorer_lora_5_1", "Q-Scorer README: the released LoRA (k = 5), KonIQ SRCC .948 / "
+                                                        "PLCC .959"),
+        "model": PresetValue("MAGAer13/mplug-owl2-llama2-7b", "Q-Scorer train_lora.sh / builder.py: the base model the "
+                                                              "LoRA and non_lora_trainables.bin apply to"),
+    },
+    notes=(
+        "The release's tensor names were reconstructed from train_mem.py (shared/data/official/q-scorer/derived), not "
+        "read from the release, which could not be obtained here; a release whose files differ fails naming them.",
+        "The official evaluation runs float16 (builder.py); lmmiqa's dtype 'auto' is bfloat16 on CUDA and float32 on "
+        "a CPU (--dtype float16 for the official precision).",
+        "iqa_eval.py reads the hidden state at the greedy token after the prompt (one position after the one the "
+        "training loss used) and writes the head's output unclamped; the official score() clamps to [0, 5]. lmmiqa "
+        "does both as they do: the score is clamped, details.head_raw is not.",
+    ),
+)
+
+
 class QScorer(Scorer):
     """Q-Scorer: regression head on the hidden state that predicts the score token (one forward per batch)."""
 
     name = "q-scorer"
     config_cls = QScorerConfig
+    presets: ClassVar[dict[str, Preset]] = {"paper": PAPER}
     summary = "Q-Scorer: LoRA-tuned MLLM with score tokens and an MLP head on the MOS scale (needs --adapter)"
 
     def __init__(self, config: QScorerConfig | None = None, loaded: Any | None = None) -> None:
@@ -113,9 +151,9 @@ class QScorer(Scorer):
     @property
     def is_release(self) -> bool:
         """Whether the adapter is Q-Scorer's official release (:mod:`lmmiqa.families.mplug_owl2.qscorer_release`)."""
-        from lmmiqa.families.mplug_owl2.qscorer_release import is_release
+        from lmmiqa.families.mplug_owl2.qscorer_release import is_hub_release, is_release
 
-        return is_release(self.config.adapter)
+        return is_release(self.config.adapter) or is_hub_release(self.config.adapter)
 
     @property
     def loaded(self) -> Any:
@@ -149,7 +187,7 @@ class QScorer(Scorer):
         if self.is_release:
             from lmmiqa.families.mplug_owl2.qscorer_release import read_release
 
-            return read_release(self.config.adapter)
+            return read_release(self.config.adapter, local_files_only=self.config.backend_options.get("local_files_only"))
         from lmmiqa.training.q_scorer_model import read_spec
 
         return read_spec(self.config.adapter)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,11 @@ SCORE_RANGE = (0.0, 5.0)
 HEAD_PREFIX = "deepmlp."
 
 
+#: the release on the hub (Q-Scorer's README, k = 5 score tokens): KonIQ SRCC .948 / PLCC .959 in the paper
+HUB_RELEASE = "2kxx/Qscorer_lora_5_1"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
 def is_release(path: str | os.PathLike[str] | None) -> bool:
     """Whether ``path`` is a local folder laid out as Q-Scorer's released checkpoint."""
     if not path or not os.path.isdir(path):
@@ -58,6 +64,34 @@ def is_release(path: str | os.PathLike[str] | None) -> bool:
     return all(os.path.isfile(os.path.join(path, f)) for f in RELEASE_MARKERS) and not os.path.isfile(
         os.path.join(path, "qscorer.json")
     )
+
+
+def is_hub_release(ref: str | os.PathLike[str] | None) -> bool:
+    """Whether ``ref`` names a release on the hub (``owner/name`` that is not a local path). lmmiqa's own Q-Scorer
+    adapters are local folders, so a hub id given as the adapter is taken for a Q-Scorer release."""
+    text = os.fspath(ref) if ref else ""
+    return bool(text) and not os.path.exists(text) and bool(_HUB_ID.match(text))
+
+
+def resolve_release(ref: str | os.PathLike[str], *, local_files_only: bool | None = None,
+                    weights: bool = True) -> str:
+    """The local folder of a release: ``ref`` itself, or the hub snapshot of a hub id (its JSON files only when
+    ``weights`` is false). Offline and not cached, or the hub unreachable: one :class:`ModelLoadError` saying how to
+    download it."""
+    text = os.fspath(ref)
+    if not is_hub_release(text):
+        return text
+    from lmmiqa.hub import resolve_local_only
+
+    local_only = resolve_local_only(text, local_files_only, what="the Q-Scorer release",
+                                    pass_as="--adapter FOLDER (Python: adapter='FOLDER')", folder="./Qscorer_lora_5_1")
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.bin", "*.safetensors"] if weights else ["*.json"]
+        return str(snapshot_download(text, allow_patterns=patterns, local_files_only=local_only))
+    except Exception as err:
+        raise ModelLoadError(f"cannot get the Q-Scorer release {text!r} from the hub: {type(err).__name__}: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -105,9 +139,9 @@ def _clean_base(name: Any) -> str:
     return text
 
 
-def read_release(path: str | os.PathLike[str]) -> ReleaseSpec:
-    """Read a release folder's adapter config and config (no weights)."""
-    root = Path(path)
+def read_release(path: str | os.PathLike[str], *, local_files_only: bool | None = None) -> ReleaseSpec:
+    """Read a release folder's (or hub release's) adapter config and config (no weights)."""
+    root = Path(resolve_release(path, local_files_only=local_files_only, weights=False))
     if not is_release(root):
         raise ConfigError(
             f"{root} is not a Q-Scorer release folder (it needs {', '.join(RELEASE_MARKERS)} and an adapter_model "
@@ -231,7 +265,7 @@ def load_release(
     from lmmiqa.hub import resolve_local_only
     from lmmiqa.torch_utils import pick_device
 
-    spec = read_release(path)
+    spec = read_release(resolve_release(path, local_files_only=local_files_only))
     base = model or spec.base_model
     local_only = resolve_local_only(base, local_files_only)
     family = families.prepare(base, local_files_only=local_only)
@@ -384,6 +418,7 @@ def predict_release(loaded: LoadedRelease, images: list[Any]) -> ReleasePredicti
 __all__ = [
     "ANSWER_PREFIX",
     "DEFAULT_BASE",
+    "HUB_RELEASE",
     "QUESTION",
     "RELEASE_MARKERS",
     "SCORE_RANGE",
@@ -391,9 +426,11 @@ __all__ = [
     "LoadedRelease",
     "ReleasePrediction",
     "ReleaseSpec",
+    "is_hub_release",
     "is_release",
     "load_release",
     "predict_release",
     "read_release",
+    "resolve_release",
     "split_non_lora",
 ]
