@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conftest import FIXTURES  # tests/families is on sys.path under pytest
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "mplug_owl2"
 
 QUESTION = "How would you rate the quality of this image?"
 PREFIX = "The quality of the image is"
