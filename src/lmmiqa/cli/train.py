@@ -75,6 +75,8 @@ def register(sub: Any) -> None:
     o.add_argument("--head-lr", type=float, default=None, help="learning rate of the head (default: --lr)")
     o.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0)")
     o.add_argument("--warmup-ratio", type=float, default=None, help="fraction of steps with linear warmup (default 0.03)")
+    o.add_argument("--lr-schedule", choices=("cosine", "linear", "constant"), default=None,
+                   help="learning-rate schedule after the warmup (default cosine)")
     o.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping norm, 0 = off (default 1.0)")
     o.add_argument("--ce-weight", type=float, default=None, help="weight of the answer cross-entropy (default 1)")
     o.add_argument("--mse-weight", type=float, default=None, help="weight of the head MSE in normalized MOS units (default 1)")
@@ -123,7 +125,7 @@ def _head_dims(text: str) -> tuple[int, ...]:
 
 _FLAG_FIELDS = (
     "model", "tokens", "epochs", "batch_size", "grad_accum", "eval_batch_size", "lr", "head_lr", "weight_decay",
-    "warmup_ratio", "max_grad_norm", "ce_weight", "mse_weight", "lora_r", "lora_alpha", "lora_dropout",
+    "warmup_ratio", "lr_schedule", "max_grad_norm", "ce_weight", "mse_weight", "lora_r", "lora_alpha", "lora_dropout",
     "lora_target", "tune_projector", "head_activation", "head_dropout", "val_fraction", "gradient_checkpointing",
     "device", "dtype", "attn_implementation", "seed", "checkpoint_every", "keep_checkpoints", "max_steps",
     "decode_workers", "progress",
