@@ -125,8 +125,8 @@ def test_qscorer_release_scores_as_its_iqa_eval(owl2_release_folder, owl2_base_f
         assert r.details["head_raw"] == pytest.approx(heads[i], abs=1e-4)
         assert r.score == pytest.approx(min(max(heads[i], 0.0), 5.0), abs=1e-4)
         assert r.details["release"] is True and r.details["clamped"] is False
-        # the score tokens' distribution at the position that predicts the score token (iqa_eval's first step)
-        row = ref["float32_step0"]
+        # the score tokens' distribution after the greedy token (iqa_eval's second step, its "logits")
+        row = ref["float32_step1"]
         off = np.array(row["level_logits"][i])[::-1] - row["logsumexp"][i]  # <score1>..<score5>
         mine = np.log([r.probabilities[str(k)] for k in range(1, 6)])
         np.testing.assert_allclose(mine - mine.max(), off - off.max(), atol=1e-4)

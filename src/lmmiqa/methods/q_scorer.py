@@ -17,7 +17,7 @@ runs **one forward pass** per batch up to the position that predicts the score t
 Q-Scorer's **official release** (``adapter_config.json`` + ``non_lora_trainables.bin`` on mPLUG-Owl2; a local folder
 or the hub id ``2kxx/Qscorer_lora_5_1``, preset ``paper``) is loaded as its ``builder.py`` loads it and scored as its
 ``iqa_eval.py`` scores (:mod:`lmmiqa.families.mplug_owl2.qscorer_release`): score = the ``deepmlp`` head clamped to
-[0, 5], ``probabilities`` over ``<score1>`` … ``<score5>`` at the position that predicts the score token.
+[0, 5], ``probabilities`` over ``<score1>`` … ``<score5>`` after the greedy token (``iqa_eval.py``'s two steps).
 
 Prompts are encoded with the transformers backend's own :meth:`~lmmiqa.backends.transformers_local.TransformersBackend.encode`
 (left padding), so batching behaves as for every other MLLM method.
@@ -121,9 +121,10 @@ PAPER = Preset(
         "read from the release, which could not be obtained here; a release whose files differ fails naming them.",
         "The official evaluation runs float16 (builder.py); lmmiqa's dtype 'auto' is bfloat16 on CUDA and float32 on "
         "a CPU (--dtype float16 for the official precision).",
-        "iqa_eval.py reads the hidden state at the greedy token after the prompt (one position after the one the "
-        "training loss used) and writes the head's output unclamped; the official score() clamps to [0, 5]. lmmiqa "
-        "does both as they do: the score is clamped, details.head_raw is not.",
+        "iqa_eval.py reads the hidden state at the greedy token after the prompt (for a trained model the lone '▁' "
+        "the LLaMA-2 tokenizer puts before a score token added without lstrip: the position the training loss read) "
+        "and writes the head's output unclamped; the official score() clamps to [0, 5]. lmmiqa does as they do: "
+        "the score is clamped, details.head_raw is not.",
     ),
 )
 

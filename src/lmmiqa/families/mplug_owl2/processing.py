@@ -105,9 +105,10 @@ class SentencePieceText:
     """``tokenizer(text).input_ids`` without BOS as the published code's tokenizer computes it (transformers 4.3x
     ``LlamaTokenizer`` with ``legacy=False``), from the SentencePiece model and the tokenizer's added tokens.
 
-    The text is split at added/special tokens (``</s>``, ``<score1>`` ...), which map to their ids; the first text
-    segment, at the start of the text, is encoded with SentencePiece's ``▁`` prefix; a segment after a special token
-    without it (encoded after an ``<unk>`` marker that is then removed, as that tokenizer does).
+    The text is split at added/special tokens (``</s>``, ``<score1>`` ...), which map to their ids (a token added
+    with ``lstrip``/``rstrip`` absorbs the whitespace before/after it); the first text segment, at the start of the
+    text, is encoded with SentencePiece's ``▁`` prefix; a segment after a special token without it (encoded after an
+    ``<unk>`` marker that is then removed, as that tokenizer does).
     """
 
     def __init__(self, model_file: str, tokenizer: Any) -> None:
@@ -118,12 +119,16 @@ class SentencePieceText:
         self.unk = str(getattr(tokenizer, "unk_token", None) or "<unk>")
         self.unk_length = len(self.sp.encode(self.unk))
         self._specials: tuple[int, list[tuple[str, int]]] | None = None
+        self._strip: dict[int, tuple[bool, bool]] = {}
 
     def specials(self) -> list[tuple[str, int]]:
         """(text, id) of the tokenizer's added tokens, longest first (recomputed when tokens are added)."""
         n = len(self.tokenizer)
         if self._specials is None or self._specials[0] != n:
             added = dict(self.tokenizer.get_added_vocab())
+            decoder = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
+            self._strip = {int(i): (bool(getattr(decoder.get(int(i)), "lstrip", False)),
+                                    bool(getattr(decoder.get(int(i)), "rstrip", False))) for i in added.values()}
             self._specials = (n, sorted(((t, int(i)) for t, i in added.items() if t), key=lambda x: -len(x[0])))
         return self._specials[1]
 
@@ -140,6 +145,10 @@ class SentencePieceText:
                 if i >= 0 and (i < nxt or (i == nxt and found is None)):
                     nxt, found = i, (tok_text, tok_id)
             segment = text[pos:nxt]
+            if found is not None and self._strip.get(found[1], (False, False))[0]:
+                segment = segment.rstrip()  # an lstrip token absorbs the whitespace before it
+            if not start and ids and self._strip.get(ids[-1], (False, False))[1]:
+                segment = segment.lstrip()  # an rstrip token absorbs the whitespace after it
             if segment:
                 if start:
                     ids.extend(self.sp.encode(segment))

@@ -21,11 +21,14 @@ Scoring follows ``iqa_eval.py`` at the paper's commit: the prompt
 ``USER: How would you rate the quality of this image?\\n<|image|> ASSISTANT: The quality of the image is`` (the
 ``mplug_owl2`` conversation template: a space, not a newline, before ``ASSISTANT:``), the image padded to a square
 with the CLIP mean colour, two steps — the greedy next token is appended and the model is run once more — and the
-head reads the last layer's hidden state at that appended token (one position after the one the training loss
-used: the official evaluation reads it there, so lmmiqa does too). The head's output is clamped to [0, 5] (the
-official ``score()`` and the training loss clamp; ``iqa_eval.py`` itself writes it unclamped: ``details.head_raw``).
-The five score tokens' probabilities at the first step (the position that predicts the score token) are reported
-as the result's ``probabilities``.
+head reads the last layer's hidden state at that appended token. Why two steps: the score tokens were added
+without ``lstrip``, so the LLaMA-2 tokenizer writes the training answer ``... image is <score3>`` as ``▁is ▁
+<score3>`` (a lone ``▁`` before the token; checked with transformers 4.36): the training loss reads the hidden
+state at that ``▁``, a trained model's greedy token after ``is`` is that ``▁``, and the second step reads the same
+position. The head's output is clamped to [0, 5] (the official ``score()`` and the training loss clamp;
+``iqa_eval.py`` itself writes it unclamped: ``details.head_raw``). The five score tokens' probabilities at the
+second step (the position that predicts the score token; ``iqa_eval.py``'s "logits"/"probs") are the result's
+``probabilities``.
 """
 
 from __future__ import annotations
@@ -371,8 +374,8 @@ def _lora_missing(peft_model: Any) -> list[str]:
 
 @dataclass
 class ReleasePrediction:
-    """Per image: the head's unclamped output, the score tokens' log-probabilities at the first step, and the
-    greedy token the hidden state was read at."""
+    """Per image: the head's unclamped output, the score tokens' log-probabilities at the second step (after the
+    greedy token), and the greedy token the hidden state was read at."""
 
     head_raw: list[float]
     token_logprobs: list[list[float]]
@@ -396,12 +399,12 @@ def predict_release(loaded: LoadedRelease, images: list[Any]) -> ReleasePredicti
     def step(group: list[int], inputs: Any) -> Any:
         model = backend.model
         first = model(**inputs, use_cache=True, logits_to_keep=1)
-        logits = first.logits[:, -1].float()
-        nxt = logits.argmax(dim=-1)
+        nxt = first.logits[:, -1].float().argmax(dim=-1)
         mask = inputs["attention_mask"]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         second = model(input_ids=nxt[:, None], attention_mask=mask, past_key_values=_output_cache(first),
                        use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        logits = second.logits[:, -1].float()
         hidden = second.hidden_states[-1][:, -1]
         head_param = next(loaded.head.parameters())
         raw = loaded.head(hidden.to(device=head_param.device, dtype=head_param.dtype))
