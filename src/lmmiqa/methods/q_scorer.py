@@ -195,7 +195,8 @@ class QScorer(Scorer):
 
     @property
     def scale(self) -> tuple[float, float]:
-        return tuple(self.spec.mos_range)  # type: ignore[return-value]
+        spec = self.spec
+        return tuple(getattr(spec, "clamp_range", spec.mos_range))  # type: ignore[return-value]
 
     @property
     def model_name(self) -> str:
@@ -226,7 +227,7 @@ class QScorer(Scorer):
         from lmmiqa.types import Prompt
 
         # the cost of each prompt (image and total tokens), counted from the image sizes without a second forward
-        prompts = [Prompt.simple([it.image, spec.question], answer_prefix=spec.answer_prefix) for it in items]
+        prompts = [Prompt.simple(spec.prompt_parts(it.image), answer_prefix=spec.score_prefix) for it in items]
         counts = token_details(loaded.backend, prompts) or [{} for _ in items]
         out = []
         for i, it in enumerate(items):
@@ -237,10 +238,10 @@ class QScorer(Scorer):
 
     def _result(self, key: str, u: float, token_lp: np.ndarray, spec: Any, timings: dict[str, float]) -> ScoreResult:
         from lmmiqa.levels import closed_set_probs, covered_mass, level_details
-        from lmmiqa.training.q_scorer_model import bin_centers, denormalize
+        from lmmiqa.training.q_scorer_model import bin_centers
 
-        lo, hi = spec.mos_range
-        raw = float(denormalize(u, lo, hi))
+        lo, hi = spec.clamp_range
+        raw = float(spec.head_to_mos(u))
         score = float(min(max(raw, lo), hi))
         details: dict[str, Any] = {
             "head_raw": raw,
@@ -248,6 +249,8 @@ class QScorer(Scorer):
             "k": spec.k,
             "base_model": spec.base_model,
         }
+        if getattr(spec, "recipe", None):
+            details["recipe"] = spec.recipe
         probabilities: dict[str, float] | None = None
         if spec.k == 1:
             details["score_token_prob"] = float(np.exp(token_lp[0]))
@@ -269,7 +272,6 @@ class QScorer(Scorer):
             details=details,
             timings=dict(timings),
         )
-
 
     def _score_release(self, items: list[ImageItem]) -> list[ScoreResult]:
         """Q-Scorer's official release, scored as its iqa_eval.py (see qscorer_release's docstring)."""

@@ -96,6 +96,20 @@ class QScorerTrainConfig(TrainConfig):
         bin_range: ``(lo, hi)`` cut into the k score tokens' equal-width bins, in the labels' own units; default
             (None): the min–max of the training split's MOS, as Q-Align does (bins over a published range the
             data does not fill leave tokens without images). Stored in the artifact.
+        tune_vision: train the vision encoder and its projector in full (the official recipe: mPLUG-Owl2's ViT and
+            visual abstractor).
+        train_lm_head: train the whole LM head (the official recipe's code does).
+        train_token_rows: train the score tokens' embedding rows (lmmiqa; the official input rows stay as set).
+        token_lstrip: the score tokens absorb the space before them (lmmiqa; the official tokens do not).
+        head_target: ``normalized`` (lmmiqa: the head predicts ``(MOS − lo)/(hi − lo)``, the MSE is in those units)
+            or ``raw`` (the official recipe: the MOS itself, squared error in MOS units).
+        loss_clamp: clamp the head output to ``(lo, hi)`` inside the loss (the official recipe: (0, 5); lmmiqa: None,
+            a clamp in the loss kills the gradient outside the range) — also the inference clamp when set.
+        image_position: ``before`` (image, then the question: lmmiqa) or ``after`` (the official prompt).
+        train_system_prompt: system prompt of the training prompts (the official recipe: vicuna_v1's; inference
+            prompts have none, as the official evaluation).
+        preset: name of the training recipe these values come from (``lmmiqa train q-scorer --preset``;
+            :mod:`lmmiqa.training.q_scorer_recipes`), recorded in the artifact; None: lmmiqa's defaults.
     """
 
     tokens: int = 5
@@ -112,9 +126,26 @@ class QScorerTrainConfig(TrainConfig):
     head_dropout: float = 0.0
     mos_range: tuple[float, float] | None = None
     bin_range: tuple[float, float] | None = None
+    tune_vision: bool = False
+    train_lm_head: bool = False
+    train_token_rows: bool = True
+    token_lstrip: bool = True
+    head_target: str = "normalized"
+    loss_clamp: tuple[float, float] | None = None
+    image_position: str = "before"
+    train_system_prompt: str | None = None
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from lmmiqa.training.q_scorer_model import HEAD_TARGETS, IMAGE_POSITIONS
+
+        if self.head_target not in HEAD_TARGETS:
+            raise ConfigError(f"unknown head_target {self.head_target!r}; known: {', '.join(HEAD_TARGETS)}")
+        if self.image_position not in IMAGE_POSITIONS:
+            raise ConfigError(f"unknown image_position {self.image_position!r}; known: {', '.join(IMAGE_POSITIONS)}")
+        if self.loss_clamp is not None:
+            self.loss_clamp = _check_range(*self.loss_clamp)
         self.tokens = _check_k(self.tokens)
         if self.head_lr is not None and float(self.head_lr) <= 0:
             raise ConfigError("learning rates must be > 0")
@@ -133,7 +164,8 @@ class QScorerTrainConfig(TrainConfig):
         return HeadConfig(self.head_dims, self.head_activation, self.head_dropout)
 
     def lora_settings(self) -> LoraSettings:
-        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_target, self.tune_projector)
+        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_target, self.tune_projector,
+                            self.tune_vision, self.train_lm_head, self.train_token_rows)
 
 
 def resolve_bin_range(
@@ -174,9 +206,11 @@ def _answer_lengths(backend: Any, spec: QScorerSpec) -> list[int]:
     conv = [{"role": "user", "content": [{"type": "text", "text": spec.question}]}]
     ctx = backend.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
     ctx_ids = tok.encode(ctx, add_special_tokens=False)
+    join = getattr(backend.processor, "join_answer_prefix", None)  # a family's "ASSISTANT:" + " answer"
     out = []
     for i, tid in enumerate(spec.token_ids):
-        full = tok.encode(ctx + spec.answer(i), add_special_tokens=False)
+        full = tok.encode(join(ctx, spec.answer(i)) if callable(join) else ctx + spec.answer(i),
+                          add_special_tokens=False)
         if full[: len(ctx_ids)] != ctx_ids or full[-1] != tid:
             raise DataError(
                 f"the answer {spec.answer(i)!r} does not tokenize as a continuation of the prompt ending in the "
@@ -248,12 +282,14 @@ def build_trainable(
                            max_batch=max(config.eval_batch_size, config.batch_size))
     )
     base = backend.model
-    token_ids, n_base = add_score_tokens(backend.tokenizer, base, config.tokens)
+    token_ids, n_base = add_score_tokens(backend.tokenizer, base, config.tokens, lstrip=config.token_lstrip)
     hidden = int(base.get_output_embeddings().in_features)
     spec = QScorerSpec(
         base_model=config.model, k=config.tokens, mos_range=mos_range, hidden_size=hidden, token_ids=tuple(token_ids),
         n_base_tokens=n_base, head=config.head_config(), lora=config.lora_settings(),
         source_higher_is_better=source_higher_is_better, dataset=dataset, bin_range=bin_range, bin_source=bin_source,
+        image_position=config.image_position, head_target=config.head_target, score_clamp=config.loss_clamp,
+        token_lstrip=config.token_lstrip, train_system_prompt=config.train_system_prompt, recipe=config.preset,
     )
     answer_lens = _answer_lengths(backend, spec)
     if config.gradient_checkpointing:
@@ -283,7 +319,9 @@ def batch_loss(
     mse_weight: float = 1.0,
     autocast: Any | None = None,
 ) -> tuple[Any, Any, Any]:
-    """The Q-Scorer loss of one batch: ``ce_weight · CE(answer tokens) + mse_weight · MSE(head, normalized MOS)``.
+    """The Q-Scorer loss of one batch: ``ce_weight · CE(answer tokens) + mse_weight · MSE(head, target)`` (the target
+    is the normalized MOS, or the MOS for a ``raw`` head; the head output is clamped first when the spec says so —
+    the official recipe: ``0.05 · (CE + Σ (clamp(head, 0, 5) − MOS)² / B)``).
 
     Args:
         net: ``tq.net`` or its distributed wrapper (the forward runs through it).
@@ -305,10 +343,10 @@ def batch_loss(
     from lmmiqa.types import Prompt
 
     spec = tq.spec
-    lo, hi = spec.mos_range
     q = np.asarray(quality, dtype=np.float64)
     bins = mos_bins(q, *spec.bins, spec.k) if spec.k > 1 else np.zeros(len(q), dtype=np.int64)
-    prompts = [Prompt.simple([im, spec.question], answer_prefix=spec.answer(int(b))) for im, b in zip(images, bins)]
+    prompts = [Prompt.simple(spec.prompt_parts(im), system=spec.train_system_prompt, answer_prefix=spec.answer(int(b)))
+               for im, b in zip(images, bins)]
     inputs = tq.backend.encode(prompts)
     ids = inputs["input_ids"]
     rows = torch.arange(ids.shape[0], device=ids.device)
@@ -320,10 +358,13 @@ def batch_loss(
     length = ids.shape[1]
     first_needed = int((pos - n_ans + 1).min()) if ce_weight > 0 else int(pos.min())
     keep = length - first_needed
-    u_tgt = torch.tensor(normalize_mos(q, lo, hi), dtype=torch.float32, device=ids.device)
+    u_tgt = torch.tensor(spec.mos_to_head(q), dtype=torch.float32, device=ids.device)
     with autocast() if autocast is not None else contextlib.nullcontext():
         logits, u = net(inputs, logits_to_keep=keep)
-        mse = torch.mean((u.float() - u_tgt) ** 2)
+        pred = u.float()
+        if spec.score_clamp is not None:  # the official recipe clamps inside the loss (no gradient outside)
+            pred = pred.clamp(min=spec.score_clamp[0], max=spec.score_clamp[1])
+        mse = torch.mean((pred - u_tgt) ** 2)
         if ce_weight > 0:
             mask, targets = answer_targets(ids, pos, n_ans, length - keep, keep)
             ce = torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask])
@@ -364,10 +405,20 @@ class QScorerHead(TrainingHead):
             train.quality = lo + hi - train.quality
             if val is not None:
                 val.quality = lo + hi - val.quality
+        if config.loss_clamp is not None and config.head_target == "raw":
+            c_lo, c_hi = config.loss_clamp
+            q_lo, q_hi = float(np.min(train.quality)), float(np.max(train.quality))
+            if q_lo < c_lo or q_hi > c_hi:
+                raise ConfigError(
+                    f"the training scores span [{q_lo:g}, {q_hi:g}], outside the loss clamp [{c_lo:g}, {c_hi:g}] of a raw "
+                    "head (the official recipe expects MOS on a 0-5 scale): rescale the labels or change loss_clamp"
+                )
         self.mos_range, self.higher_is_better = (lo, hi), higher_is_better
         self.bins, self.bin_source = resolve_bin_range(train.quality, config.tokens, config.bin_range, (lo, hi),
                                                        higher_is_better)
-        self.head_bias = float(normalize_mos(train.quality, lo, hi).mean())  # the head starts at the mean score
+        # the head starts at the mean training score (in the head's units)
+        mean = float(np.mean(train.quality))
+        self.head_bias = mean if config.head_target == "raw" else float(normalize_mos(mean, lo, hi))
 
     def fingerprint(self) -> dict[str, Any]:
         return {"range": list(self.mos_range)}
@@ -405,8 +456,8 @@ class QScorerHead(TrainingHead):
     def metrics(self, pred: np.ndarray, val: _Samples) -> tuple[dict[str, Any], dict[str, Any]]:
         from lmmiqa.evaluation.correlation import plcc, rmse, srcc
 
-        lo, hi = self.mos_range
-        mos_pred = lo + pred[:, 0] * (hi - lo)
+        assert self.tq is not None
+        mos_pred = self.tq.spec.head_to_mos(pred[:, 0])
         metrics = {"n": len(val), "srcc": srcc(mos_pred, val.quality), "plcc": plcc(mos_pred, val.quality),
                    "rmse": rmse(mos_pred, val.quality)}
         return metrics, {"paths": list(val.paths), "mos_pred": mos_pred.tolist()}
