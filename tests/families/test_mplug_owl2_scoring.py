@@ -140,7 +140,7 @@ def test_qscorer_release_scores_as_its_iqa_eval(owl2_release_folder, owl2_base_f
 
 def test_qscorer_release_in_float16_equals_the_official_float16(owl2_release_folder, owl2_base_folder, owl2_images,
                                                                  official_fixture):
-    from lmmiqa.families.mplug_owl2.qscorer_release import load_release, predict_release
+    from lmmiqa.methods.q_scorer_release import load_release, predict_release
 
     ref = official_fixture("official_qscorer.json")
     loaded = load_release(owl2_release_folder, model=str(owl2_base_folder), device="cpu", dtype="float16")
@@ -156,7 +156,7 @@ def test_qscorer_release_in_float16_equals_the_official_float16(owl2_release_fol
 def test_qscorer_release_with_foreign_tensors_fails_naming_them(owl2_release_folder, owl2_base_folder, tmp_path):
     import torch
 
-    from lmmiqa.families.mplug_owl2.qscorer_release import load_release
+    from lmmiqa.methods.q_scorer_release import load_release
 
     broken = tmp_path / "release"
     shutil.copytree(owl2_release_folder, broken)

@@ -16,7 +16,7 @@ runs **one forward pass** per batch up to the position that predicts the score t
 
 Q-Scorer's **official release** (``adapter_config.json`` + ``non_lora_trainables.bin`` on mPLUG-Owl2; a local folder
 or the hub id ``2kxx/Qscorer_lora_5_1``, preset ``paper``) is loaded as its ``builder.py`` loads it and scored as its
-``iqa_eval.py`` scores (:mod:`lmmiqa.families.mplug_owl2.qscorer_release`): score = the ``deepmlp`` head clamped to
+``iqa_eval.py`` scores (:mod:`lmmiqa.methods.q_scorer_release`): score = the ``deepmlp`` head clamped to
 [0, 5], ``probabilities`` over ``<score1>`` … ``<score5>`` after the greedy token (``iqa_eval.py``'s two steps).
 
 Prompts are encoded with the transformers backend's own :meth:`~lmmiqa.backends.transformers_local.TransformersBackend.encode`
@@ -71,7 +71,7 @@ class QScorerConfig(ScorerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from lmmiqa.families.mplug_owl2.qscorer_release import is_hub_release, is_release
+        from lmmiqa.methods.q_scorer_release import is_hub_release, is_release
         from lmmiqa.training.q_scorer_model import is_artifact
 
         if not self.adapter and is_release(self.model):  # Q-Scorer's official release given as the model
@@ -151,8 +151,8 @@ class QScorer(Scorer):
     # -------------------------------------------------------------------------------------------------
     @property
     def is_release(self) -> bool:
-        """Whether the adapter is Q-Scorer's official release (:mod:`lmmiqa.families.mplug_owl2.qscorer_release`)."""
-        from lmmiqa.families.mplug_owl2.qscorer_release import is_hub_release, is_release
+        """Whether the adapter is Q-Scorer's official release (:mod:`lmmiqa.methods.q_scorer_release`)."""
+        from lmmiqa.methods.q_scorer_release import is_hub_release, is_release
 
         return is_release(self.config.adapter) or is_hub_release(self.config.adapter)
 
@@ -161,7 +161,7 @@ class QScorer(Scorer):
         """The loaded artifact (model, head, backend), loaded on first use."""
         with self._lock:
             if self._loaded is None and self.is_release:
-                from lmmiqa.families.mplug_owl2.qscorer_release import load_release
+                from lmmiqa.methods.q_scorer_release import load_release
 
                 cfg = self.config
                 opts = {k: v for k, v in cfg.backend_options.items() if k != "local_files_only"}
@@ -186,7 +186,7 @@ class QScorer(Scorer):
         if self._loaded is not None:
             return self._loaded.spec
         if self.is_release:
-            from lmmiqa.families.mplug_owl2.qscorer_release import read_release
+            from lmmiqa.methods.q_scorer_release import read_release
 
             return read_release(self.config.adapter, local_files_only=self.config.backend_options.get("local_files_only"))
         from lmmiqa.training.q_scorer_model import read_spec
@@ -274,10 +274,10 @@ class QScorer(Scorer):
         )
 
     def _score_release(self, items: list[ImageItem]) -> list[ScoreResult]:
-        """Q-Scorer's official release, scored as its iqa_eval.py (see qscorer_release's docstring)."""
-        from lmmiqa.families.mplug_owl2.qscorer_release import predict_release
+        """Q-Scorer's official release, scored as its iqa_eval.py (see :mod:`lmmiqa.methods.q_scorer_release`)."""
         from lmmiqa.levels import closed_set_probs, covered_mass, level_details
         from lmmiqa.methods.mllm import token_details
+        from lmmiqa.methods.q_scorer_release import predict_release
         from lmmiqa.types import Prompt
 
         loaded = self.loaded

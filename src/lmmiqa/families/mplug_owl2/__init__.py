@@ -5,8 +5,9 @@ The family of checkpoints whose ``config.json`` says ``model_type: mplug_owl2`` 
 transformers: :mod:`.configuration` (the published ``config.json`` as it is), :mod:`.vision` (ViT-L/14 and the
 visual abstractor), :mod:`.modeling` (the modality-adaptive LLaMA-2 decoder), :mod:`.processing` (prompt format,
 tokenization with the image splice, CLIP preprocessing), :mod:`.checkpoint` (checks of a checkpoint folder's
-weight files), :mod:`.qscorer_release` (Q-Scorer's released adapter). Proven equal to the official code on tiny
-random weights (``tests/families/test_mplug_owl2_parity.py``).
+weight files), :mod:`.tiny` (tiny checkpoints in the published layout, for tests). Q-Scorer's released adapter on
+it is loaded by :mod:`lmmiqa.methods.q_scorer_release`. Proven equal to the official code on tiny random weights
+(``tests/families/test_mplug_owl2_parity.py``).
 
 This module imports no torch: :data:`FAMILY` is what :data:`lmmiqa.registry.FAMILIES` lists.
 """

@@ -224,7 +224,8 @@ def _cache_field(output_cls: type, cache: Any) -> dict[str, Any]:
     return {"cache": cache} if "cache" in fields else {"past_key_values": cache}
 
 
-def _output_cache(out: Any) -> Any:
+def output_cache(out: Any) -> Any:
+    """The KV cache of a model output (``cache`` or ``past_key_values``, by transformers version)."""
     fields = getattr(type(out), "__dataclass_fields__", {})
     return getattr(out, "cache", None) if "cache" in fields else getattr(out, "past_key_values", None)
 
@@ -459,7 +460,7 @@ class MPLUGOwl2ForConditionalGeneration(MPLUGOwl2PreTrainedModel, GenerationMixi
             loss=loss,
             logits=logits,
             hidden_states=out.hidden_states,
-            **_cache_field(CausalLMOutputWithPast, _output_cache(out)),
+            **_cache_field(CausalLMOutputWithPast, output_cache(out)),
         )
 
 
@@ -468,4 +469,5 @@ __all__ = [
     "MPLUGOwl2Model",
     "MPLUGOwl2PreTrainedModel",
     "MultiwayNetwork",
+    "output_cache",
 ]

@@ -388,7 +388,7 @@ def predict_release(loaded: LoadedRelease, images: list[Any]) -> ReleasePredicti
     reads step 2's last-layer hidden state."""
     import torch
 
-    from lmmiqa.families.mplug_owl2.modeling import _output_cache
+    from lmmiqa.families.mplug_owl2.modeling import output_cache
     from lmmiqa.images import pad_to_square
     from lmmiqa.types import Prompt
 
@@ -402,7 +402,7 @@ def predict_release(loaded: LoadedRelease, images: list[Any]) -> ReleasePredicti
         nxt = first.logits[:, -1].float().argmax(dim=-1)
         mask = inputs["attention_mask"]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        second = model(input_ids=nxt[:, None], attention_mask=mask, past_key_values=_output_cache(first),
+        second = model(input_ids=nxt[:, None], attention_mask=mask, past_key_values=output_cache(first),
                        use_cache=True, output_hidden_states=True, logits_to_keep=1)
         logits = second.logits[:, -1].float()
         hidden = second.hidden_states[-1][:, -1]
