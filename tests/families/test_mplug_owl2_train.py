@@ -90,11 +90,11 @@ def test_paper_recipe_trains_what_the_official_code_trains_with_its_loss(owl2_ba
     # the loss: 0.05 · (CE + Σ_b (clamp(head_b, 0, 5) − MOS_b)² / B) on the raw MOS
     q = np.array(MOS[:2])
     loss, ce, mse = batch_loss(net, tq, images, q, cfg.ce_weight, cfg.mse_weight)
-    assert float(loss) == pytest.approx(0.05 * (float(ce) + float(mse)), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(0.05 * (float(ce.detach()) + float(mse.detach())), rel=1e-5)
     with torch.no_grad():
         net.head[-1].bias.fill_(100.0)  # far above the clamp: the loss sees 5, and no gradient reaches the head
     loss2, _, mse2 = batch_loss(net, tq, images, q, cfg.ce_weight, cfg.mse_weight)
-    assert float(mse2) == pytest.approx(float(np.mean((5.0 - q) ** 2)), rel=1e-5)
+    assert float(mse2.detach()) == pytest.approx(float(np.mean((5.0 - q) ** 2)), rel=1e-5)
     loss2.backward()
     assert float(net.head[-1].bias.grad.abs().sum()) == 0.0
 
