@@ -81,6 +81,8 @@ PAPER = Preset(
         "Distributed training: the official script runs DeepSpeed ZeRO-2 on several GPUs with 16 images per GPU; "
         "with `accelerate launch` lmmiqa keeps 16 per process (--batch-size is per device).",
         "The official recipe expects the MOS on a 0-5 scale (the clamp); a raw head refuses labels outside it.",
+        "mPLUG-Owl2's vicuna_v1 conversation puts a space before 'ASSISTANT:'; lmmiqa renders the mPLUG-Owl2 format "
+        "with the newline of Q-Align's scorer (and of Q-Scorer's own score()) in training and scoring alike.",
     ),
 )
 
