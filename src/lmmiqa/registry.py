@@ -86,6 +86,7 @@ STUDENTS: dict[str, str] = {
 #: model families lmmiqa implements natively (architectures transformers does not ship; see lmmiqa.families):
 #: the checkpoint's config.json ``model_type`` -> ``"module:FAMILY"``
 FAMILIES: dict[str, str] = {
+    "mplug_owl2": "lmmiqa.families.mplug_owl2:FAMILY",
     "mplugowl3": "lmmiqa.families.mplug_owl3:FAMILY",
 }
 

@@ -338,7 +338,8 @@ class TransformersBackend(Backend):
                         images.append(self._fit(part))
                 conv.append({"role": msg.role, "content": content})
             text = self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
-            texts.append(text + prompt.answer_prefix)
+            join = getattr(self.processor, "join_answer_prefix", None)  # formats ending "ASSISTANT:" (families)
+            texts.append(join(text, prompt.answer_prefix) if callable(join) else text + prompt.answer_prefix)
         if per_prompt and all(per_prompt):
             return texts, per_prompt
         return texts, [im for ims in per_prompt for im in ims]
@@ -400,7 +401,9 @@ class TransformersBackend(Backend):
                 continue
             counts = [int(c) for c in per_image[k : k + len(ims)]]
             k += len(ims)
-            n_text = len(self.tokenizer(text)["input_ids"])
+            # a family's processor counts its own text tokens (image markers as one token each)
+            count = getattr(self.processor, "num_text_tokens", None)
+            n_text = count(text) if callable(count) else len(self.tokenizer(text)["input_ids"])
             # the rendered text holds one placeholder per image; the processor expands it to the image's tokens
             out.append({"tokens": n_text + sum(counts) - len(counts), "image_tokens": sum(counts), "per_image": counts})
         self._last_counts = (list(prompts), out)

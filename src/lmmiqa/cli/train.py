@@ -42,6 +42,11 @@ def register(sub: Any) -> None:
     q.add_argument("--out", "-o", required=True, metavar="DIR", help="adapter folder to write (resumed when it holds this run)")
     q.add_argument("--overwrite", action="store_true", help="start over, discarding the run DIR holds (needed when it holds one with other data or options)")
     q.add_argument("--model", default=None, help="base MLLM: hub id or local folder (default: Qwen/Qwen3-VL-8B-Instruct)")
+    q.add_argument("--preset", default=None, metavar="NAME",
+                   help="a training recipe: 'paper' = Q-Scorer's official recipe (mPLUG-Owl2-LLaMA2-7B, LoRA r128 on "
+                   "q_proj + v_proj.multiway.1, vision encoder/abstractor/LM head trained, loss 0.05*(CE + squared "
+                   "error on the raw MOS clamped to [0, 5]), batch 16); explicit flags override its values; README: "
+                   "'Q-Scorer training recipes'")
     add_data_args(q)
     v = q.add_argument_group("validation")
     v.add_argument("--val-split", metavar="SPEC", default=None,
@@ -62,6 +67,23 @@ def register(sub: Any) -> None:
                    help=r"modules to adapt (default: '.*language_model.*\.(q|k|v|o|gate|up|down)_proj')")
     m.add_argument("--tune-projector", action="store_const", const=True, default=None,
                    help="also train the vision-language projector in full (the vision tower stays frozen)")
+    m.add_argument("--tune-vision", action=argparse.BooleanOptionalAction, default=None,
+                   help="also train the vision encoder and its projector in full (paper recipe: mPLUG-Owl2's ViT and "
+                   "visual abstractor)")
+    m.add_argument("--train-lm-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the whole LM head (paper recipe)")
+    m.add_argument("--train-token-rows", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the score tokens' embedding rows (default yes; the paper recipe: no)")
+    m.add_argument("--token-lstrip", action=argparse.BooleanOptionalAction, default=None,
+                   help="score tokens absorb the space before them (default yes; the paper recipe: no)")
+    m.add_argument("--head-target", choices=("normalized", "raw"), default=None,
+                   help="the head predicts the normalized MOS (default) or the MOS itself (paper recipe)")
+    m.add_argument("--loss-clamp", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="clamp the head output inside the loss (paper recipe: 0 5; default: no clamp) and at inference")
+    m.add_argument("--image-position", choices=("before", "after"), default=None,
+                   help="image before the question (default) or after it (paper recipe)")
+    m.add_argument("--train-system-prompt", default=None, metavar="TEXT",
+                   help="system prompt of the training prompts (paper recipe: vicuna_v1's; inference has none)")
     m.add_argument("--head-dims", default=None, metavar="D1,D2,...",
                    help="hidden widths of the MLP head (default 2048,1024; 'none' = one linear layer)")
     m.add_argument("--head-activation", choices=("relu", "gelu", "silu", "tanh"), default=None, help="head activation (default relu)")
@@ -75,6 +97,8 @@ def register(sub: Any) -> None:
     o.add_argument("--head-lr", type=float, default=None, help="learning rate of the head (default: --lr)")
     o.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0)")
     o.add_argument("--warmup-ratio", type=float, default=None, help="fraction of steps with linear warmup (default 0.03)")
+    o.add_argument("--lr-schedule", choices=("cosine", "linear", "constant"), default=None,
+                   help="learning-rate schedule after the warmup (default cosine)")
     o.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping norm, 0 = off (default 1.0)")
     o.add_argument("--ce-weight", type=float, default=None, help="weight of the answer cross-entropy (default 1)")
     o.add_argument("--mse-weight", type=float, default=None, help="weight of the head MSE in normalized MOS units (default 1)")
@@ -123,10 +147,11 @@ def _head_dims(text: str) -> tuple[int, ...]:
 
 _FLAG_FIELDS = (
     "model", "tokens", "epochs", "batch_size", "grad_accum", "eval_batch_size", "lr", "head_lr", "weight_decay",
-    "warmup_ratio", "max_grad_norm", "ce_weight", "mse_weight", "lora_r", "lora_alpha", "lora_dropout",
+    "warmup_ratio", "lr_schedule", "max_grad_norm", "ce_weight", "mse_weight", "lora_r", "lora_alpha", "lora_dropout",
     "lora_target", "tune_projector", "head_activation", "head_dropout", "val_fraction", "gradient_checkpointing",
     "device", "dtype", "attn_implementation", "seed", "checkpoint_every", "keep_checkpoints", "max_steps",
-    "decode_workers", "progress",
+    "decode_workers", "progress", "tune_vision", "train_lm_head", "train_token_rows", "token_lstrip", "head_target",
+    "image_position", "train_system_prompt",
 )
 
 
@@ -140,7 +165,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
         opts["head_dims"] = _head_dims(args.head_dims)
     if getattr(args, "bin_range", None) is not None:
         opts["bin_range"] = tuple(args.bin_range)
-    if opts.get("max_grad_norm") == 0:
+    if getattr(args, "loss_clamp", None) is not None:
+        opts["loss_clamp"] = tuple(args.loss_clamp)
+    zero_grad_norm = opts.get("max_grad_norm") == 0
+    from lmmiqa.training.q_scorer_recipes import recipe_options
+
+    opts = recipe_options(getattr(args, "preset", None), opts)  # explicit flags over the recipe's values
+    if zero_grad_norm:
         opts["max_grad_norm"] = None
     return build_config(QScorerTrainConfig, opts, what="lmmiqa train q-scorer")
 

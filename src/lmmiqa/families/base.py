@@ -19,9 +19,13 @@ The contract, so that no family grows special cases across the scorer:
   conversation format, which need not be a Jinja chat template), ``__call__(text=, images=, padding=,
   return_tensors=, add_special_tokens=)``, ``image_token_id`` and, where image token counts are known without
   running the vision encoder, ``_get_num_multimodal_tokens(image_sizes=)`` (for token-budget batching). A
-  processor that resizes every image to a fixed set of views whatever its size (mPLUG-Owl3) sets
-  ``fixed_image_resolution = True``: the backend's pixel budget then leaves its images alone (it would change
-  their pixels, not their cost) and does not advise ``--max-pixels`` for large prompts.
+  processor that resizes every image to a fixed input whatever its size (mPLUG-Owl2's 448², mPLUG-Owl3's views)
+  sets ``fixed_image_resolution = True``: the backend's pixel budget then leaves its images alone (it would change
+  their pixels, not their cost) and does not advise ``--max-pixels`` for large prompts. Optional, for formats that
+  are not chat templates (the backend uses them when present, the plain behaviour otherwise):
+  ``join_answer_prefix(rendered, prefix)`` (e.g. ``"ASSISTANT:"`` + ``" The quality ..."``: the space the format
+  puts after the colon) and ``num_text_tokens(rendered)`` (tokens of a rendered prompt counting each image marker as
+  one, when the tokenizer alone would count the marker's text differently).
 * :attr:`Family.conventions` says how the family's checkpoints expect prompts (:class:`PromptConventions`); a
   method option left at ``"auto"`` follows them (e.g. one-align reads the question before the image and takes
   images padded to a square).

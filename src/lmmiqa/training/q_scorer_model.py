@@ -70,6 +70,16 @@ TOKEN_COUNTS = (1, 5)
 HEAD_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 #: where a Q-Scorer's score-token bin range came from (``QScorerSpec.bin_source``)
 BIN_SOURCES = ("training min-max", "fixed", "mos_range")
+#: module names of vision encoders (``tune_vision``: trained in full with the projector), matched like the projectors
+VISION_NAMES = (
+    "vision_model",  # mPLUG-Owl2 (its ViT), SigLIP/CLIP towers in several VLMs
+    "visual_abstractor",  # mPLUG-Owl2's abstractor (its projector)
+    "vision_tower",  # LLaVA(-OneVision), InternVL (transformers)
+    "visual",  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL (tower + merger)
+)
+#: where a head value is read on the MOS scale: ``normalized`` (lmmiqa: (MOS − lo)/(hi − lo)) or ``raw`` (the MOS)
+HEAD_TARGETS = ("normalized", "raw")
+IMAGE_POSITIONS = ("before", "after")
 #: module names of vision-language projectors (``tune_projector``), matched as a name or a dotted suffix
 PROJECTOR_NAMES = (
     "multi_modal_projector",  # LLaVA(-OneVision), InternVL (transformers), Idefics-style
@@ -200,8 +210,12 @@ class LoraSettings:
         dropout: LoRA dropout.
         target: regular expression over module names (peft ``target_modules``); the default adapts the language
             model's attention and MLP projections only.
-        tune_projector: also train the vision-language projector in full (saved with the adapter); the vision
-            tower itself always stays frozen.
+        tune_projector: also train the vision-language projector in full (saved with the adapter).
+        tune_vision: also train the vision encoder and its projector in full (saved with the adapter; Q-Scorer's
+            official recipe: mPLUG-Owl2's ViT and visual abstractor).
+        train_lm_head: train the whole LM head (saved with the adapter; the official recipe does).
+        train_token_rows: train the score tokens' embedding rows (lmmiqa); the official recipe leaves the input rows
+            as initialised (with ``train_lm_head`` the output rows train as part of the head).
     """
 
     r: int = 16
@@ -209,6 +223,9 @@ class LoraSettings:
     dropout: float = 0.05
     target: str = LORA_TARGET
     tune_projector: bool = False
+    tune_vision: bool = False
+    train_lm_head: bool = False
+    train_token_rows: bool = True
 
     def __post_init__(self) -> None:
         if int(self.r) < 1:
@@ -224,12 +241,14 @@ class LoraSettings:
             re.compile(self.target)
         except re.error as err:
             raise ConfigError(f"LoRA target {self.target!r} is not a valid regular expression: {err}") from err
-        if not isinstance(self.tune_projector, bool):
-            raise ConfigError(f"tune_projector must be true or false, got {self.tune_projector!r}")
+        for name in ("tune_projector", "tune_vision", "train_lm_head", "train_token_rows"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "target": self.target,
-                "tune_projector": self.tune_projector}
+                "tune_projector": self.tune_projector, "tune_vision": self.tune_vision,
+                "train_lm_head": self.train_lm_head, "train_token_rows": self.train_token_rows}
 
 
 @dataclass(frozen=True)
@@ -256,6 +275,16 @@ class QScorerSpec:
         merged: the folder is a standalone merged model (no peft adapter).
         merged_from: the adapter folder a merged export came from.
         dataset: summary of the training data.
+        image_position: ``before`` (image, then the question: lmmiqa's default) or ``after`` (the question, then
+            the image: Q-Scorer's official prompt), at training and inference.
+        head_target: ``normalized`` (the head predicts ``(MOS − lo)/(hi − lo)``: lmmiqa) or ``raw`` (the MOS
+            itself: the official recipe).
+        score_clamp: the range the score is clamped to at inference (None: ``mos_range``; the official [0, 5]).
+        token_lstrip: the score tokens absorb the space before them (lmmiqa); false as in the official code, where
+            ``... is <score3>`` is written ``▁is ▁ <score3>`` and the prompt is scored with the trailing space.
+        train_system_prompt: the system prompt of the training prompts (the official recipe's vicuna_v1 text;
+            inference prompts have none, as the official evaluation).
+        recipe: the training recipe (preset) the adapter was trained with, None for lmmiqa's defaults.
     """
 
     base_model: str
@@ -274,8 +303,20 @@ class QScorerSpec:
     dataset: dict[str, Any] | None = None
     bin_range: tuple[float, float] | None = None
     bin_source: str = "mos_range"
+    image_position: str = "before"
+    head_target: str = "normalized"
+    score_clamp: tuple[float, float] | None = None
+    token_lstrip: bool = True
+    train_system_prompt: str | None = None
+    recipe: str | None = None
 
     def __post_init__(self) -> None:
+        if self.image_position not in IMAGE_POSITIONS:
+            raise ConfigError(f"unknown image_position {self.image_position!r}; known: {', '.join(IMAGE_POSITIONS)}")
+        if self.head_target not in HEAD_TARGETS:
+            raise ConfigError(f"unknown head_target {self.head_target!r}; known: {', '.join(HEAD_TARGETS)}")
+        if self.score_clamp is not None:
+            object.__setattr__(self, "score_clamp", _check_range(*self.score_clamp))
         object.__setattr__(self, "k", _check_k(self.k))
         object.__setattr__(self, "mos_range", _check_range(*self.mos_range))
         if self.bin_range is not None:
@@ -298,6 +339,33 @@ class QScorerSpec:
     def answer(self, token_index: int) -> str:
         """The training answer for score token ``token_index`` (0-based)."""
         return f"{self.answer_prefix} {self.tokens[token_index]}"
+
+    @property
+    def score_prefix(self) -> str:
+        """The answer prefix of inference prompts: ends where the position predicting the score token is (with a
+        trailing space when the tokens do not absorb it: its ``▁`` is that position)."""
+        return self.answer_prefix if self.token_lstrip else self.answer_prefix + " "
+
+    @property
+    def clamp_range(self) -> tuple[float, float]:
+        """The range scores are clamped to at inference."""
+        return self.score_clamp if self.score_clamp is not None else self.mos_range
+
+    def head_to_mos(self, u: Any) -> np.ndarray:
+        """Head outputs on the MOS scale (``raw`` heads predict it directly)."""
+        if self.head_target == "raw":
+            return np.asarray(u, dtype=np.float64)
+        return denormalize(u, *self.mos_range)
+
+    def mos_to_head(self, mos: Any) -> np.ndarray:
+        """Training targets of the head for MOS values."""
+        if self.head_target == "raw":
+            return np.asarray(mos, dtype=np.float64)
+        return normalize_mos(mos, *self.mos_range)
+
+    def prompt_parts(self, image: Any) -> list[Any]:
+        """The user turn: image and question in the recorded order."""
+        return [self.question, image] if self.image_position == "after" else [image, self.question]
 
     def to_dict(self) -> dict[str, Any]:
         from lmmiqa import __version__
@@ -326,6 +394,12 @@ class QScorerSpec:
                 "merged": self.merged,
                 "merged_from": self.merged_from,
                 "dataset": self.dataset,
+                "image_position": self.image_position,
+                "head_target": self.head_target,
+                "score_clamp": list(self.score_clamp) if self.score_clamp is not None else None,
+                "token_lstrip": self.token_lstrip,
+                "train_system_prompt": self.train_system_prompt,
+                "recipe": self.recipe,
                 "files": {"head": HEAD_FILE, "adapter": None if self.merged else ADAPTER_WEIGHTS},
             }
         )
@@ -352,6 +426,12 @@ class QScorerSpec:
                 dataset=d.get("dataset"),
                 bin_range=(float(d["bin_range"][0]), float(d["bin_range"][1])) if d.get("bin_range") else None,
                 bin_source=str(d.get("bin_source", "mos_range")),
+                image_position=str(d.get("image_position", "before")),
+                head_target=str(d.get("head_target", "normalized")),
+                score_clamp=tuple(d["score_clamp"]) if d.get("score_clamp") else None,
+                token_lstrip=bool(d.get("token_lstrip", True)),
+                train_system_prompt=d.get("train_system_prompt"),
+                recipe=d.get("recipe"),
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise DataError(f"malformed {SPEC_FILE}: {type(err).__name__}: {err}") from err
@@ -400,10 +480,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- model surgery
 
 
-def add_score_tokens(tokenizer: Any, model: Any, k: int) -> tuple[list[int], int]:
+def add_score_tokens(tokenizer: Any, model: Any, k: int, lstrip: bool = True) -> tuple[list[int], int]:
     """Add the score tokens to ``tokenizer`` and give them deterministic embedding rows in ``model``.
 
-    The tokens are special and absorb the space before them (``lstrip``). The embedding matrices grow when the
+    The tokens are special and absorb the space before them (``lstrip``; Q-Scorer's official code adds them
+    without it: ``lstrip=False``). The embedding matrices grow when the
     new ids do not fit (``mean_resizing=False``; many checkpoints already have spare rows). Every new id's input
     row becomes the mean of the input rows of the original vocabulary, and its output (LM head) row the mean of
     the original output rows; with tied embeddings the shared row is set once.
@@ -428,7 +509,7 @@ def add_score_tokens(tokenizer: Any, model: Any, k: int) -> tuple[list[int], int
         )
     n_before = len(tokenizer)
     added = tokenizer.add_tokens(
-        [AddedToken(s, lstrip=True, rstrip=False, normalized=False, special=True) for s in strings],
+        [AddedToken(s, lstrip=bool(lstrip), rstrip=False, normalized=False, special=True) for s in strings],
         special_tokens=True,
     )
     if added != len(strings):
@@ -499,6 +580,28 @@ def projector_module_names(model: Any) -> list[str]:
     return found
 
 
+def vision_module_names(model: Any) -> list[str]:
+    """Full names of the vision encoder and projector modules (``tune_vision``; see :data:`VISION_NAMES` and
+    :data:`PROJECTOR_NAMES`), outermost only.
+
+    Raises:
+        UnsupportedError: none found (the message lists the names looked for).
+    """
+    found: list[str] = []
+    for name, _module in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if (last in VISION_NAMES or any(name == c or name.endswith("." + c) for c in PROJECTOR_NAMES)) and not any(
+            name.startswith(f + ".") for f in found
+        ):
+            found.append(name)
+    if not found:
+        raise UnsupportedError(
+            f"tune_vision: no vision encoder found in {type(model).__name__} (looked for modules named "
+            f"{', '.join(VISION_NAMES + PROJECTOR_NAMES)})"
+        )
+    return found
+
+
 def apply_lora(model: Any, token_ids: Sequence[int], lora: LoraSettings) -> Any:
     """Wrap ``model`` with peft LoRA + trainable score-token rows (+ the projector when ``tune_projector``).
 
@@ -513,14 +616,30 @@ def apply_lora(model: Any, token_ids: Sequence[int], lora: LoraSettings) -> Any:
     emb_name = names[id(model.get_input_embeddings())]
     out_name = names[id(model.get_output_embeddings())]
     tied = embeddings_tied(model)
-    indices = {emb_name: list(token_ids)} if tied else {emb_name: list(token_ids), out_name: list(token_ids)}
+    indices: dict[str, list[int]] | None = (
+        {emb_name: list(token_ids)} if tied else {emb_name: list(token_ids), out_name: list(token_ids)}
+    )
+    save: list[str] = []
+    if lora.tune_vision:
+        save.extend(vision_module_names(model))
+    elif lora.tune_projector:
+        save.extend(projector_module_names(model))
+    if lora.train_lm_head:
+        if tied:
+            raise UnsupportedError(f"{type(model).__name__} ties its LM head to the input embedding: train_lm_head "
+                                   "would train the embedding too")
+        save.append(out_name)
+        assert indices is not None
+        indices.pop(out_name, None)  # its rows train with the whole head
+    if not lora.train_token_rows:
+        indices = None if lora.train_lm_head or tied else {out_name: list(token_ids)}
     config = peft.LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target,
-        trainable_token_indices=indices,
-        modules_to_save=projector_module_names(model) if lora.tune_projector else None,
+        trainable_token_indices=indices or None,
+        modules_to_save=save or None,
         bias="none",
     )
     import warnings
@@ -529,7 +648,7 @@ def apply_lora(model: Any, token_ids: Sequence[int], lora: LoraSettings) -> Any:
         # peft reads transformers' deprecated `is_gradient_checkpointing`; nothing for the user to act on
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         pm = peft.get_peft_model(model, config)
-    if tied:
+    if tied and indices:
         from peft.utils.other import TrainableTokensWrapper
 
         if not isinstance(pm.get_output_embeddings(), TrainableTokensWrapper):
@@ -636,7 +755,7 @@ def load_q_scorer(
         width = int(backend.model.get_output_embeddings().in_features)
         if width != spec.hidden_size:
             raise DataError(f"{source} has hidden size {width}; the head in {root} reads {spec.hidden_size}")
-        ids, n_before = add_score_tokens(backend.tokenizer, backend.model, spec.k)
+        ids, n_before = add_score_tokens(backend.tokenizer, backend.model, spec.k, lstrip=spec.token_lstrip)
         if ids != list(spec.token_ids) or n_before != spec.n_base_tokens:
             raise DataError(
                 f"the tokenizer of {source} differs from the one the adapter in {root} was trained with "
@@ -663,7 +782,8 @@ class Prediction:
     """Raw Q-Scorer outputs for a list of images.
 
     Attributes:
-        head_norm: the head's unclamped output in normalized units (``(MOS − lo)/(hi − lo)``), float64 [N].
+        head_norm: the head's unclamped output, float64 [N]: normalized units ``(MOS − lo)/(hi − lo)``, or the MOS
+            itself for a ``raw`` head (:meth:`QScorerSpec.head_to_mos` converts either).
         token_logprobs: full-vocabulary log-probabilities of the k score tokens at the score position, [N, k].
         top_ids: the model's most likely next tokens at the score position, [N, 8] (for the covered-mass warning).
         top_logprobs: their log-probabilities, [N, 8].
@@ -710,7 +830,7 @@ def predict(
     tops: list[tuple[np.ndarray, np.ndarray]] = []
     for start in range(0, len(images), int(batch_size)):
         chunk = images[start : start + int(batch_size)]
-        prompts = [Prompt.simple([im, spec.question], answer_prefix=spec.answer_prefix) for im in chunk]
+        prompts = [Prompt.simple(spec.prompt_parts(im), answer_prefix=spec.score_prefix) for im in chunk]
         inputs = backend.encode(prompts)
         mask = inputs.get("attention_mask")
         if mask is not None and not bool(mask[:, -1].all()):
