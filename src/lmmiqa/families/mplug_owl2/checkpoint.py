@@ -65,20 +65,19 @@ def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
         raise ModelLoadError(f"cannot read the weight file {path}: {type(err).__name__}: {err}") from err
 
 
-def expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
-    """The state dict the configuration implies (built on the meta device: no memory)."""
+def expected_shapes(model_cls: Any, config: Any) -> dict[str, tuple[int, ...]]:
+    """The state dict ``model_cls(config)`` has (built on the meta device: no memory)."""
     import torch
 
-    from lmmiqa.families.mplug_owl2.modeling import MPLUGOwl2ForConditionalGeneration
-
     with torch.device("meta"):
-        model = MPLUGOwl2ForConditionalGeneration(config)
+        model = model_cls(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def check_folder(folder: str, config: Any) -> None:
-    """Fail with one :class:`ModelLoadError` when a local checkpoint folder's weights cannot make the model whole (see
-    the module docstring); a folder without weights in a published layout is left to ``from_pretrained``."""
+def check_folder(folder: str, config: Any, model_cls: Any) -> None:
+    """Fail with one :class:`ModelLoadError` when a local checkpoint folder's weights cannot make ``model_cls(config)``
+    whole (see the module docstring); a folder without weights in a published layout is left to ``from_pretrained``.
+    (The model class is passed in by the modeling module, which imports this one, not the other way round.)"""
     files = weight_files(folder)
     if files is None:
         return
@@ -89,7 +88,7 @@ def check_folder(folder: str, config: Any) -> None:
             f"{folder}: {len(missing_files)} weight file(s) named by the index are missing: {_first(missing_files)}; "
             f"{missing_files[0]} holds {len(held)} tensor(s), first: {_first(held)}. Download the folder again."
         )
-    want = expected_shapes(config)
+    want = expected_shapes(model_cls, config)
     have: dict[str, tuple[int, ...]] = {}
     for name in sorted(set(files.values())):
         have.update(tensor_shapes(os.path.join(folder, name)))

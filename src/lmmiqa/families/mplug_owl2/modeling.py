@@ -390,7 +390,7 @@ class MPLUGOwl2ForConditionalGeneration(MPLUGOwl2PreTrainedModel, GenerationMixi
             config = kwargs.get("config")
             if not isinstance(config, MPLUGOwl2Config):
                 config = MPLUGOwl2Config.from_pretrained(name)
-            check_folder(name, config)
+            check_folder(name, config, cls)
         want_info = bool(kwargs.pop("output_loading_info", False))
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         check_loading_info(str(name), info)
