@@ -31,6 +31,19 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_TINY_ARCH = "qwen2_5_vl"
 
 
+@pytest.fixture(autouse=True)
+def _restore_interface():
+    """Every test starts with the interface it was started with: in-process CLI calls and tests of the wording
+    call ``set_interface("cli")``, which is kept in the environment (for Ray workers) and would word the messages
+    of every later test for the command line."""
+    before = os.environ.get("LMMIQA_INTERFACE")
+    yield
+    if before is None:
+        os.environ.pop("LMMIQA_INTERFACE", None)
+    else:
+        os.environ["LMMIQA_INTERFACE"] = before
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> pathlib.Path:
     """The project's shared data folder (``<repo>/../shared``); skips the test when it is absent."""

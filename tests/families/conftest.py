@@ -16,12 +16,6 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "mplug_owl2"
 OFFICIAL_REL = pathlib.Path("data") / "official"
 
 
-@pytest.fixture(autouse=True)
-def _python_wording(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Messages in these tests are worded for Python (an earlier test may leave LMMIQA_INTERFACE=cli behind)."""
-    monkeypatch.setenv("LMMIQA_INTERFACE", "python")
-
-
 @pytest.fixture(scope="session")
 def official_dir(shared_dir: pathlib.Path) -> pathlib.Path:
     """``../shared/data/official`` (skips when absent)."""
