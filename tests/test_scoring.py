@@ -170,3 +170,12 @@ def test_backend_from_loaded_model_scores_like_from_path(tiny_model_path):
     scorer = QAlign(QAlignConfig(model="mine"), backend=wrapped)
     img = make_image(48, 48, 7)
     assert scorer.score([img])[0].score == pytest.approx(by_path.score([img])[0].score, abs=1e-9)
+
+
+def test_offline_adapter_lookup_option_only_where_transformers_needs_it():
+    """transformers 5 looks for a PEFT adapter without local_files_only unless told in adapter_kwargs; 4.57 passes
+    it on itself and raises 'got multiple values for local_files_only' when told twice (seen in a 4.57.6 venv)."""
+    from lmmiqa.backends.transformers_local import _adapter_lookup_ignores_local_only
+
+    assert _adapter_lookup_ignores_local_only("5.25.0") and _adapter_lookup_ignores_local_only("6.0.0.dev0")
+    assert not _adapter_lookup_ignores_local_only("4.57.6")

@@ -156,6 +156,15 @@ def _weights_bytes(model: str) -> int:
     return total
 
 
+def _adapter_lookup_ignores_local_only(version: str) -> bool:
+    """Whether this transformers' ``from_pretrained`` looks for a PEFT adapter without ``local_files_only``
+    (5.x: it must be given in ``adapter_kwargs``; 4.x passes it on itself and fails when it is given twice)."""
+    try:
+        return int(version.split(".", 1)[0]) >= 5
+    except ValueError:
+        return True
+
+
 class TransformersBackend(Backend):
     """Runs a chat VLM in this process.
 
@@ -275,9 +284,10 @@ class TransformersBackend(Backend):
         kwargs: dict[str, Any] = {"dtype": self.dtype, **common}
         if cfg.attn_implementation:
             kwargs["attn_implementation"] = cfg.attn_implementation
-        if local_only:
+        if local_only and _adapter_lookup_ignores_local_only(transformers.__version__):
             # the Auto classes look for a PEFT adapter_config.json without local_files_only (transformers 5.x):
-            # offline that is a minute of hub retries per load
+            # offline that is a minute of hub retries per load. (4.x passes local_files_only itself, and refuses it
+            # twice.)
             kwargs["adapter_kwargs"] = {"local_files_only": True}
         try:
             self.model = transformers.AutoModelForImageTextToText.from_pretrained(cfg.model, **kwargs)
