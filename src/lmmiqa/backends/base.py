@@ -7,6 +7,7 @@ hidden state at the answer position. Each backend converts messages into its own
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -80,7 +81,7 @@ class Backend(ABC):
         """Release resources (servers, GPU memory)."""
 
 
-_BACKEND_CACHE: dict[tuple[Any, ...], Backend] = {}
+_BACKEND_CACHE: dict[tuple[Any, ...], tuple[tuple[tuple[str, int, int], ...], Backend]] = {}
 _LOCK = threading.Lock()
 
 
@@ -88,27 +89,46 @@ def create_backend(name: str = "transformers", model: str | None = None, *, cach
     """Create (or reuse) a backend by registered name.
 
     Backends are cached per (name, model, options) so that several scorers in one process (e.g. an ensemble
-    and a teacher, or the service's methods) share one copy of the weights. Pass ``cache=False`` to opt out.
+    and a teacher, or the service's methods) share one copy of the weights; a local folder whose files changed since
+    it was loaded (retrained or exported into the same place) is loaded again. Pass ``cache=False`` to opt out.
     """
     from lmmiqa import registry
 
     cls = registry.resolve("backend", name)
     key = (registry.canonical("backend", name), model, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    stamp = folder_fingerprint(model)
     if cache:
         with _LOCK:
-            if key in _BACKEND_CACHE:
-                return _BACKEND_CACHE[key]
+            cached = _BACKEND_CACHE.get(key)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
     backend = cls.from_options(model=model, **options)
     if cache:
         with _LOCK:
-            _BACKEND_CACHE.setdefault(key, backend)
-            return _BACKEND_CACHE[key]
+            cached = _BACKEND_CACHE.get(key)
+            if cached is None or cached[0] != stamp:
+                # a folder rewritten since (retrained, re-exported): the old copy stays with the scorers that hold it
+                _BACKEND_CACHE[key] = cached = (stamp, backend)
+            return cached[1]
     return backend
+
+
+def folder_fingerprint(model: str | None) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and modification time of the top-level files of a local model folder (empty for a hub id, a
+    URL or a missing path): the backend cache reloads a folder whose files changed since it was loaded."""
+    if not model or not os.path.isdir(model):
+        return ()
+    try:
+        with os.scandir(model) as entries:
+            stats = [(e.name, e.stat()) for e in entries if e.is_file()]
+    except OSError:
+        return ()
+    return tuple(sorted((n, st.st_size, st.st_mtime_ns) for n, st in stats))
 
 
 def clear_backend_cache() -> None:
     """Forget cached backends (tests; freeing memory)."""
     with _LOCK:
-        for b in _BACKEND_CACHE.values():
+        for _stamp, b in _BACKEND_CACHE.values():
             b.close()
         _BACKEND_CACHE.clear()
