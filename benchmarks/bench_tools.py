@@ -7,8 +7,8 @@ How it measures (so that the comparison is fair on a shared machine):
   ``$LMMIQA_PYIQA_PYTHON``; pyiqa needs torchvision, which the project venv must not have). Without it the pyiqa
   column is skipped with a message.
 * Calls are interleaved image by image (lmmiqa, pyiqa, then pyiqa, lmmiqa for the next image...), so that the
-  load of a shared machine hits both alike. Each worker is warmed up on the cell's first image before timing
-  (parameter files, page faults right after import).
+  load of a shared machine hits both alike. Each worker is warmed up with ``--warmup`` untimed calls per cell
+  (parameter files, page faults and malloc's thresholds right after import or a size change).
 * Each library is fed the way its users feed it: lmmiqa ``get_tool(name).compute(uint8 H×W×3 array[, ref])``
   (the public API); pyiqa ``metric(x[, ref])`` with contiguous float32 N×C×H×W tensors in [0, 1] — the layout
   pyiqa's own image loader produces (see :func:`to_pyiqa_tensor`).
@@ -210,6 +210,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=10, help="photos per size")
     ap.add_argument("--budget", type=float, default=4.0, help="seconds of calls per cell (at least one pass)")
     ap.add_argument("--max-passes", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls per cell and library before timing")
     ap.add_argument("--sizes", nargs="*", default=list(SIZES))
     ap.add_argument("--tools", nargs="*", default=list(TOOLS))
     ap.add_argument("--pyiqa-python", default=os.environ.get("LMMIQA_PYIQA_PYTHON"),
@@ -247,8 +248,9 @@ def main() -> None:
         for size in args.sizes:
             print(f"\n{sources[size]}\n{head}", flush=True)
             for name in args.tools:
-                for w in workers.values():  # warm-up: parameter files, page faults, caches
-                    w.call(name, size, 0)
+                for i in range(min(args.warmup, args.count)):  # parameter files, page faults, malloc, caches
+                    for w in workers.values():
+                        w.call(name, size, i)
                 cpu: dict[str, list[float]] = {lib: [] for lib in LIBS}
                 vals: dict[str, dict[int, float]] = {lib: {} for lib in LIBS}
                 spent, passes = 0.0, 0
