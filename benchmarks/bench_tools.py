@@ -1,241 +1,290 @@
-"""Classical tools benchmark (not a test): time per image for each tool at three sizes, against the previous
-lmmiqa implementation (same process, interleaved) and, when available, pyiqa (single thread).
+"""Classical tools benchmark (not a test): lmmiqa vs pyiqa, CPU time per image at three sizes (issue 25).
 
-* Images: the TID2013 calibration pairs in ``../shared/data/images/calibration`` resized (PIL bicubic) to
-  512×384, 1024×768 and 2048×1536; without ``../shared``, built-in sample photos (plus noise as distortion).
-  Images are decoded once beforehand (uint8 arrays), so the times are the tools' own.
-* Baseline: the tools of git ref ``--baseline`` (default ``3158065``, the code before the speed-up of issue 13)
-  are extracted with ``git archive`` into a temporary folder, renamed to the package ``lmmiqa_legacy`` and
-  timed in the same process, alternating with the current code image by image, so that the load of a shared
-  machine hits both alike. The table also shows the largest relative difference between the two values.
-* pyiqa: ``--pyiqa-python /path/to/venv/bin/python`` runs the same images through pyiqa (``torch`` set to one
-  thread, CPU) in that interpreter (pyiqa needs torchvision, which the project venv must not have) and
-  prints the side-by-side ratio; without it the pyiqa column says "not measured".
-* Everything runs with one BLAS/OpenMP thread (``OMP_NUM_THREADS=1`` etc. are set before numpy loads).
-* Times are the calling thread's CPU time (``time.thread_time``; single-threaded code), medians over repeats:
-  on a shared machine that is far steadier than wall time, which is shown as a ratio too ("wall ×").
+How it measures (so that the comparison is fair on a shared machine):
 
-Compare columns of one table, not tables of different runs.
+* Each library runs in its own long-lived worker process, one thread each (``OMP/MKL/OPENBLAS_NUM_THREADS=1``,
+  ``torch.set_num_threads(1)``): lmmiqa in this interpreter, pyiqa in ``--pyiqa-python`` (default
+  ``$LMMIQA_PYIQA_PYTHON``; pyiqa needs torchvision, which the project venv must not have). Without it the pyiqa
+  column is skipped with a message.
+* Calls are interleaved image by image (lmmiqa, pyiqa, then pyiqa, lmmiqa for the next image...), so that the
+  load of a shared machine hits both alike. Each worker is warmed up with ``--warmup`` untimed calls per cell
+  (parameter files, page faults and malloc's thresholds right after import or a size change).
+* Each library is fed the way its users feed it: lmmiqa ``get_tool(name).compute(uint8 H×W×3 array[, ref])``
+  (the public API); pyiqa ``metric(x[, ref])`` with contiguous float32 N×C×H×W tensors in [0, 1] — the layout
+  pyiqa's own image loader produces (see :func:`to_pyiqa_tensor`).
+* Time: the worker thread's CPU time (``time.thread_time``) around the call only; medians and the interquartile
+  range per cell; the ratio is pyiqa's median / lmmiqa's median. Each cell runs passes over the images until its
+  time budget (``--budget`` seconds) is spent, at least one pass. The 1-minute load average is sampled after
+  every cell and reported (min / max).
+* Images: ``--count`` (default 10) real photos — the TID2013 calibration references in
+  ``../shared/data/images/calibration`` when present, else lmmiqa's built-in sample photos — resized (PIL
+  bicubic) to each size; the distorted image is the photo with Gaussian noise (σ = 8) and a JPEG round trip.
+* Values: the median relative difference lmmiqa vs pyiqa per cell is printed beside the speed. pyiqa downloads
+  NIQE/BRISQUE parameters at first use; offline they are written from lmmiqa's shipped files (NIQE: the same
+  official pristine model; BRISQUE: the official SVR in pyiqa's format, same work, values not comparable).
 
-    python benchmarks/bench_tools.py [--repeats 3] [--sizes 512x384 1024x768 2048x1536] [--tools niqe ...]
-        [--baseline REF | --no-baseline] [--pyiqa-python PATH] [--json OUT.json]
+    python benchmarks/bench_tools.py [--count 10] [--budget 4] [--sizes 512x384 ...] [--tools niqe ...]
+        [--pyiqa-python PATH] [--json OUT.json]
 """
 
 from __future__ import annotations
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+if __name__ == "__main__":  # one thread everywhere (set before numpy loads; not when imported by a test)
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tarfile  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import io
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-TOOLS = ("niqe", "brisque", "piqe", "psnr", "ssim", "ms_ssim", "gmsd")
+TOOLS = ("niqe", "brisque", "piqe", "psnr", "gmsd", "ssim", "ms_ssim")
 SIZES = ("512x384", "1024x768", "2048x1536")
-DEFAULT_BASELINE = "3158065"
-#: pyiqa metric names and options matching lmmiqa's conventions as closely as pyiqa allows
+#: pyiqa metric names matching lmmiqa's tools
 PYIQA = {"niqe": "niqe", "brisque": "brisque", "piqe": "piqe", "psnr": "psnr", "ssim": "ssim",
          "ms_ssim": "ms_ssim", "gmsd": "gmsd"}
-FR_TOOLS = {"psnr", "ssim", "ms_ssim", "gmsd"}
+FR_TOOLS = frozenset({"psnr", "ssim", "ms_ssim", "gmsd"})
+LIBS = ("lmmiqa", "pyiqa")
 
 
-def _images(size: str, count: int) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+# --------------------------------------------------------------------------------------------------- schedule
+def call_order(i: int) -> tuple[str, str]:
+    """Which library is called first for image ``i``: swapped every other image."""
+    return LIBS if i % 2 == 0 else (LIBS[1], LIBS[0])
+
+
+def schedule(count: int, passes: int, start: int = 0) -> Iterator[tuple[int, str]]:
+    """``(image index, library)`` calls of ``passes`` passes over ``count`` images, interleaved image by image
+    with the order swapped every other image; ``start`` continues the alternation of earlier passes."""
+    k = start
+    for _ in range(passes):
+        for i in range(count):
+            for lib in call_order(k):
+                yield i, lib
+            k += 1
+
+
+def to_pyiqa_tensor(hwc: np.ndarray) -> Any:
+    """A uint8 H×W×3 array as pyiqa's loader makes it: contiguous float32 1×3×H×W in [0, 1]."""
+    import torch
+
+    return (torch.from_numpy(np.ascontiguousarray(hwc)).permute(2, 0, 1)[None].float() / 255.0).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------- images
+def load_images(size: str, count: int) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """``count`` (distorted, reference) uint8 pairs at ``size`` ("W×H") and a description of the source."""
     from PIL import Image
 
     w, h = (int(v) for v in size.split("x"))
-    cal = SHARED / "images" / "calibration"
-    names = ("I04", "I19", "I08", "I03", "I06")[:count]
-    if all((cal / d / f"{n}.bmp").is_file() for d in ("dist", "ref") for n in names):
-        def load(p: Path) -> np.ndarray:
-            return np.asarray(Image.open(p).convert("RGB").resize((w, h), Image.BICUBIC))
+    cal = SHARED / "images" / "calibration" / "ref"
+    photos = sorted(cal.glob("*.bmp")) if cal.is_dir() else []
+    if len(photos) >= count:
+        refs = [Image.open(p).convert("RGB") for p in photos[:count]]
+        source = f"TID2013 calibration references ({count}) resized to {size}"
+    else:
+        sys.path.insert(0, str(REPO / "src"))
+        from lmmiqa.data.synth import builtin_images
 
-        return ([load(cal / "dist" / f"{n}.bmp") for n in names], [load(cal / "ref" / f"{n}.bmp") for n in names],
-                f"TID2013 calibration pairs {', '.join(names)} resized to {size}")
-    from lmmiqa.data.synth import builtin_images
-
+        imgs = [img.convert("RGB") for _n, img in builtin_images()]
+        refs = [imgs[i % len(imgs)].transpose(Image.FLIP_LEFT_RIGHT) if i >= len(imgs) else imgs[i]
+                for i in range(count)]
+        source = f"lmmiqa built-in photos ({len(imgs)}, mirrored to reach {count}) resized to {size}"
     rng = np.random.default_rng(0)
-    ref = [np.asarray(img.convert("RGB").resize((w, h), Image.BICUBIC)) for _n, img in builtin_images()[:count]]
-    dist = [np.clip(r + rng.normal(0, 8, r.shape), 0, 255).astype(np.uint8) for r in ref]
-    return dist, ref, f"built-in photos resized to {size} (+ noise as distortion)"
+    ref, dist = [], []
+    for img in refs:
+        r = np.asarray(img.resize((w, h), Image.BICUBIC))
+        noisy = Image.fromarray(np.clip(r + rng.normal(0, 8, r.shape), 0, 255).astype(np.uint8))
+        buf = io.BytesIO()
+        noisy.save(buf, format="JPEG", quality=60)
+        ref.append(np.ascontiguousarray(r))
+        dist.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    return dist, ref, source + " (distorted: noise σ=8 + JPEG q60)"
 
 
-def _legacy_package(ref: str, dest: Path) -> None:
-    """Extract ``src/lmmiqa`` of git ``ref`` into ``dest/lmmiqa_legacy`` with its imports renamed."""
-    data = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src/lmmiqa"], check=True,
-                          capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(dest, filter="data")
-    src = dest / "src" / "lmmiqa"
-    pattern = re.compile(r"\blmmiqa(?=[.:\s])")
-    for py in src.rglob("*.py"):
-        text = py.read_text(encoding="utf-8")
-        py.write_text(pattern.sub("lmmiqa_legacy", text), encoding="utf-8")
-    src.rename(dest / "lmmiqa_legacy")
-
-
-def _timed(fn, *args) -> tuple[float, float, float]:
-    """``(thread CPU seconds, wall seconds, value)``. The CPU time of the calling thread is what the tool
-    itself costs (everything runs single-threaded); wall time adds the waits of a loaded machine."""
-    c0, t0 = time.thread_time(), time.perf_counter()
-    value = fn(*args)
-    return time.thread_time() - c0, time.perf_counter() - t0, float(value)
-
-
-def _run_pyiqa(python: str, sizes: list[str], tools: list[str], repeats: int, count: int) -> dict:
-    """Time pyiqa in another interpreter on the same images (saved to a temporary .npz)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        arrays = {}
-        for size in sizes:
-            dist, ref, _ = _images(size, count)
-            for i, (d, r) in enumerate(zip(dist, ref)):
-                arrays[f"{size}_d{i}"], arrays[f"{size}_r{i}"] = d, r
-        np.savez(Path(tmp) / "imgs.npz", **arrays)
-        from lmmiqa.tools.assets import PACKAGE_DIR
-
-        out = subprocess.run(
-            [python, __file__, "--pyiqa-worker", str(Path(tmp) / "imgs.npz"), "--repeats", str(repeats),
-             "--sizes", *sizes, "--tools", *tools, "--count", str(count), "--pyiqa-params", str(PACKAGE_DIR)],
-            capture_output=True, text=True, check=False,
-        )
-        if out.returncode != 0:
-            print(f"pyiqa worker failed: {out.stderr.strip()[-800:]}", file=sys.stderr)
-            return {}
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _pyiqa_worker(path: str, sizes: list[str], tools: list[str], repeats: int, count: int, params: str) -> None:
-    """Runs in the pyiqa venv. pyiqa downloads NIQE/BRISQUE parameters at first use; offline they are written
-    from lmmiqa's shipped files instead (NIQE: the same official pristine model; BRISQUE: the official SVR's
-    774 support vectors in pyiqa's format — the same amount of work, values not comparable)."""
+# ----------------------------------------------------------------------------------------------------- workers
+def _pyiqa_metric(name: str, params: str, tmp: str) -> Any:
     import pyiqa
     import scipy.io
     import torch
 
-    torch.set_num_threads(1)
-    data = np.load(path)
+    extra: dict[str, Any] = {}
+    if name == "niqe":
+        niqe = np.load(Path(params) / "niqe_pris_params.npz")
+        scipy.io.savemat(Path(tmp) / "niqe.mat", {"mu_prisparam": niqe["mu_pris_param"],
+                                                   "cov_prisparam": niqe["cov_pris_param"]})
+        extra["pretrained_model_path"] = str(Path(tmp) / "niqe.mat")
+    elif name == "brisque":
+        svm = np.load(Path(params) / "brisque_svm.npz")
+        torch.save((torch.from_numpy(svm["sv_coef"].astype(np.float64)),
+                    torch.from_numpy(svm["sv"].astype(np.float64))), Path(tmp) / "brisque.pth")
+        extra["pretrained_model_path"] = str(Path(tmp) / "brisque.pth")
+    return pyiqa.create_metric(PYIQA[name], device="cpu", **extra)
+
+
+def worker(lib: str, npz: str, params: str) -> None:
+    """Long-lived worker: reads JSON requests ``{"tool", "size", "i"}`` on stdin, answers
+    ``{"cpu": seconds, "value": v}`` (one line each); ``{"tool", "size", "warm": true}`` warms up."""
+    data = np.load(npz)
     tmp = tempfile.mkdtemp()
-    niqe = np.load(Path(params) / "niqe_pris_params.npz")
-    scipy.io.savemat(Path(tmp) / "niqe.mat", {"mu_prisparam": niqe["mu_pris_param"],
-                                               "cov_prisparam": niqe["cov_pris_param"]})
-    svm = np.load(Path(params) / "brisque_svm.npz")
-    torch.save((torch.from_numpy(svm["sv_coef"].astype(np.float64)), torch.from_numpy(svm["sv"].astype(np.float64))),
-               Path(tmp) / "brisque.pth")
-    model_path = {"niqe": str(Path(tmp) / "niqe.mat"), "brisque": str(Path(tmp) / "brisque.pth")}
-    result: dict[str, dict[str, dict[str, float]]] = {}
-    with torch.no_grad():
-        for name in tools:
-            extra = {"pretrained_model_path": model_path[name]} if name in model_path else {}
-            metric = pyiqa.create_metric(PYIQA[name], device="cpu", **extra)
-            for size in sizes:
-                times, values = [], []
-                tensors = [(torch.from_numpy(data[f"{size}_d{i}"]).permute(2, 0, 1)[None].float() / 255.0,
-                            torch.from_numpy(data[f"{size}_r{i}"]).permute(2, 0, 1)[None].float() / 255.0)
-                           for i in range(count)]
-                metric(*tensors[0]) if name in FR_TOOLS else metric(tensors[0][0])  # warm-up
-                for _ in range(repeats):
-                    for d, r in tensors:
-                        t0 = time.thread_time()
-                        v = metric(d, r) if name in FR_TOOLS else metric(d)
-                        times.append(time.thread_time() - t0)
-                        values.append(float(v))
-                result.setdefault(name, {})[size] = {"ms": 1000 * statistics.median(times), "value": values[0]}
-    print(json.dumps(result))
+    tools: dict[str, Any] = {}
+    inputs: dict[tuple[str, int], tuple[Any, Any]] = {}
+    if lib == "pyiqa":
+        import torch
+
+        torch.set_num_threads(1)
+        torch.set_grad_enabled(False)
+    else:
+        sys.path.insert(0, str(REPO / "src"))
+        from lmmiqa.tools import get_tool
+    out = sys.stdout
+    for line in sys.stdin:
+        req = json.loads(line)
+        name, size = req["tool"], req["size"]
+        if name not in tools:
+            tools[name] = _pyiqa_metric(name, params, tmp) if lib == "pyiqa" else get_tool(name)
+        tool = tools[name]
+        i = int(req.get("i", 0))
+        if (size, i) not in inputs:
+            d, r = data[f"{size}_d{i}"], data[f"{size}_r{i}"]
+            inputs[(size, i)] = (to_pyiqa_tensor(d), to_pyiqa_tensor(r)) if lib == "pyiqa" else (d, r)
+        d, r = inputs[(size, i)]
+        fr = name in FR_TOOLS
+        if lib == "pyiqa":
+            c0 = time.thread_time()
+            v = tool(d, r) if fr else tool(d)
+            cpu = time.thread_time() - c0
+        else:
+            c0 = time.thread_time()
+            v = tool.compute(d, r) if fr else tool.compute(d)
+            cpu = time.thread_time() - c0
+        out.write(json.dumps({"cpu": cpu, "value": float(v)}) + "\n")
+        out.flush()
+
+
+class Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, lib: str, python: str, npz: str, params: str) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        self.proc = subprocess.Popen([python, __file__, "--worker", lib, npz, params], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+
+    def call(self, tool: str, size: str, i: int) -> dict[str, float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"tool": tool, "size": size, "i": i}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float, float]:
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], statistics.median(xs), q[2]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes over the images (median reported)")
-    ap.add_argument("--count", type=int, default=2, help="image pairs per size (1-5)")
+    ap.add_argument("--count", type=int, default=10, help="photos per size")
+    ap.add_argument("--budget", type=float, default=4.0, help="seconds of calls per cell (at least one pass)")
+    ap.add_argument("--max-passes", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls per cell and library before timing")
     ap.add_argument("--sizes", nargs="*", default=list(SIZES))
     ap.add_argument("--tools", nargs="*", default=list(TOOLS))
-    ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="git ref of the implementation to compare with")
-    ap.add_argument("--no-baseline", action="store_true", help="time the current code only")
-    ap.add_argument("--pyiqa-python", default=None, help="python of a venv with pyiqa (side-by-side ratio)")
+    ap.add_argument("--pyiqa-python", default=os.environ.get("LMMIQA_PYIQA_PYTHON"),
+                    help="python of a venv with pyiqa (default $LMMIQA_PYIQA_PYTHON)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    ap.add_argument("--pyiqa-worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--pyiqa-params", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.pyiqa_worker:
-        _pyiqa_worker(args.pyiqa_worker, args.sizes, args.tools, args.repeats, args.count, args.pyiqa_params)
+    if args.worker:
+        worker(*args.worker)
         return
-
+    if not args.pyiqa_python or not Path(args.pyiqa_python).is_file():
+        print("pyiqa not measured: pass --pyiqa-python /path/to/venv/bin/python (or set LMMIQA_PYIQA_PYTHON) "
+              "of a venv with pyiqa installed", file=sys.stderr)
+        sys.exit(2)
     sys.path.insert(0, str(REPO / "src"))
-    from lmmiqa.tools import get_tool
     from lmmiqa.tools.assets import PACKAGE_DIR
 
-    os.environ.setdefault("LMMIQA_ASSETS", str(PACKAGE_DIR))  # the old code has no shipped parameter files
-    legacy_get = None
-    tmp = None
-    if not args.no_baseline:
-        tmp = tempfile.TemporaryDirectory()
-        _legacy_package(args.baseline, Path(tmp.name))
-        sys.path.insert(0, tmp.name)
-        from lmmiqa_legacy.tools import get_tool as legacy_get  # type: ignore[no-redef]
-
-    pyiqa_res = _run_pyiqa(args.pyiqa_python, args.sizes, args.tools, args.repeats, args.count) \
-        if args.pyiqa_python else {}
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{os.cpu_count()} CPUs, load average {load:.1f} at start; one thread; thread CPU time, median of "
-          f"{args.repeats} × {args.count} images; baseline: {'none' if args.no_baseline else args.baseline}")
-    head = (f"{'size':<10}{'tool':<9}{'cpu ms':>9}{'old':>9}{'speed-up':>9}{'wall ×':>8}{'max |Δ|/|v|':>13}"
-            f"{'pyiqa ms':>10}{'vs pyiqa':>10}")
-    rows = []
+    tmp = tempfile.TemporaryDirectory()
+    npz = str(Path(tmp.name) / "imgs.npz")
+    arrays, sources = {}, {}
     for size in args.sizes:
-        dist, ref, source = _images(size, args.count)
-        print(f"\n{source}\n{head}")
-        for name in args.tools:
-            new = get_tool(name)
-            # the old NIQE default was Y of YCbCr: compare like with like (rgb2gray, the new default)
-            old = legacy_get(name, **({"channel": "gray"} if name == "niqe" else {})) if legacy_get else None
-            is_fr = new.kind == "fr"
-
-            def call(tool, i, is_fr=is_fr, dist=dist, ref=ref):
-                return (lambda: tool.compute(dist[i], ref[i])) if is_fr else (lambda: tool.compute(dist[i]))
-
-            call(new, 0)()  # warm-up: parameter files, tables, caches
-            if old is not None:
-                call(old, 0)()
-            c_new, w_new, c_old, w_old, rel = [], [], [], [], 0.0
-            for _ in range(args.repeats):
-                for i in range(len(dist)):
-                    c, w, v_new = _timed(call(new, i))
-                    c_new.append(c)
-                    w_new.append(w)
-                    if old is not None:
-                        c, w, v_old = _timed(call(old, i))
-                        c_old.append(c)
-                        w_old.append(w)
-                        if v_new != v_old:
-                            rel = max(rel, abs(v_new - v_old) / max(abs(v_old), 1e-300))
-            ms = 1000 * statistics.median(c_new)
-            old_ms = 1000 * statistics.median(c_old) if c_old else float("nan")
-            wall = statistics.median(w_old) / statistics.median(w_new) if w_old else float("nan")
-            p = pyiqa_res.get(name, {}).get(size)
-            row = {"size": size, "tool": name, "cpu_ms": ms, "old_cpu_ms": old_ms, "speedup": old_ms / ms,
-                   "wall_speedup": wall, "max_rel_diff": rel if old is not None else None,
-                   "pyiqa_cpu_ms": p["ms"] if p else None, "vs_pyiqa": p["ms"] / ms if p else None}
-            rows.append(row)
-            pyiqa_txt = f"{p['ms']:>10.1f}{p['ms'] / ms:>9.2f}×" if p else f"{'-':>10}{'unmeasured':>11}"
-            print(f"{size:<10}{name:<9}{ms:>9.1f}{old_ms:>9.1f}{old_ms / ms:>8.2f}×{wall:>7.2f}×{rel:>13.1e}"
-                  f"{pyiqa_txt}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "baseline": args.baseline, "load": load}, indent=2))
-    if tmp is not None:
+        dist, ref, sources[size] = load_images(size, args.count)
+        for i, (d, r) in enumerate(zip(dist, ref)):
+            arrays[f"{size}_d{i}"], arrays[f"{size}_r{i}"] = d, r
+    np.savez(npz, **arrays)
+    workers = {"lmmiqa": Worker("lmmiqa", sys.executable, npz, str(PACKAGE_DIR)),
+               "pyiqa": Worker("pyiqa", args.pyiqa_python, npz, str(PACKAGE_DIR))}
+    loads = [os.getloadavg()[0]]
+    rows = []
+    t_start = time.time()
+    print(f"{os.cpu_count()} CPUs; one thread per worker; thread CPU time per call, median [IQR]; "
+          f"{args.count} photos, interleaved, order swapped every other image")
+    head = f"{'size':<10}{'tool':<9}{'lmmiqa ms':>22}{'pyiqa ms':>24}{'ratio':>8}{'n':>4}{'med |Δ|/|v|':>13}"
+    try:
+        for size in args.sizes:
+            print(f"\n{sources[size]}\n{head}", flush=True)
+            for name in args.tools:
+                for i in range(min(args.warmup, args.count)):  # parameter files, page faults, malloc, caches
+                    for w in workers.values():
+                        w.call(name, size, i)
+                cpu: dict[str, list[float]] = {lib: [] for lib in LIBS}
+                vals: dict[str, dict[int, float]] = {lib: {} for lib in LIBS}
+                spent, passes = 0.0, 0
+                while passes < 1 or (spent < args.budget and passes < args.max_passes):
+                    for i, lib in schedule(args.count, 1, start=passes * args.count):
+                        res = workers[lib].call(name, size, i)
+                        cpu[lib].append(res["cpu"])
+                        vals[lib][i] = res["value"]
+                        spent += res["cpu"]
+                    passes += 1
+                loads.append(os.getloadavg()[0])
+                q_l, q_p = _quartiles(cpu["lmmiqa"]), _quartiles(cpu["pyiqa"])
+                rel = statistics.median(abs(vals["lmmiqa"][i] - vals["pyiqa"][i]) / max(abs(vals["pyiqa"][i]), 1e-12)
+                                        for i in range(args.count))
+                ratio = q_p[1] / q_l[1]
+                rows.append({"size": size, "tool": name, "lmmiqa_ms": [1000 * v for v in q_l],
+                             "pyiqa_ms": [1000 * v for v in q_p], "ratio": ratio, "calls": len(cpu["lmmiqa"]),
+                             "median_rel_diff": rel})
+                print(f"{size:<10}{name:<9}{1000 * q_l[1]:>8.2f} [{1000 * q_l[0]:.2f}-{1000 * q_l[2]:.2f}]"
+                      f"{1000 * q_p[1]:>10.2f} [{1000 * q_p[0]:.2f}-{1000 * q_p[2]:.2f}]{ratio:>7.2f}×"
+                      f"{len(cpu['lmmiqa']):>4}{rel:>13.1e}", flush=True)
+    finally:
+        for w in workers.values():
+            w.close()
         tmp.cleanup()
+    print(f"\nload average (1 min) during the run: {min(loads):.2f}-{max(loads):.2f}; "
+          f"{time.time() - t_start:.0f} s; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print("\n| tool | " + " | ".join(args.sizes) + " |\n|---|" + "---|" * len(args.sizes))
+    for name in args.tools:
+        cells = [next((f"{r['ratio']:.2f}×" for r in rows if r["tool"] == name and r["size"] == s), "—")
+                 for s in args.sizes]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "load": [min(loads), max(loads)]}, indent=2))
 
 
 if __name__ == "__main__":
