@@ -103,16 +103,18 @@ def test_bank_word_agreement_matches_iqarag_bins_and_catches_wrong_words() -> No
         bank_word_agreement(mos, right, (5, 1))
 
 
-def test_pair_order_consistency_detects_flipped_prompt() -> None:
+def test_pair_order_consistency_detects_flipped_prompt_and_position_bias() -> None:
     points = [1.0, 2.0, 3.0, 4.0]
-    pairs = [(i, j) for i in range(4) for j in range(4) if i < j]
-    right_fwd = [0.9 if points[i] > points[j] else 0.1 for i, j in pairs]
-    right_bwd = [0.9 if points[j] > points[i] else 0.1 for i, j in pairs]
-    good = pair_order_consistency(points, pairs, right_fwd, right_bwd)
-    assert good["agree"] == 1.0 and good["order_consistent"] == 1.0 and good["pairs"] == 6
-    # a prompt asking "is the second better?" while read as "first better" flips every answer
-    flipped = pair_order_consistency(points, pairs, [1 - p for p in right_fwd], [1 - p for p in right_bwd])
-    assert flipped["agree"] == 0.0
-    # a position-biased model (always says "first") is order-inconsistent
-    biased = pair_order_consistency(points, pairs, [0.8] * 6, [0.8] * 6)
+    pairs = [(i, j) for i in range(4) for j in range(4) if i < j] + [(3, 0)]
+    right = [0.9 if points[i] > points[j] else 0.1 for i, j in pairs]  # P(i better), either order
+    good = pair_order_consistency(points, pairs, right, right)
+    assert good["agree"] == 1.0 and good["order_consistent"] == 1.0 and good["pairs"] == 7
+    # a prompt whose answer letters are read the wrong way round flips every answer
+    flipped = pair_order_consistency(points, pairs, [1 - p for p in right], [1 - p for p in right])
+    assert flipped["agree"] == 0.0 and flipped["order_consistent"] == 1.0
+    # a position-biased model (always picks the image shown first): P(i better) is high with i first, low with
+    # j first -> the orders disagree on every pair
+    biased = pair_order_consistency(points, pairs, [0.8] * 7, [0.2] * 7)
     assert biased["order_consistent"] == 0.0 and biased["agree"] == 0.0
+    # ties are skipped
+    assert pair_order_consistency([1.0, 1.0, 2.0], [(0, 1), (0, 2)], [0.9, 0.1], [0.9, 0.1])["pairs"] == 1

@@ -191,31 +191,30 @@ def bank_word_agreement(mos: Sequence[float], words: Sequence[str], mos_range: t
 
 
 def pair_order_consistency(points: Sequence[float], pairs: Sequence[tuple[int, int]],
-                           p_first_better: Sequence[float], p_first_better_swapped: Sequence[float],
-                           margin: float = 0.0) -> dict[str, float]:
+                           p_ab: Sequence[float], p_ba: Sequence[float], margin: float = 0.0) -> dict[str, float]:
     """How often pairwise answers, asked in both orders, agree with the pointwise ranking (LEAF's teacher).
 
-    ``p_first_better[k]`` is P(image ``i`` better) for pair ``(i, j)`` asked as ``(i, j)``;
-    ``p_first_better_swapped[k]`` is P(image ``j`` better) asked as ``(j, i)``. A pair agrees when both orders
-    prefer the image with the higher point score (pairs whose point scores differ by ``<= margin`` are skipped).
-    A pair prompt that asks the question the wrong way round gives a value near 0 instead of near 1.
+    Both answers estimate P(image ``i`` better than image ``j``) for pair ``(i, j)``, as the LEAF teacher cache
+    stores them (:func:`lmmiqa.distill.teacher.judge_pairs_prompt`): ``p_ab`` with ``i`` shown first, ``p_ba``
+    with ``j`` shown first. A pair agrees when both orders prefer the image with the higher point score (pairs
+    whose point scores differ by ``<= margin`` are skipped); ``order_consistent`` counts pairs whose two orders
+    prefer the same image. A pair prompt read the wrong way round gives ``agree`` near 0; a model that always
+    picks the first (or second) image gives ``order_consistent`` near 0.
     """
     s = np.asarray(points, dtype=np.float64)
-    a = np.asarray(p_first_better, dtype=np.float64)
-    b = np.asarray(p_first_better_swapped, dtype=np.float64)
+    a = np.asarray(p_ab, dtype=np.float64)
+    b = np.asarray(p_ba, dtype=np.float64)
     if not (len(pairs) == a.size == b.size):
         raise ConfigError(f"{len(pairs)} pairs, {a.size} and {b.size} answers: they must match")
     agree = orders = used = 0
-    for (i, j), pij, pji in zip(pairs, a, b):
+    for (i, j), x, y in zip(pairs, a, b):
         d = s[int(i)] - s[int(j)]
         if abs(d) <= margin:
             continue
         used += 1
-        first_better = d > 0
-        fwd = (pij > 0.5) == first_better
-        bwd = (pji > 0.5) == (not first_better)
-        agree += int(fwd and bwd)
-        orders += int((pij > 0.5) != (pji > 0.5))
+        first_better = bool(d > 0)
+        agree += int((x > 0.5) == first_better and (y > 0.5) == first_better)
+        orders += int((x > 0.5) == (y > 0.5))
     if used == 0:
         raise ConfigError("no pair has distinct point scores; nothing to compare")
     return {"agree": agree / used, "order_consistent": orders / used, "pairs": used}
