@@ -209,10 +209,10 @@ def _bank_dataset(lad: Ladder, reverse: bool, folder: Path) -> Any:
     lines = ["dis_img_path,score"]
     for it in lad.train.items:
         mos = 6.0 - it.score if reverse else it.score
-        lines.append(f"{it.path},{mos:.6f}")
+        lines.append(f"{it.id},{mos:.6f}")
     labels = folder / ("bank_reversed.csv" if reverse else "bank.csv")
     labels.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return load_dataset(labels=labels)
+    return load_dataset(labels=labels, root=lad.root)
 
 
 def run_iqarag(args: argparse.Namespace, lad: Ladder, cache: dict[str, Any]) -> dict[str, Any]:
@@ -226,18 +226,21 @@ def run_iqarag(args: argparse.Namespace, lad: Ladder, cache: dict[str, Any]) -> 
         cache["q-align"] = run_q_align(args, lad, cache)
     work = Path(tempfile.mkdtemp(prefix="lmmiqa-iqarag-"))
     enc = create_encoder("vision-tower", model=args.model, device="cpu")
-    true_mos = {it.path: it.score for it in lad.train.items}
+    true_mos = {it.id: it.score for it in lad.train.items}
     out: dict[str, Any] = {"bank_items": len(lad.train.items), "without_anchors": cache["q-align"]}
     for name, reverse in (("right_words", False), ("reversed_words", True)):
         folder = work / name
         build_bank(folder, _bank_dataset(lad, reverse, work), enc, progress=False)
         bank = Bank.load(folder, index=False)
         words = [level_word(it.bin) for it in bank.items]
-        agree = bank_word_agreement([true_mos[it.path] for it in bank.items], words, (1.0, 5.0))
+        # the bank bins min-max over its own items (METHODS §2.4): the true MOS binned the same way
+        truth = [true_mos[it.id] for it in bank.items]
+        agree = bank_word_agreement(truth, words, (min(truth), max(truth)))
         scorer = lmmiqa.create_scorer("iqarag", bank=str(folder), **_mllm(args))
         c = _corr(_scores(scorer.score(lad.test.paths(), batch_size=args.batch)), lad.test)
         out[name] = {**c, "word_bin_agreement": agree}
     right, wrong, plain = out["right_words"], out["reversed_words"], out["without_anchors"]
+    out.update(srcc=right["srcc"], plcc=right["plcc"], n=right["n"])
     out["checks"] = [
         _check("anchor words agree with the bank's MOS bins", right["word_bin_agreement"], "== 1",
                right["word_bin_agreement"] == 1.0),
