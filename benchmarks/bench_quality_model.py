@@ -215,28 +215,39 @@ def _bank_dataset(lad: Ladder, reverse: bool, folder: Path) -> Any:
     return load_dataset(labels=labels, root=lad.root)
 
 
-def run_iqarag(args: argparse.Namespace, lad: Ladder, cache: dict[str, Any]) -> dict[str, Any]:
-    import lmmiqa
+def ladder_bank(lad: Ladder, reverse: bool, folder: Path, encoder: Any) -> tuple[Any, float]:
+    """Build an IQARAG bank of the training ladder in ``folder``; return it and its anchor-word agreement.
+
+    Agreement: the share of bank items whose anchor word (``level_word(bin)``, what IQARAG shows) is the word of
+    the item's TRUE MOS bin, binned min-max over the bank as the bank itself does (METHODS §2.4). ``reverse``
+    builds the bank from MOS ``6 − MOS``: every anchor word but the middle one is then wrong.
+    """
     from lmmiqa.evaluation.semantics import bank_word_agreement
     from lmmiqa.methods.iqarag import level_word
-    from lmmiqa.retrieval import build_bank, create_encoder
+    from lmmiqa.retrieval import build_bank
     from lmmiqa.retrieval.bank import Bank
+
+    folder.mkdir(parents=True, exist_ok=True)
+    build_bank(folder / "bank", _bank_dataset(lad, reverse, folder), encoder, progress=False)
+    bank = Bank.load(folder / "bank", index=False)
+    true_mos = {it.id: it.score for it in lad.train.items}
+    truth = [true_mos[it.id] for it in bank.items]
+    words = [level_word(it.bin) for it in bank.items]
+    return bank, bank_word_agreement(truth, words, (min(truth), max(truth)))
+
+
+def run_iqarag(args: argparse.Namespace, lad: Ladder, cache: dict[str, Any]) -> dict[str, Any]:
+    import lmmiqa
+    from lmmiqa.retrieval import create_encoder
 
     if "q-align" not in cache:
         cache["q-align"] = run_q_align(args, lad, cache)
     work = Path(tempfile.mkdtemp(prefix="lmmiqa-iqarag-"))
     enc = create_encoder("vision-tower", model=args.model, device="cpu")
-    true_mos = {it.id: it.score for it in lad.train.items}
     out: dict[str, Any] = {"bank_items": len(lad.train.items), "without_anchors": cache["q-align"]}
     for name, reverse in (("right_words", False), ("reversed_words", True)):
-        folder = work / name
-        build_bank(folder, _bank_dataset(lad, reverse, work), enc, progress=False)
-        bank = Bank.load(folder, index=False)
-        words = [level_word(it.bin) for it in bank.items]
-        # the bank bins min-max over its own items (METHODS §2.4): the true MOS binned the same way
-        truth = [true_mos[it.id] for it in bank.items]
-        agree = bank_word_agreement(truth, words, (min(truth), max(truth)))
-        scorer = lmmiqa.create_scorer("iqarag", bank=str(folder), **_mllm(args))
+        bank, agree = ladder_bank(lad, reverse, work / name, enc)
+        scorer = lmmiqa.create_scorer("iqarag", bank=str(bank.dir), **_mllm(args))
         c = _corr(_scores(scorer.score(lad.test.paths(), batch_size=args.batch)), lad.test)
         out[name] = {**c, "word_bin_agreement": agree}
     right, wrong, plain = out["right_words"], out["reversed_words"], out["without_anchors"]

@@ -78,3 +78,21 @@ def test_method_passes_its_semantic_check_on_the_quality_aware_model(method: str
     assert "error" not in r, r.get("error")
     failed = [c for c in r["checks"] if not c["passed"]]
     assert not failed, failed
+
+
+def test_ladder_bank_anchor_words_follow_its_mos_bins_and_reversal_breaks_them(tmp_path: pathlib.Path) -> None:
+    """An IQARAG bank of the training ladder: the word IQARAG shows for each item is its MOS bin's word; the
+    reversed-MOS bank (the benchmark's wrong-word control) disagrees on all but the middle bin."""
+    from lmmiqa.retrieval.testing import PixelEncoder
+
+    bench = _bench()
+    args = bench.main.__globals__["argparse"].Namespace(
+        ladder=None, size=32, seed=0, types=["gaussian_blur"], max_images=3, severities=5, held_out_refs=None,
+        held_out=1,
+    )
+    lad = bench.load_ladder(args)
+    bank, agree = bench.ladder_bank(lad, False, tmp_path / "right", PixelEncoder())
+    assert agree == 1.0 and len(bank.items) == 10
+    assert {it.bin for it in bank.items} == {1, 2, 3, 4, 5}
+    _, wrong = bench.ladder_bank(lad, True, tmp_path / "wrong", PixelEncoder())
+    assert wrong == pytest.approx(0.2)  # only the middle severity keeps its word ("fair")
