@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lmmiqa.errors import ConfigError, UnknownNameError
+from lmmiqa.errors import ConfigError, DataError, UnknownNameError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -792,3 +792,90 @@ def make_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
     img += rng.normal(0.0, 0.04, size=img.shape)
     arr = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return Image.fromarray(arr, mode="RGB")
+
+
+# ------------------------------------------------------------------------------------ quality-aware test model
+
+#: the recipe of :func:`quality_aware_vlm` (every value enters the cache key)
+QUALITY_RECIPE: dict[str, Any] = {
+    "version": 1,
+    "checkpoint": "Qwen2.5-VL-7B-Instruct",
+    "ladder": {"severities": 5, "size": 56, "types": ["gaussian_blur", "gaussian_noise", "jpeg", "pixelate",
+                                                     "contrast", "brightness"]},
+    "held_out": ["chelsea", "grace_hopper"],
+    "train": {"methods": ["q-align", "standard-guided", "agentic"], "levels": 5, "epochs": 6, "batch_size": 8,
+              "lr": 2e-3, "lr_schedule": "cosine", "warmup_ratio": 0.05, "target": "soft", "soft_sigma": 0.5,
+              "max_pixels": 56 * 56, "seed": 0},
+}
+
+
+def quality_cache_dir() -> pathlib.Path:
+    """Where quality-aware models are cached: ``$LMMIQA_QUALITY_MODEL_CACHE``, else ``~/.cache/lmmiqa/quality-vlm``."""
+    env = os.environ.get("LMMIQA_QUALITY_MODEL_CACHE")
+    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "lmmiqa" / "quality-vlm"
+
+
+def quality_ladder(root: str | os.PathLike[str] | None = None, recipe: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """(training, held-out) splits of the quality-aware model's synthetic ladder, split by reference image: the
+    held-out references (``recipe["held_out"]``) are never trained on. ``root`` default: the cache's ladder."""
+    import hashlib
+    import json
+
+    from lmmiqa.data.synth import make_ladder
+
+    r = recipe or QUALITY_RECIPE
+    lad = r["ladder"]
+    key = hashlib.sha256(json.dumps(lad, sort_keys=True).encode()).hexdigest()[:12]
+    folder = pathlib.Path(root) if root is not None else quality_cache_dir() / f"ladder-{key}"
+    if not (folder / "labels.csv").is_file():
+        make_ladder(folder, "builtin", severities=lad["severities"], types=lad["types"], size=lad["size"])
+    from lmmiqa.data.loader import load_dataset
+
+    ds = load_dataset("synthetic", root=folder)
+    held = set(r["held_out"])
+    pairs = [(str(p), float(s), pathlib.Path(str(g)).stem) for p, s, g in zip(ds.paths(), ds.scores(), ds.groups())]
+    train = [(p, s) for p, s, g in pairs if g not in held]
+    test = [(p, s) for p, s, g in pairs if g in held]
+    if not test or not train:
+        raise DataError(f"the ladder in {folder} has no images of the held-out references {sorted(held)} (or only those)")
+    return train, test
+
+
+def quality_aware_vlm(*, root: str | os.PathLike[str] | None = None, recipe: dict[str, Any] | None = None,
+                      rebuild: bool = False) -> pathlib.Path:
+    """A small VLM that sees quality: the shrunken real-file Qwen2.5-VL (the toy-tokenizer tiny Qwen2.5-VL when
+    ``../shared/data/hf`` is absent) fully fine-tuned with ``lmmiqa train levels`` (Q-Align's recipe) on a synthetic
+    distortion ladder of the built-in photos, for the q-align words, the standard-guided digits (K = 5) and the
+    AgenticIQA letters. Held-out references (:func:`quality_ladder`) are never trained on.
+
+    Cached under :func:`quality_cache_dir`, keyed by a hash of the recipe (:data:`QUALITY_RECIPE`) and of whether
+    the real files were used; the merged folder loads with ``lmmiqa score --model FOLDER``.
+    """
+    import hashlib
+    import json
+
+    from lmmiqa.training.levels import SPEC_FILE, LevelsTrainConfig, train_levels
+
+    r = recipe or QUALITY_RECIPE
+    real = shared_hf_folder(r["checkpoint"], root)
+    key_src = {"recipe": r, "real": real is not None}
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
+    cache = quality_cache_dir()
+    out = cache / f"model-{key}"
+    if not rebuild and (out / SPEC_FILE).is_file() and json.loads((out / SPEC_FILE).read_text()).get("complete"):
+        return out
+    base = cache / f"base-{key}"
+    if not (base / "config.json").is_file():
+        if real is not None:
+            make_real_file_vlm(real, base, seed=r["train"]["seed"])
+        else:
+            make_tiny_vlm("qwen2_5_vl", base, seed=r["train"]["seed"])
+    train, held_out = quality_ladder(recipe=r)
+    t = r["train"]
+    cfg = LevelsTrainConfig(model=str(base), methods=tuple(t["methods"]), levels=t["levels"], epochs=t["epochs"],
+                            batch_size=t["batch_size"], lr=t["lr"], lr_schedule=t["lr_schedule"],
+                            warmup_ratio=t["warmup_ratio"], target=t["target"], soft_sigma=t["soft_sigma"],
+                            max_pixels=t["max_pixels"], seed=t["seed"], tuning="full", device="cpu",
+                            local_files_only=True, progress=False)
+    train_levels(train, out, cfg, val=held_out, overwrite=rebuild)  # validation only: held-out SRCC per method
+    return out
