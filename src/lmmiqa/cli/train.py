@@ -1,4 +1,5 @@
-"""``lmmiqa train q-scorer``: fine-tune a Q-Scorer (LoRA + score tokens + MLP head; METHODS §4).
+"""``lmmiqa train q-scorer``: fine-tune a Q-Scorer (LoRA + score tokens + MLP head; METHODS §4); ``lmmiqa train
+levels`` lives in :mod:`lmmiqa.cli.train_levels`.
 
 Example::
 
@@ -15,14 +16,22 @@ import json
 import sys
 from typing import Any
 
-from lmmiqa.cli._data_args import add_data_args, dataset_from_args
+from lmmiqa.cli._data_args import add_data_args
+from lmmiqa.cli._train_args import (
+    add_optimisation_args,
+    add_runtime_args,
+    add_validation_args,
+    fmt_metric,
+    train_and_val_data,
+)
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "train",
-        help="fine-tune a trainable method (q-scorer)",
-        description="Fine-tune a trainable method. Available: q-scorer.",
+        help="fine-tune a trainable method (q-scorer, levels)",
+        description="Fine-tune a trainable method. Available: q-scorer (Q-Scorer's score tokens + regression "
+        "head), levels (Q-Align's level recipe for the q-align words, standard-guided digits and AgenticIQA letters).",
     )
     tsub = p.add_subparsers(dest="trainable", metavar="METHOD")
     q = tsub.add_parser(
@@ -48,13 +57,7 @@ def register(sub: Any) -> None:
                    "error on the raw MOS clamped to [0, 5]), batch 16); explicit flags override its values; README: "
                    "'Q-Scorer training recipes'")
     add_data_args(q)
-    v = q.add_argument_group("validation")
-    v.add_argument("--val-split", metavar="SPEC", default=None,
-                   help="validation split of the same data, evaluated after every epoch (e.g. 'val' = official:val "
-                   "for KonIQ, or seed:0:test); bare train/val/test mean the official split")
-    v.add_argument("--val-fraction", type=float, default=None, metavar="F",
-                   help="without --val-split: hold out this fraction of the training images (by reference image for "
-                   "synthetic sets) for validation; default 0 = no validation")
+    add_validation_args(q)
     m = q.add_argument_group("model")
     m.add_argument("--tokens", type=int, choices=(1, 5), default=None, help="score tokens: 1 (<score>) or 5 (<score1>..<score5>); default 5")
     m.add_argument("--bin-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
@@ -88,50 +91,21 @@ def register(sub: Any) -> None:
                    help="hidden widths of the MLP head (default 2048,1024; 'none' = one linear layer)")
     m.add_argument("--head-activation", choices=("relu", "gelu", "silu", "tanh"), default=None, help="head activation (default relu)")
     m.add_argument("--head-dropout", type=float, default=None, help="head dropout (default 0)")
-    o = q.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=None, help="epochs (default 3)")
-    o.add_argument("--batch-size", type=int, default=None, help="images per device per micro-batch (default 4)")
-    o.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1)")
-    o.add_argument("--eval-batch-size", type=int, default=None, help="images per forward in validation (default 2 x batch size)")
-    o.add_argument("--lr", type=float, default=None, help="learning rate of LoRA and token rows (default 2e-5)")
+    o = add_optimisation_args(q, lr_default="2e-5 for LoRA and token rows")
     o.add_argument("--head-lr", type=float, default=None, help="learning rate of the head (default: --lr)")
-    o.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0)")
-    o.add_argument("--warmup-ratio", type=float, default=None, help="fraction of steps with linear warmup (default 0.03)")
-    o.add_argument("--lr-schedule", choices=("cosine", "linear", "constant"), default=None,
-                   help="learning-rate schedule after the warmup (default cosine)")
-    o.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping norm, 0 = off (default 1.0)")
     o.add_argument("--ce-weight", type=float, default=None, help="weight of the answer cross-entropy (default 1)")
     o.add_argument("--mse-weight", type=float, default=None, help="weight of the head MSE in normalized MOS units (default 1)")
-    o.add_argument("--gradient-checkpointing", action="store_const", const=True, default=None,
-                   help="recompute activations in the backward pass (less memory, slower)")
-    o.add_argument("--seed", type=int, default=None, help="seed of initialisation, data order and dropout (default 0)")
-    r = q.add_argument_group("runtime")
-    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="auto (default), cpu or cuda")
-    r.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default=None,
-                   help="dtype of the frozen weights and autocast (default auto: bf16 on GPU, fp32 on CPU)")
-    r.add_argument("--attn-implementation", default=None, help="sdpa, flash_attention_2 or eager")
-    r.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                   help="also checkpoint every N optimizer steps (default: end of each epoch only)")
-    r.add_argument("--keep-checkpoints", action="store_const", const=True, default=None,
-                   help="keep DIR/checkpoints after training completes")
-    r.add_argument("--max-steps", type=int, default=None, metavar="N",
-                   help="stop after N optimizer steps in total (the adapter is written; rerun without it to resume)")
-    r.add_argument("--decode-workers", type=int, default=None, help="threads decoding images (default 2)")
-    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar on stderr (default: when stderr is a terminal)")
-    r.add_argument("--format", choices=("text", "json"), default="text", help="summary printed at the end")
+    add_runtime_args(q, what="adapter")
     q.set_defaults(func=run_q_scorer)
+    from lmmiqa.cli.train_levels import register_levels
+
+    register_levels(tsub)
     p.set_defaults(func=lambda args: _no_method(p))
 
 
 def _no_method(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return 2
-
-
-def _num(x: Any) -> str:
-    """A metric for display (``nan`` when undefined: fewer than 3 items, or constant predictions)."""
-    return "nan" if x is None else f"{x:.4f}"
 
 
 def _head_dims(text: str) -> tuple[int, ...]:
@@ -177,21 +151,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_q_scorer(args: argparse.Namespace) -> int:
-    from lmmiqa.cli import UsageError
     from lmmiqa.training.q_scorer import train_q_scorer
 
     config = config_from_args(args)
-    if args.val_split is not None and args.val_fraction is not None:
-        raise UsageError("give --val-split or --val-fraction, not both")
-    train = dataset_from_args(args)
-    val = None
-    if args.val_split is not None:
-        val_args = argparse.Namespace(**vars(args))
-        val_args.split = args.val_split
-        val = dataset_from_args(val_args)
-        overlap = set(train.paths()) & set(val.paths())
-        if overlap:
-            raise UsageError(f"--split and --val-split share {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
+    train, val = train_and_val_data(args)
     result = train_q_scorer(train, args.out, config, val=val, overwrite=args.overwrite)
     if not result.main_process:
         return 0  # `accelerate launch`: the main process reports
@@ -217,7 +180,7 @@ def run_q_scorer(args: argparse.Namespace) -> int:
         line = f"q-scorer adapter written to {result.out}: {result.global_step} step(s), {state}"
         if last and last.get("val"):
             val_m = last["val"]
-            line += f"; last validation SRCC {_num(val_m['srcc'])} PLCC {_num(val_m['plcc'])} (n={val_m['n']})"
+            line += f"; last validation SRCC {fmt_metric(val_m['srcc'])} PLCC {fmt_metric(val_m['plcc'])} (n={val_m['n']})"
         if summary["bin_range"] is not None:
             lo, hi = summary["bin_range"]
             line += f"; score tokens binned over [{lo:g}, {hi:g}] ({summary['bin_source']})"
