@@ -148,3 +148,26 @@ def test_help_documents_every_option(capsys):
         flag = "--" + f.name.replace("_", "-")
         assert flag in text, f"{f.name} has no flag {flag} in --help"
     assert "Q-Align" in text
+
+
+def test_lora_tuning_exports_a_merged_model_without_adapter_weights(tmp_path, tiny_model_path, labelled):
+    """``--tuning lora``: the adapter is merged into the exported weights (no LoRA tensors left), and the merged
+    model scores differently from its base (the update is in the weights, not lost in the merge)."""
+    from safetensors import safe_open
+
+    import lmmiqa
+    from lmmiqa.training.levels import LevelsTrainConfig, train_levels
+
+    base = tiny_model_path("qwen2_5_vl")
+    pairs = list(zip(labelled["paths"][:6], [1.0, 2.0, 3.0, 4.0, 5.0, 2.5]))
+    cfg = LevelsTrainConfig(model=str(base), methods=("q-align",), tuning="lora", epochs=2, batch_size=3, lr=1e-2,
+                            device="cpu", decode_workers=0, progress=False)
+    out = tmp_path / "lora"
+    train_levels(pairs, out, cfg)
+    assert json.loads((out / "levels.json").read_text())["tuning"] == "lora"
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert names and not [n for n in names if "lora" in n.lower()]
+    before = [r.score for r in lmmiqa.create_scorer("q-align", model=str(base), device="cpu").score(labelled["paths"][:3])]
+    after = [r.score for r in lmmiqa.create_scorer("q-align", model=str(out), device="cpu").score(labelled["paths"][:3])]
+    assert max(abs(a - b) for a, b in zip(after, before)) > 1e-3
