@@ -814,7 +814,7 @@ QUALITY_RECIPE: dict[str, Any] = {
     "vision": {"patch_embed": "dct", "dct_frequencies": [0, 1, 2, 4, 6, 8, 10, 13], "epochs": 12, "lr": 2e-3,
                "batch_size": 16},
     "train": {"methods": ["q-align", "standard-guided", "agentic"], "levels": 5, "epochs": 3, "batch_size": 8,
-              "lr": 1e-3, "vision_lr": 0.0, "lr_schedule": "cosine", "warmup_ratio": 0.05, "target": "onehot",
+              "lr": 3e-3, "vision_lr": 0.0, "lr_schedule": "cosine", "warmup_ratio": 0.05, "target": "onehot",
               "soft_sigma": 0.5, "max_pixels": 112 * 112, "seed": 0},
 }
 
