@@ -57,6 +57,8 @@ class LevelsTrainConfig(TrainConfig):
         lora_r, lora_alpha, lora_dropout, lora_target: LoRA settings (target: regex over module names).
         bin_range: ``(lo, hi)`` cut into equal-width level bins; None: the training split's MOS min–max (Q-Align).
         max_pixels: pixel budget of the images given to the processor (None: the backend's default).
+        vision_lr: learning rate of the vision tower and its projector (None: ``lr``; 0: frozen, e.g. a tower
+            already trained to see quality). Full fine-tuning only (LoRA adapts the language model).
     """
 
     methods: tuple[str, ...] = ("q-align",)
@@ -70,6 +72,7 @@ class LevelsTrainConfig(TrainConfig):
     lora_target: str = LEVELS_LORA_TARGET
     bin_range: tuple[float, float] | None = None
     max_pixels: int | None = None
+    vision_lr: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,6 +101,23 @@ class LevelsTrainConfig(TrainConfig):
             if not hi > lo:
                 raise ConfigError(f"bin_range must be (lo, hi) with hi > lo, got {self.bin_range}")
             self.bin_range = (lo, hi)
+        if self.vision_lr is not None:
+            if float(self.vision_lr) < 0:
+                raise ConfigError(f"vision_lr must be >= 0, got {self.vision_lr}")
+            if self.tuning == "lora":
+                raise ConfigError("vision_lr applies to full fine-tuning (tuning 'full' or 'auto'); LoRA trains the "
+                                  "language model only")
+            self.vision_lr = float(self.vision_lr)
+
+
+#: module-name pieces of a VLM's vision tower and projector (Qwen ``visual``, Gemma/LLaVA ``vision_tower`` and
+#: ``multi_modal_projector``)
+VISION_MODULES = ("visual.", "vision_tower.", "vision_model.", "multi_modal_projector.")
+
+
+def is_vision_param(name: str) -> bool:
+    """Whether a parameter name belongs to the vision tower or its projector."""
+    return any(piece in name for piece in VISION_MODULES)
 
 
 def level_bins(quality: Any, lo: float, hi: float, k: int) -> np.ndarray:
@@ -248,8 +268,9 @@ class LevelsHead(TrainingHead):
         self.tuning = c.tuning if c.tuning != "auto" else ("full" if n_params < FULL_TUNING_MAX_PARAMS else "lora")
         if self.tuning == "full":
             net = base
-            for p in net.parameters():
-                p.requires_grad_(True)
+            frozen_vision = c.vision_lr == 0
+            for name, p in net.named_parameters():
+                p.requires_grad_(not (frozen_vision and is_vision_param(name)))
                 if p.dtype != torch.float32:
                     p.data = p.data.float()
         else:
@@ -265,6 +286,20 @@ class LevelsHead(TrainingHead):
         self.dataset = dataset
         net.train()
         return net
+
+    def param_groups(self, net: Any) -> list[dict[str, Any]]:
+        """Every trainable parameter at ``lr``; the vision tower at ``vision_lr`` when that is set."""
+        c = self.config
+        if self.tuning != "full" or c.vision_lr is None:
+            return super().param_groups(net)
+        vision, rest = [], []
+        for name, p in net.named_parameters():
+            if p.requires_grad:
+                (vision if is_vision_param(name) else rest).append(p)
+        groups = [{"params": rest, "lr": c.lr}]
+        if vision:
+            groups.append({"params": vision, "lr": c.vision_lr})
+        return groups
 
     def _targets(self, prompter: _Prompter, quality: np.ndarray, device: Any) -> Any:
         import torch
