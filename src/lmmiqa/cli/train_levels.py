@@ -26,7 +26,7 @@ from lmmiqa.cli._train_args import (
 )
 
 _LEVEL_FIELDS = ("levels", "target", "soft_sigma", "tuning", "lora_r", "lora_alpha", "lora_dropout", "lora_target",
-                 "max_pixels")
+                 "max_pixels", "vision_lr")
 
 
 def register_levels(tsub: Any) -> None:
@@ -74,7 +74,10 @@ def register_levels(tsub: Any) -> None:
                    help="modules to adapt (default: the language model's q/k/v/o and MLP projections)")
     m.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="pixel budget of the images given to the processor (default: the backend's)")
-    add_optimisation_args(q, lr_default="2e-5")
+    o = add_optimisation_args(q, lr_default="2e-5")
+    o.add_argument("--vision-lr", type=float, default=None, metavar="LR",
+                   help="full fine-tuning: learning rate of the vision tower and its projector (default: --lr; 0 "
+                   "freezes them, e.g. a tower already trained to see quality)")
     add_runtime_args(q, what="model folder")
     q.set_defaults(func=run_levels)
 
