@@ -78,6 +78,14 @@ def load_ladder(args: argparse.Namespace) -> Ladder:
 
     if args.ladder:
         ds = load_dataset("synthetic", root=args.ladder)
+    elif getattr(args, "own_ladder", False):
+        # the quality-aware model's own ladder and held-out photos (never trained on, not even as crops)
+        from lmmiqa import testing
+
+        ds = load_dataset("synthetic", root=testing.quality_ladder_folder())
+        held_stems = set(testing.QUALITY_RECIPE["held_out"])
+        refs = sorted({it.ref_id for it in ds.items})
+        return Ladder(ds, [r for r in refs if Path(r).stem in held_stems])
     else:
         folder = Path(tempfile.mkdtemp(prefix="lmmiqa-ladder-"))
         ds = make_ladder(folder, "builtin", severities=args.severities, types=args.types, size=args.size,
@@ -385,7 +393,8 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="model folder (default: lmmiqa.testing.quality_aware_vlm())")
-    p.add_argument("--ladder", help="a `lmmiqa synth` ladder folder (default: built here from the built-in photos)")
+    p.add_argument("--ladder", help="a `lmmiqa synth` ladder folder (default: the quality-aware model's own ladder "
+                   "and held-out photos without --model; built here from the built-in photos with --model)")
     p.add_argument("--held-out-refs", help="comma-separated reference ids (ref_img_path) held out of training")
     p.add_argument("--held-out", type=int, default=2, help="held-out references when --held-out-refs is not given")
     p.add_argument("--seed", type=int, default=0)
@@ -405,6 +414,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--agentic-tokens", type=int, default=128)
     p.add_argument("--out", default=str(RESULTS / "quality_model"), help="output path without extension")
     args = p.parse_args(argv)
+    args.own_ladder = args.model is None and not args.ladder
     args.model = args.model or default_model()
     lad = load_ladder(args)
     report: dict[str, Any] = {

@@ -51,6 +51,7 @@ __all__ = [
     "quality_aware_vlm",
     "quality_cache_dir",
     "quality_ladder",
+    "quality_ladder_folder",
     "real_file_vlm_cached",
     "shared_hf_folder",
     "tiny_vlm_cached",
@@ -870,11 +871,10 @@ def ladder_sources(recipe: dict[str, Any] | None = None) -> list[tuple[str, Any]
     return out
 
 
-def quality_ladder(root: str | os.PathLike[str] | None = None, recipe: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    """(training, held-out) ``(path, pseudo-MOS)`` splits of the quality-aware model's synthetic ladder
-    (:func:`ladder_sources`), split by reference photo: the held-out references (``recipe["held_out"]``) are never
-    trained on, not even as crops. ``root`` default: the cache's ladder. The severity of an image is in its file
-    name (``dist/<ref>__<type>__<severity>.png``; pseudo-MOS ``5 - 4 * severity / severities``)."""
+def quality_ladder_folder(root: str | os.PathLike[str] | None = None,
+                          recipe: dict[str, Any] | None = None) -> pathlib.Path:
+    """The folder of the quality-aware model's ladder (a ``lmmiqa synth`` dataset: ``labels.csv``, ``refs/``,
+    ``dist/``), built there on first use. ``root`` default: the cache's ladder, keyed by the recipe's ladder."""
     import hashlib
     import json
 
@@ -887,6 +887,16 @@ def quality_ladder(root: str | os.PathLike[str] | None = None, recipe: dict[str,
     if not (folder / "labels.csv").is_file():
         make_ladder(folder, ladder_sources(r), severities=lad["severities"], types=lad["types"], size=lad["size"],
                     seed=int(lad.get("seed", 0)))
+    return folder
+
+
+def quality_ladder(root: str | os.PathLike[str] | None = None, recipe: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """(training, held-out) ``(path, pseudo-MOS)`` splits of the quality-aware model's synthetic ladder
+    (:func:`ladder_sources`), split by reference photo: the held-out references (``recipe["held_out"]``) are never
+    trained on, not even as crops. ``root`` default: the cache's ladder. The severity of an image is in its file
+    name (``dist/<ref>__<type>__<severity>.png``; pseudo-MOS ``5 - 4 * severity / severities``)."""
+    r = recipe or QUALITY_RECIPE
+    folder = quality_ladder_folder(root, r)
     from lmmiqa.data.loader import load_dataset
 
     ds = load_dataset("synthetic", root=folder)
