@@ -806,7 +806,7 @@ def make_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
 
 #: the recipe of :func:`quality_aware_vlm` (every value enters the cache key; measured numbers there)
 QUALITY_RECIPE: dict[str, Any] = {
-    "version": 2,
+    "version": 3,
     "checkpoint": "Qwen2.5-VL-7B-Instruct",
     # 112 px: 64 patches of 14 px, 16 visual tokens after the 2x2 merge; blur and noise only (with JPEG or
     # pixelation added, the small tower's held-out SRCC fell to 0.4-0.5); random square crops (scale 0.4-1,
@@ -820,7 +820,7 @@ QUALITY_RECIPE: dict[str, Any] = {
     # training photos (held-out ~0.1) unless its patch embedding was the DCT basis (~0.77)
     "vision": {"patch_embed": "dct", "dct_frequencies": [0, 1, 2, 4, 6, 8, 10, 13], "epochs": 12, "lr": 2e-3,
                "batch_size": 16},
-    "train": {"methods": ["q-align", "standard-guided", "agentic"], "levels": 5, "epochs": 3, "batch_size": 8,
+    "train": {"methods": ["q-align", "standard-guided", "agentic", "leaf-pairs"], "levels": 5, "epochs": 3, "batch_size": 8,
               "lr": 3e-3, "vision_lr": 0.0, "lr_schedule": "cosine", "warmup_ratio": 0.05, "target": "onehot",
               "soft_sigma": 0.5, "max_pixels": 112 * 112, "seed": 0},
 }

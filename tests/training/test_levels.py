@@ -192,3 +192,38 @@ def test_quality_aware_vlm_sees_quality_on_held_out_photos(tmp_path, monkeypatch
         assert srcc(scores, severity) >= 0.7, method
     val = json.loads((folder / "training.json").read_text())["history"][-1]["val"]
     assert val["agentic_srcc"] >= 0.6
+
+
+def test_leaf_pairs_target_is_the_better_image_letter_and_validation_reads_it(tiny_model_path, pairs):
+    """``leaf-pairs``: with +20 on " A" (the first image is better) the pair loss is ~0 exactly when every first
+    image has the higher MOS, and large when each is the lower; the validation metric reads P(first better)."""
+    from PIL import Image
+
+    from lmmiqa.distill.teacher import pair_candidates
+    from lmmiqa.testing import force_token
+    from lmmiqa.training.levels import LevelsHead, pair_partners
+    from lmmiqa.training.trainer import Samples
+
+    head = LevelsHead(_config(tiny_model_path("qwen2_5_vl"), methods=("leaf-pairs",)))
+    paths = [p for p, _ in pairs[:4]]
+    q_desc = np.array([4.0, 3.0, 2.0, 1.0])  # each image better than the next one (the last is paired with the first)
+    train = Samples(paths, q_desc, paths)
+    head.setup(train, None, True, None)
+    net = head.build(device="cpu", dtype="float32", dataset={})
+    net.eval()
+    pr = head.prompters[0]
+    (ids,) = head.backend.level_token_ids([pr.pair_prompt(paths[0], paths[1])], list(pair_candidates()))
+    images = [Image.open(p).convert("RGB") for p in paths]
+    with torch.no_grad(), force_token(net, ids[0]):
+        first_better = float(head._pair_loss(net, pr, images, q_desc, None))
+        first_worse = float(head._pair_loss(net, pr, images, -q_desc, None))
+        # 3 of the 4 pairs have the first image better (the cyclic last pair is the other way round)
+        assert first_better < first_worse
+        val = Samples(paths, q_desc, paths)
+        pred = head.predict(net, images, val, np.arange(4), None)
+    assert pred.shape == (4, 1) and (pred[:, 0] > 0.99).all()  # " A" forced: P(first better) ~1
+    m, _ = head.metrics(pred, val)
+    dq = q_desc - q_desc[pair_partners(4)]
+    assert m["leaf-pairs_accuracy"] == pytest.approx(float(np.mean(dq > 0)))  # right where the first is better
+    with pytest.raises(ConfigError, match="leaf-pairs"):
+        LevelsTrainConfig(model="m", methods=("pairs",))

@@ -12,7 +12,8 @@ exactly. Several methods train in one run (the losses are averaged).
 
 Methods (:data:`LEVEL_METHODS`): ``q-align`` (the five words; also IQARAG's and the LEAF teacher's prompts),
 ``standard-guided`` (LLM-IQA's digits ``1..K``, ``levels`` K), ``agentic`` (the AgenticIQA summarizer's letters
-A–E, asked without tool evidence).
+A–E, asked without tool evidence), ``leaf-pairs`` (the LEAF teacher's comparison prompt, two images answered
+``A``/``B``: each image of a batch is paired with the next one, and the answer is the one with the higher MOS).
 
 This is a *head* of the shared trainer (:func:`lmmiqa.training.trainer.fit`): checkpoints, resume, progress and
 validation come from there. LoRA (peft) for real checkpoints, full fine-tuning for small models
@@ -34,7 +35,9 @@ import numpy as np
 from lmmiqa.errors import ConfigError, DataError, require
 from lmmiqa.training.trainer import Samples, TrainConfig, TrainingHead, TrainResult, fit, write_json
 
-LEVEL_METHODS = ("q-align", "standard-guided", "agentic")
+LEVEL_METHODS = ("q-align", "standard-guided", "agentic", "leaf-pairs")
+#: the method trained on two-image comparisons (LEAFs pair prompt) rather than one images level
+PAIR_METHOD = "leaf-pairs"
 TARGETS = ("onehot", "soft")
 TUNINGS = ("auto", "lora", "full")
 SPEC_FILE = "levels.json"
@@ -161,6 +164,12 @@ class _Prompter:
         elif method == "agentic":
             self.scorer = None
             self.scale = LETTER_SCALE
+        elif method == PAIR_METHOD:
+            from lmmiqa.levels import LevelScale
+
+            self.scorer = None
+            # the answers in the order the comparison reads them: index 0 = " A" (the first image is better)
+            self.scale = LevelScale(name="leaf-pairs", tokens=("A", "B"), values=(0.0, 1.0), words=("first", "second"))
         else:
             raise ConfigError(f"unknown level method {method!r}; known: {', '.join(LEVEL_METHODS)}")
 
@@ -177,6 +186,12 @@ class _Prompter:
 
         return level_prompt(ItemState(key="<train>", image=image, query=AGENTIC_DEFAULT_QUERY), {}, False)
 
+    def pair_prompt(self, first: Any, second: Any) -> Any:
+        """The LEAF teacher's comparison prompt (:func:`lmmiqa.distill.teacher.judge_pairs_prompt`'s)."""
+        from lmmiqa.distill.teacher import _pair_prompt
+
+        return _pair_prompt(first, second)
+
     def candidate_ids(self, backend: Any, prompts: Sequence[Any]) -> Any:
         """``[B, k]`` token ids of the levels (worst first) at each prompt's answer position.
 
@@ -187,8 +202,14 @@ class _Prompter:
 
         from lmmiqa.errors import TokenizationError
 
+        if self.method == PAIR_METHOD:
+            from lmmiqa.distill.teacher import pair_candidates
+
+            cands = list(pair_candidates())  # " A", " B"
+        else:
+            cands = list(self.scale.candidates(prompts[0].answer_prefix))
         try:
-            ids = backend.level_token_ids(list(prompts), self.scale.candidates(prompts[0].answer_prefix))
+            ids = backend.level_token_ids(list(prompts), cands)
         except TokenizationError as err:
             raise ConfigError(f"train levels: {self.method}'s level candidates must be single tokens: {err}") from err
         return torch.tensor(ids, dtype=torch.long)
@@ -207,6 +228,27 @@ def candidate_logprobs(net: Any, backend: Any, prompter: _Prompter, images: Sequ
         logits = net(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
     logp = torch.log_softmax(logits.float(), dim=-1)
     return torch.gather(logp, 1, ids)
+
+
+def pair_logprobs(net: Any, backend: Any, prompter: _Prompter, first: Sequence[Any], second: Sequence[Any],
+                  autocast: Callable[[], Any] | None = None) -> Any:
+    """Log-probabilities ``[B, 2]`` of ``" A"`` (the first image is better) and ``" B"`` at the answer position of
+    the LEAF comparison prompt showing ``first[i]`` then ``second[i]``."""
+    import torch
+
+    prompts = [prompter.pair_prompt(a, b) for a, b in zip(first, second)]
+    inputs = backend.encode(prompts)
+    ids = prompter.candidate_ids(backend, prompts).to(inputs["input_ids"].device)
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        logits = net(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return torch.gather(logp, 1, ids)
+
+
+def pair_partners(n: int) -> np.ndarray:
+    """The image each validation image is compared with (the next one, cyclically): deterministic, so that
+    :meth:`LevelsHead.metrics` knows the pairs :meth:`LevelsHead.predict` asked about."""
+    return (np.arange(n) + 1) % max(n, 1)
 
 
 class LevelsHead(TrainingHead):
@@ -312,18 +354,52 @@ class LevelsHead(TrainingHead):
              autocast: Callable[[], Any] | None) -> tuple[Any, dict[str, Any]]:
         terms: dict[str, Any] = {}
         for pr in self.prompters:
+            if pr.method == PAIR_METHOD:
+                term = self._pair_loss(net, pr, images, train.quality[idx], autocast)
+                if term is not None:
+                    terms[pr.method] = term
+                continue
             lp = candidate_logprobs(net, self.backend, pr, images, autocast)
             tgt = self._targets(pr, train.quality[idx], lp.device)
             terms[pr.method] = -(tgt * lp).sum(dim=1).mean()
+        if not terms:  # a batch of a pairs-only run with no two distinct MOS: a zero loss on the graph
+            first = next(p for p in net.parameters() if p.requires_grad)
+            return first.sum() * 0.0, {}
         total = sum(terms.values()) / len(terms)
         return total, terms
+
+    def _pair_loss(self, net: Any, pr: _Prompter, images: Sequence[Any], quality: np.ndarray,
+                   autocast: Callable[[], Any] | None) -> Any:
+        """Cross-entropy of the better image's letter, each image paired with the next one of the (shuffled) batch;
+        pairs of equal MOS are left out. None when no pair differs."""
+        import torch
+
+        n = len(images)
+        if n < 2:
+            return None
+        partner = (np.arange(n) + 1) % n
+        keep = [i for i in range(n) if quality[i] != quality[partner[i]]]
+        if not keep:
+            return None
+        lp = pair_logprobs(net, self.backend, pr, [images[i] for i in keep], [images[partner[i]] for i in keep],
+                           autocast)
+        target = torch.tensor([0 if quality[i] > quality[partner[i]] else 1 for i in keep], device=lp.device)
+        return -lp.gather(1, target[:, None]).mean()
 
     def predict(self, net: Any, images: Sequence[Any], val: Samples, idx: Sequence[int],
                 autocast: Callable[[], Any] | None) -> np.ndarray:
         import torch
 
+        from lmmiqa.training.trainer import load_images
+
         cols = []
         for pr in self.prompters:
+            if pr.method == PAIR_METHOD:  # P(this image better than its partner), renormalised over A/B
+                partner = pair_partners(len(val))[np.asarray(idx, dtype=np.int64)]
+                others = load_images([val.paths[int(j)] for j in partner], self.config.decode_workers)
+                lp = pair_logprobs(net, self.backend, pr, images, others, autocast)
+                cols.append(torch.softmax(lp, dim=1)[:, 0].cpu().numpy().astype(np.float64))
+                continue
             lp = candidate_logprobs(net, self.backend, pr, images, autocast)
             p = torch.softmax(lp, dim=1).cpu().numpy().astype(np.float64)
             cols.append(p @ np.asarray(pr.scale.values, dtype=np.float64))
@@ -336,6 +412,17 @@ class LevelsHead(TrainingHead):
         stored: dict[str, Any] = {"paths": list(val.paths)}
         q = val.quality if self.higher_is_better else -val.quality
         for j, pr in enumerate(self.prompters):
+            if pr.method == PAIR_METHOD:
+                # pairs: how often the comparison picks the image with the higher MOS; SRCC/PLCC of P(first
+                # better) with the MOS difference
+                dq = q - q[pair_partners(len(val))]
+                used = dq != 0
+                p_first = pred[:, j]
+                m[f"{pr.method}_accuracy"] = float(np.mean((p_first[used] > 0.5) == (dq[used] > 0))) if used.any() else None
+                m[f"{pr.method}_srcc"] = srcc(p_first, dq)
+                m[f"{pr.method}_plcc"] = plcc(p_first, dq)
+                stored[pr.method] = pred[:, j].tolist()
+                continue
             s = pred[:, j] if self.higher_is_better else -pred[:, j]
             m[f"{pr.method}_srcc"] = srcc(s, q)
             m[f"{pr.method}_plcc"] = plcc(s, q)
@@ -343,8 +430,15 @@ class LevelsHead(TrainingHead):
         return m, stored
 
     def format_metrics(self, m: dict[str, Any]) -> str:
-        parts = [f"{pr.method} SRCC {m[pr.method + '_srcc']:.4f} PLCC {m[pr.method + '_plcc']:.4f}"
-                 for pr in self.prompters]
+        def num(x: Any) -> str:
+            return "nan" if x is None else f"{x:.4f}"
+
+        parts = []
+        for pr in self.prompters:
+            text = f"{pr.method} SRCC {num(m[pr.method + '_srcc'])} PLCC {num(m[pr.method + '_plcc'])}"
+            if pr.method == PAIR_METHOD:
+                text += f" accuracy {num(m[pr.method + '_accuracy'])}"
+            parts.append(text)
         return "; ".join(parts) + f" (n={m['n']})"
 
     def save(self, out: Path, net: Any, training: dict[str, Any]) -> None:

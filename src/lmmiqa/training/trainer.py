@@ -604,8 +604,8 @@ def fit(
                     loss, terms = head.loss(net, images, tr, idx, acc.autocast)
                     acc.backward(loss / config.grad_accum)
                 running["loss"] += float(loss.detach())
-                for p in head.loss_parts:
-                    running[p] += float(terms[p].detach())
+                for p in head.loss_parts:  # a part a batch could not form (e.g. no pair of distinct MOS) adds 0
+                    running[p] += float(terms[p].detach()) if p in terms else 0.0
                 running["n"] += 1
                 if not boundary:
                     continue
