@@ -61,7 +61,15 @@ def test_markdown_table_lists_every_check_and_errors() -> None:
 
 
 @pytest.mark.slow(reason="trains (or loads the cached) quality-aware model and scores the held-out ladder")
-@pytest.mark.parametrize("method", ["q-align", "standard-guided", "llm-iqa", "iqarag"])
+@pytest.mark.parametrize("method", [
+    "q-align", "standard-guided",
+    pytest.param("llm-iqa", marks=pytest.mark.xfail(strict=True, reason=(
+        "issue 22 open: the mixed score falls between the halves on 6 of 8 images (target 80 %); on grace_hopper "
+        "the global view of the whole image rates it above its pristine half"))),
+    pytest.param("iqarag", marks=pytest.mark.xfail(strict=True, reason=(
+        "issue 22 open: the model was never trained on IQARAG's anchor prompts, so right and reversed anchor "
+        "words give the same held-out SRCC"))),
+])
 def test_method_passes_its_semantic_check_on_the_quality_aware_model(method: str, tmp_path: pathlib.Path) -> None:
     bench = _bench()
     # no --model: the quality-aware model (built or loaded from its cache) on its own ladder and held-out photos
