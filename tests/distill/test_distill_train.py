@@ -26,7 +26,8 @@ def cache(blur_set, tmp_path) -> Path:
 
 
 def tiny_config(**kw) -> TrainConfig:
-    base = {"student": "small-cnn", "student_options": TINY, "image_size": 32, "batch_size": 4, "epochs": 2,
+    base = {"student": "small-cnn", "student_options": TINY, "image_size": 32, "crops": 4, "batch_size": 4,
+            "epochs": 2,
             "workers": 0}
     base.update(kw)
     return TrainConfig(**base)

@@ -46,7 +46,8 @@ from lmmiqa.types import json_safe
 log = logging.getLogger(__name__)
 
 STATE_DIR = "train_state"
-#: inference crops per image in ``crops`` mode (see the README's LEAF section for how it was chosen)
+#: inference crops per image outside ``crops`` mode's automatic choice (``crops=None`` tiles the image, see
+#: :mod:`lmmiqa.distill.views`)
 DEFAULT_CROPS = 4
 #: |SRCC| of the student against its teacher below which training warns that the student did not learn it
 LOW_FIDELITY = 0.3
@@ -75,11 +76,14 @@ class TrainConfig:
         student_options: options of the student spec (e.g. ``{"channels": [8, 16, 32, 64]}`` for small-cnn).
         student_model: hub id or local folder of the student checkpoint (default: the student's own hub id).
         pretrained: load pretrained weights (default: yes for students that have them; ``small-cnn`` has none).
-        image_size: input side, the crop side in ``crops`` mode (default: the student's ``default_crop`` in
-            ``crops`` mode — small-cnn 64, ConvNeXt/ResNet 224 — else its ``default_size``).
+        image_size: input side, the crop side in ``crops`` mode (default ``None``: in ``crops`` mode about half
+            the training images' median short side, at least the student's ``default_crop`` — small-cnn 64,
+            ConvNeXt/ResNet 224 — at most 256, see :func:`lmmiqa.distill.views.auto_crop_size`; else the
+            student's ``default_size``).
         resize_mode: ``crops`` (default: random ``image_size`` crops at native resolution in training, the mean of
             ``crops`` deterministic crops at inference), ``resize`` (whole image squashed) or ``center-crop``.
-        crops: inference crops per image in ``crops`` mode (also used for the validation fidelity).
+        crops: inference crops per image in ``crops`` mode (also used for the validation fidelity); ``None``
+            (default): enough grid crops to tile the image, 4 to 9 (:func:`lmmiqa.distill.views.auto_crops`).
         crop_layout: ``grid`` or ``corners`` (centre + 4 corners; at most 5 crops).
         epochs: passes over the training images (default ``None``: 10, or more on small caches so that training
             makes about 400 optimizer steps — :func:`auto_epochs`; at most 200).
@@ -113,7 +117,7 @@ class TrainConfig:
     pretrained: bool | None = None
     image_size: int | None = None
     resize_mode: str = "crops"
-    crops: int = DEFAULT_CROPS
+    crops: int | None = None
     crop_layout: str = "grid"
     epochs: int | None = None
     batch_size: int = 32
@@ -143,7 +147,7 @@ class TrainConfig:
             raise ConfigError(f"unknown resize mode {self.resize_mode!r}; known: {', '.join(RESIZE_MODES)}")
         if self.crop_layout not in CROP_LAYOUTS:
             raise ConfigError(f"unknown crop layout {self.crop_layout!r}; known: {', '.join(CROP_LAYOUTS)}")
-        if int(self.crops) < 1 or (self.crop_layout == "corners" and int(self.crops) > 5):
+        if self.crops is not None and (int(self.crops) < 1 or (self.crop_layout == "corners" and int(self.crops) > 5)):
             raise ConfigError(f"crops must be >= 1 (at most 5 with the corners layout), got {self.crops}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
@@ -201,6 +205,8 @@ class TrainSummary:
     seconds: float
     fidelity: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: the crop side and inference crops used (``auto_*``: chosen by :mod:`lmmiqa.distill.views`)
+    views: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(self.__dict__)
@@ -349,11 +355,11 @@ def train_student(
     spec = get_student(config.student, **config.student_options)
     pretrained = spec.has_pretrained if config.pretrained is None else bool(config.pretrained)
     arch = spec.arch(pretrained=pretrained, source=config.student_model)
-    size = config.image_size or (spec.default_crop if config.resize_mode == "crops" else None)
-    preprocess = spec.preprocessing(size=size, pretrained=pretrained, source=config.student_model)
+    views = resolve_views(config, labels.images, spec.default_crop)
+    preprocess = spec.preprocessing(size=views["image_size"], pretrained=pretrained, source=config.student_model)
     from dataclasses import replace
 
-    preprocess = replace(preprocess, mode=config.resize_mode, crops=int(config.crops), crop_layout=config.crop_layout)
+    preprocess = replace(preprocess, mode=config.resize_mode, crops=int(views["crops"]), crop_layout=config.crop_layout)
     lr = float(config.lr if config.lr is not None else spec.default_lr)
     device = pick_device(config.device)
 
@@ -464,6 +470,7 @@ def train_student(
         log.warning("%s", warning)
     training = {
         "config": config_to_dict(config),
+        "views": views,
         "epochs": epochs,
         "val_fraction": float(val_fraction),
         "fidelity": fidelity,
@@ -503,6 +510,7 @@ def train_student(
         seconds=time.perf_counter() - t_start,
         fidelity=fidelity,
         warnings=[warning] if warning else [],
+        views=views,
     )
 
 
@@ -591,6 +599,32 @@ def _val_srcc(net: Any, bank: ImageBank, preprocess: Any, val_idx: np.ndarray, s
         (mean, _), _ = forward_views(net, preprocess, views, device, torch)
         preds.append(mean)
     return srcc(np.concatenate(preds), scores[val_idx])
+
+
+def resolve_views(config: TrainConfig, images: Sequence[str], default_crop: int) -> dict[str, Any]:
+    """The crop side and inference crops of a run: ``config``'s when given, else chosen from the median size of
+    up to :data:`~lmmiqa.distill.views.SIZE_SAMPLE` evenly spaced ``images`` (headers only) in ``crops`` mode;
+    outside ``crops`` mode the student's default size and one view."""
+    from lmmiqa.distill.views import SIZE_SAMPLE, choose_views
+
+    if config.resize_mode != "crops":
+        return {"image_size": config.image_size, "crops": int(config.crops or DEFAULT_CROPS),
+                "auto_image_size": False, "auto_crops": False}
+    if config.image_size is not None and config.crops is not None:
+        return {"image_size": int(config.image_size), "crops": int(config.crops),
+                "auto_image_size": False, "auto_crops": False}
+    from PIL import Image
+
+    pick = np.unique(np.linspace(0, len(images) - 1, min(SIZE_SAMPLE, len(images))).round().astype(int))
+    sizes = []
+    for i in pick:
+        try:
+            with Image.open(images[int(i)]) as im:
+                sizes.append(im.size)
+        except OSError as err:
+            raise DataError(f"a teacher-judged image cannot be opened any more: {images[int(i)]}: {err}") from err
+    return choose_views(sizes, default_crop, image_size=config.image_size, crops=config.crops,
+                        layout=config.crop_layout)
 
 
 def auto_epochs(steps_per_epoch: int) -> int:
