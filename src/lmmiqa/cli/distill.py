@@ -174,7 +174,7 @@ def _register_train(dsub: Any) -> None:
                    "from their config with random weights, offline)")
     p.add_argument("--image-size", type=int, default=None,
                    help="input side: the crop side in crops mode (default: about half the images' short side, rounded "
-                   "down to 16, at least the student's crop (small-cnn 64, 224 otherwise), at most 256; the "
+                   "down to 16, at least the student's crop (small-cnn 64, 224 otherwise), at most 192; the "
                    "student's size in the other modes)")
     p.add_argument("--resize-mode", choices=["crops", "resize", "center-crop"], default="crops",
                    help="crops (default: random native-resolution crops in training, the mean of --crops fixed crops "

@@ -78,7 +78,7 @@ class TrainConfig:
         pretrained: load pretrained weights (default: yes for students that have them; ``small-cnn`` has none).
         image_size: input side, the crop side in ``crops`` mode (default ``None``: in ``crops`` mode about half
             the training images' median short side, at least the student's ``default_crop`` — small-cnn 64,
-            ConvNeXt/ResNet 224 — at most 256, see :func:`lmmiqa.distill.views.auto_crop_size`; else the
+            ConvNeXt/ResNet 224 — at most 192, see :func:`lmmiqa.distill.views.auto_crop_size`; else the
             student's ``default_size``).
         resize_mode: ``crops`` (default: random ``image_size`` crops at native resolution in training, the mean of
             ``crops`` deterministic crops at inference), ``resize`` (whole image squashed) or ``center-crop``.
