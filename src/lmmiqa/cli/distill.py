@@ -188,7 +188,8 @@ def _register_train(dsub: Any) -> None:
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs (default: 10, or more on small teacher caches so that training makes about 400 "
                    "optimizer steps; at most 200)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per point batch (default 32)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per point batch (default: 8 below 1000 training images, else 32)")
     p.add_argument("--pairs-per-batch", type=int, default=None, help="pairs per step (default batch-size/2)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the student's)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")

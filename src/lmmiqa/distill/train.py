@@ -57,6 +57,14 @@ MIN_STEPS_HINT = 400
 #: ``epochs=None``: at least DEFAULT_EPOCHS, more on small caches until about MIN_STEPS_HINT optimizer steps
 DEFAULT_EPOCHS = 10
 MAX_AUTO_EPOCHS = 200
+#: ``batch_size=None``: SMALL_BATCH images per point batch below SMALL_CACHE_IMAGES training images (the setting
+#: bench_leaf measured: ~400 steps of 8 images + 4 pairs), else LARGE_BATCH; a step costs per image view, so on a
+#: small cache batch 32 made the ~400 steps four times as expensive as the measured setting
+SMALL_BATCH = 8
+LARGE_BATCH = 32
+SMALL_CACHE_IMAGES = 1000
+#: ``val_fraction > 0``: the held-out fidelity is measured about this many times per run (and after the last epoch)
+VAL_CHECKS = 10
 #: ``val_fraction=None``: hold out this share when the cache has at least AUTO_VAL_MIN_IMAGES images
 AUTO_VAL_FRACTION = 0.1
 AUTO_VAL_MIN_IMAGES = 50
@@ -87,7 +95,8 @@ class TrainConfig:
         crop_layout: ``grid`` or ``corners`` (centre + 4 corners; at most 5 crops).
         epochs: passes over the training images (default ``None``: 10, or more on small caches so that training
             makes about 400 optimizer steps — :func:`auto_epochs`; at most 200).
-        batch_size: images per point batch.
+        batch_size: images per point batch (default ``None``: 8 below 1000 training images, else 32 —
+            :func:`auto_batch_size`).
         pairs_per_batch: pairs per step (default: ``batch_size // 2``; 0: no pair term).
         lr: AdamW learning rate (default: the student's).
         weight_decay: AdamW weight decay.
@@ -120,7 +129,7 @@ class TrainConfig:
     crops: int | None = None
     crop_layout: str = "grid"
     epochs: int | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     pairs_per_batch: int | None = None
     lr: float | None = None
     weight_decay: float = 1e-4
@@ -409,12 +418,14 @@ def train_student(
 
     bank = ImageBank(labels.images, preprocess, config.cache_mb, config.workers)
     n_train = len(train_idx)
-    steps = math.ceil(n_train / int(config.batch_size))
+    batch_size = int(config.batch_size) if config.batch_size is not None else auto_batch_size(n_train)
+    steps = math.ceil(n_train / batch_size)
     m = len(pairs)
-    per_step = (int(config.batch_size) // 2 if config.pairs_per_batch is None else int(config.pairs_per_batch)) if m else 0
+    per_step = (batch_size // 2 if config.pairs_per_batch is None else int(config.pairs_per_batch)) if m else 0
     pair_stream = PairStream(m, per_step, int(config.seed))
     epochs = int(config.epochs) if config.epochs is not None else auto_epochs(steps)
     total_steps = steps * epochs
+    val_every = max(1, math.ceil(epochs / VAL_CHECKS))  # every epoch's check cost ~ a tenth of the run on 80 epochs
     warmup = round(float(config.warmup_fraction) * total_steps)
     targets = _Targets.build(z, labels, probs, pair_p, pair_w, device, torch)
     bar = _bar((epochs - start_epoch) * steps, config)
@@ -425,7 +436,7 @@ def train_student(
             order = train_idx[rng.permutation(n_train)]
             net.train()
             sums = {"loss": 0.0, "point": 0.0, "kl": 0.0, "pair": 0.0}
-            plan = _step_plan(order, steps, int(config.batch_size), pair_stream, epoch, pairs, int(config.seed))
+            plan = _step_plan(order, steps, batch_size, pair_stream, epoch, pairs, int(config.seed))
             for step, (pts, sel, need, arr) in enumerate(_prefetched(plan, bank)):
                 global_step = epoch * steps + step
                 for group in opt.param_groups:
@@ -446,7 +457,7 @@ def train_student(
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(losses['loss'].detach()):.4f}")
             entry: dict[str, Any] = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()},
                                      "lr_end": opt.param_groups[0]["lr"]}
-            if len(val_idx):
+            if len(val_idx) and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
                 entry["val_srcc_vs_teacher"] = _val_srcc(net, bank, preprocess, val_idx, labels.scores, device, torch)
             entry["seconds"] = time.perf_counter() - t_epoch
             history.append(entry)
@@ -479,6 +490,7 @@ def train_student(
         "pretrained": pretrained,
         "lr": lr,
         "steps_per_epoch": steps,
+        "batch_size": batch_size,
         "pairs_per_step": per_step,
         "n_train": n_train,
         "n_val": len(val_idx),
@@ -625,6 +637,12 @@ def resolve_views(config: TrainConfig, images: Sequence[str], default_crop: int)
             raise DataError(f"a teacher-judged image cannot be opened any more: {images[int(i)]}: {err}") from err
     return choose_views(sizes, default_crop, image_size=config.image_size, crops=config.crops,
                         layout=config.crop_layout)
+
+
+def auto_batch_size(n_train: int) -> int:
+    """Default point batch: :data:`SMALL_BATCH` below :data:`SMALL_CACHE_IMAGES` training images (bench_leaf's
+    measured setting), else :data:`LARGE_BATCH`."""
+    return SMALL_BATCH if int(n_train) < SMALL_CACHE_IMAGES else LARGE_BATCH
 
 
 def auto_epochs(steps_per_epoch: int) -> int:
