@@ -123,8 +123,8 @@ def run_setting(train: Any, test: Any, teacher: str, size: int, args: argparse.N
     n_crops = args.n_crops if mode == "crops" else None
     trained = train_student(cache, work / f"student-{tag}",
                             TrainConfig(student="small-cnn", image_size=crop, resize_mode=mode, crops=n_crops,
-                                        batch_size=args.batch_size or TrainConfig.batch_size,
-                                        epochs=args.epochs or None, seed=0, val_fraction=0.0,
+                                        batch_size=args.batch_size or None,
+                                        epochs=args.epochs or None, seed=args.seed, val_fraction=0.0,
                                         progress=sys.stderr.isatty()))
     t_train = time.perf_counter() - t0
     views = dict(trained.views)
@@ -138,7 +138,8 @@ def run_setting(train: Any, test: Any, teacher: str, size: int, args: argparse.N
         "n_crops": int(views["crops"]) if mode == "crops" else 1,
         "auto_views": bool(views.get("auto_image_size") or views.get("auto_crops")) if mode == "crops" else False,
         "views": views, "n_train": len(train), "n_test": len(test), "epochs": trained.epochs,
-        "batch_size": args.batch_size or TrainConfig.batch_size,
+        "batch_size": json.loads((work / f"student-{tag}" / "training.json").read_text(encoding="utf-8"))["batch_size"],
+        "seed": args.seed,
         # where train time goes: epoch 1 also decodes every image into the bank; later epochs are crops + steps
         "epoch_seconds": [float(h["seconds"]) for h in trained.history],
         "teacher_srcc": srcc(t_test, y), "student_srcc": srcc(s_test, y), "fidelity": srcc(s_test, t_test),
@@ -278,6 +279,7 @@ def _table(res: dict[str, Any]) -> str:
         for r in held:
             view = f"{r['n_crops']} crops of {r['crop']}²" if r["mode"] == "crops" else f"resize to {r['crop']}²"
             view += " (auto)" if r.get("auto_views") else ""
+            view += f", seed {r['seed']}" if r.get("seed") else ""
             ok = "✓" if r["gap"] <= 0.05 else "✗"
             lines.append(f"| {r['size']}² | {r['teacher']} | {view} | {r['epochs']} / {r.get('batch_size', 16)} | "
                          f"{r['teacher_srcc']:.3f} | {r['student_srcc']:.3f} | "
@@ -388,6 +390,7 @@ def main() -> None:
                     help="student epochs (default 12; 0: distill train's own default, ~400 optimizer steps)")
     ap.add_argument("--batch-size", type=int, default=8,
                     help="student batch size (default 8; 0: distill train's own default)")
+    ap.add_argument("--seed", type=int, default=0, help="student training seed (default 0)")
     ap.add_argument("--seeds", type=int, default=5, help="calibration subsets per label count (default 5)")
     ap.add_argument("--n-speed", type=int, default=64, help="images in the speed test (default 64)")
     ap.add_argument("--speed-size", type=int, default=512, help="side of the speed-test images (default 512)")
