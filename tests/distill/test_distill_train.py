@@ -214,3 +214,11 @@ def test_validation_runs_about_ten_times_and_after_the_last_epoch(cache, tmp_pat
     checked = [h["epoch"] for h in summary.history if "val_srcc_vs_teacher" in h]
     assert checked == [2, 4, 6, 8, 10, 12, 13]
     assert summary.fidelity["val_srcc"] == summary.history[-1]["val_srcc_vs_teacher"]
+
+
+def test_in_sample_fidelity_uses_a_seeded_sample_of_at_most_fit_check_images(cache, tmp_path, monkeypatch):
+    import lmmiqa.distill.train as train_mod
+
+    monkeypatch.setattr(train_mod, "FIT_CHECK_IMAGES", 5)
+    summary = train_student(cache, tmp_path / "s", tiny_config(epochs=1))
+    assert summary.n_train == 12 and summary.fidelity["n_train_checked"] == 5
