@@ -107,8 +107,9 @@ class TrainConfig:
         w_pair: weight of the pair-wise fidelity term.
         pair_prob: ``thurstone`` (Φ(Δ/√2)) or ``sigmoid`` for the student's pair probability.
         flip: random horizontal flips.
-        val_fraction: share of the images held out to report student-vs-teacher SRCC (every ceil(epochs/10) epochs and after the last; 0: none; default
-            ``None``: 0.1 when the cache has at least 50 images, else none). At the end the held-out fidelity (and
+        val_fraction: share of the images held out to report student-vs-teacher SRCC (every ``ceil(epochs/10)``
+            epochs and after the last; 0: none; default ``None``: 0.1 when the cache has at least 50 images, else
+            none). At the end the held-out fidelity (and
             the in-sample one on up to 128 training images) is stored in ``training.json`` and a warning is
             logged when it is below :data:`LOW_FIDELITY`.
         seed: seed of initialization, data order and flips.
