@@ -186,7 +186,7 @@ def _register_train(dsub: Any) -> None:
     p.add_argument("--crop-layout", choices=["grid", "corners"], default="grid",
                    help="grid (default; follows the image's aspect ratio) or corners (centre + 4 corners, at most 5)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="epochs (default: 10, or more on small teacher caches so that training makes about 400 "
+                   help="epochs (default: 10, or more on small teacher caches so that training makes about 640 "
                    "optimizer steps; at most 200)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per point batch (default: 8 below 1000 training images, else 32)")

@@ -52,14 +52,15 @@ DEFAULT_CROPS = 4
 #: |SRCC| of the student against its teacher below which training warns that the student did not learn it
 LOW_FIDELITY = 0.3
 #: optimizer steps below which a low-fidelity warning suggests more epochs (bench_leaf: 80 steps fell short, ~380
-#: sufficed for the BRISQUE-taught small-cnn)
-MIN_STEPS_HINT = 400
+#: sufficed for the BRISQUE-taught small-cnn; the NIQE-taught one with the automatic views missed its teacher by
+#: 0.06-0.20 after 384 steps in 6 of 6 runs (3 seeds) and met it after 640 steps in 4 of 4 (2 seeds), at 256² and 512²)
+MIN_STEPS_HINT = 640
 #: ``epochs=None``: at least DEFAULT_EPOCHS, more on small caches until about MIN_STEPS_HINT optimizer steps
 DEFAULT_EPOCHS = 10
 MAX_AUTO_EPOCHS = 200
 #: ``batch_size=None``: SMALL_BATCH images per point batch below SMALL_CACHE_IMAGES training images (the setting
-#: bench_leaf measured: ~400 steps of 8 images + 4 pairs), else LARGE_BATCH; a step costs per image view, so on a
-#: small cache batch 32 made the ~400 steps four times as expensive as the measured setting
+#: bench_leaf measured: 12-20 epochs of steps of 8 images + 4 pairs), else LARGE_BATCH; a step costs per image view,
+#: so on a small cache batch 32 made the same number of steps four times as expensive as the measured setting
 SMALL_BATCH = 8
 LARGE_BATCH = 32
 SMALL_CACHE_IMAGES = 1000
@@ -95,7 +96,7 @@ class TrainConfig:
             (default): enough grid crops to tile the image, 4 to 9 (:func:`lmmiqa.distill.views.auto_crops`).
         crop_layout: ``grid`` or ``corners`` (centre + 4 corners; at most 5 crops).
         epochs: passes over the training images (default ``None``: 10, or more on small caches so that training
-            makes about 400 optimizer steps — :func:`auto_epochs`; at most 200).
+            makes about 640 optimizer steps — :func:`auto_epochs`; at most 200).
         batch_size: images per point batch (default ``None``: 8 below 1000 training images, else 32 —
             :func:`auto_batch_size`).
         pairs_per_batch: pairs per step (default: ``batch_size // 2``; 0: no pair term).
