@@ -118,19 +118,30 @@ def run_setting(train: Any, test: Any, teacher: str, size: int, args: argparse.N
                                                         pair_mode="derived", batch_size=16))
     t_teach = time.perf_counter() - t0
     t0 = time.perf_counter()
+    # crops mode: --crop / --n-crops when given, else None (the trainer picks them from the images' size)
     crop = args.crop if mode == "crops" else min(size, args.resize)
-    train_student(cache, work / f"student-{tag}",
-                  TrainConfig(student="small-cnn", image_size=crop, resize_mode=mode, crops=args.n_crops,
-                              batch_size=args.batch_size, epochs=args.epochs, seed=0, val_fraction=0.0,
-                              progress=sys.stderr.isatty()))
+    n_crops = args.n_crops if mode == "crops" else None
+    trained = train_student(cache, work / f"student-{tag}",
+                            TrainConfig(student="small-cnn", image_size=crop, resize_mode=mode, crops=n_crops,
+                                        batch_size=args.batch_size or None,
+                                        epochs=args.epochs or None, seed=args.seed, val_fraction=0.0,
+                                        progress=sys.stderr.isatty()))
     t_train = time.perf_counter() - t0
+    views = dict(trained.views)
+    crop = int(views["image_size"]) if views.get("image_size") is not None else crop
     sign = -1.0 if summary.negated else 1.0
     t_test = sign * _score(teacher, test.paths(), **opts)
     s_test = _score("leaf", test.paths(), student=str(work / f"student-{tag}"), device="cpu")
     y = test.scores()
     row = {
-        "teacher": teacher, "size": size, "mode": mode, "crop": crop, "n_crops": args.n_crops if mode == "crops" else 1,
-        "n_train": len(train), "n_test": len(test), "epochs": args.epochs, "batch_size": args.batch_size,
+        "teacher": teacher, "size": size, "mode": mode, "crop": crop,
+        "n_crops": int(views["crops"]) if mode == "crops" else 1,
+        "auto_views": bool(views.get("auto_image_size") or views.get("auto_crops")) if mode == "crops" else False,
+        "views": views, "n_train": len(train), "n_test": len(test), "epochs": trained.epochs,
+        "batch_size": json.loads((work / f"student-{tag}" / "training.json").read_text(encoding="utf-8"))["batch_size"],
+        "seed": args.seed,
+        # where train time goes: epoch 1 also decodes every image into the bank; later epochs are crops + steps
+        "epoch_seconds": [float(h["seconds"]) for h in trained.history],
         "teacher_srcc": srcc(t_test, y), "student_srcc": srcc(s_test, y), "fidelity": srcc(s_test, t_test),
         "teach_seconds": t_teach, "train_seconds": t_train,
         "student": str(work / f"student-{tag}"),
@@ -267,6 +278,8 @@ def _table(res: dict[str, Any]) -> str:
         ]
         for r in held:
             view = f"{r['n_crops']} crops of {r['crop']}²" if r["mode"] == "crops" else f"resize to {r['crop']}²"
+            view += " (auto)" if r.get("auto_views") else ""
+            view += f", seed {r['seed']}" if r.get("seed") else ""
             ok = "✓" if r["gap"] <= 0.05 else "✗"
             lines.append(f"| {r['size']}² | {r['teacher']} | {view} | {r['epochs']} / {r.get('batch_size', 16)} | "
                          f"{r['teacher_srcc']:.3f} | {r['student_srcc']:.3f} | "
@@ -367,12 +380,18 @@ def main() -> None:
     ap.add_argument("--teachers", nargs="+", default=["brisque", "niqe", "q-align"],
                     help="teachers (default brisque niqe q-align; q-align is the tiny random-weight MLLM)")
     ap.add_argument("--crops", type=int, default=2, help="crops per built-in photo in the ladder (default 2)")
-    ap.add_argument("--crop", type=int, default=None, help="student crop side (default: small-cnn's, 64)")
-    ap.add_argument("--n-crops", type=int, default=None, help="student inference crops (default: train's, 4)")
+    ap.add_argument("--crop", type=int, default=None,
+                    help="student crop side (default: chosen by distill train from the images' size)")
+    ap.add_argument("--n-crops", type=int, default=None,
+                    help="student inference crops (default: chosen by distill train, enough to tile the image)")
     ap.add_argument("--resize", type=int, default=128,
                     help="side of the whole-image resize comparison (default 128, small-cnn's resize default)")
-    ap.add_argument("--epochs", type=int, default=12, help="student epochs (default 12)")
-    ap.add_argument("--batch-size", type=int, default=8, help="student batch size (default 8)")
+    ap.add_argument("--epochs", type=int, default=0,
+                    help="student epochs (default 0: distill train's own, ~640 optimizer steps: 20 on a 250-image "
+                    "ladder)")
+    ap.add_argument("--batch-size", type=int, default=0,
+                    help="student batch size (default 0: distill train's own, 8 on a small cache)")
+    ap.add_argument("--seed", type=int, default=0, help="student training seed (default 0)")
     ap.add_argument("--seeds", type=int, default=5, help="calibration subsets per label count (default 5)")
     ap.add_argument("--n-speed", type=int, default=64, help="images in the speed test (default 64)")
     ap.add_argument("--speed-size", type=int, default=512, help="side of the speed-test images (default 512)")
@@ -395,12 +414,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(int(args.threads))
-    from lmmiqa.distill.students import get_student
-    from lmmiqa.distill.train import DEFAULT_CROPS
     from lmmiqa.errors import DataError
 
-    args.crop = args.crop or get_student("small-cnn").default_crop
-    args.n_crops = args.n_crops or DEFAULT_CROPS
     if args.quick:
         args.sizes, args.teachers, args.crops, args.epochs, args.seeds = [96], ["brisque"], 2, 2, 2
         args.n_speed, args.repeats, args.skip_resize = 16, 1, True

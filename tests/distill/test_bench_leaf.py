@@ -24,6 +24,9 @@ def test_report_table_and_plot(tmp_path):
         {"teacher": "brisque", "size": 256, "mode": "resize", "crop": 128, "n_crops": 1, "n_train": 250,
          "n_test": 100, "epochs": 6, "teacher_srcc": 0.57, "student_srcc": 0.30, "fidelity": 0.2, "gap": 0.27,
          "teach_seconds": 3.0, "train_seconds": 90.0, "main": True},
+        {"teacher": "niqe", "size": 512, "mode": "crops", "crop": 192, "n_crops": 9, "auto_views": True,
+         "n_train": 250, "n_test": 100, "epochs": 12, "batch_size": 8, "teacher_srcc": 0.66, "student_srcc": 0.62,
+         "fidelity": 0.8, "gap": 0.04, "teach_seconds": 3.0, "train_seconds": 90.0},
     ]
     spd = {"n_images": 4, "image_size": 512, "repeats": 1, "threads": 2,
            "images_per_s": {"teacher q-align (tiny MLLM)": 10.0, "teacher brisque": 20.0,
@@ -35,6 +38,8 @@ def test_report_table_and_plot(tmp_path):
     table = bench._table(res)
     assert "| 256² | brisque | 4 crops of 64² | 6 / 16 | 0.570 | 0.650 | -0.080 ✓ | 0.620 | 3 | 90 |" in table
     assert "| 256² | brisque | resize to 128² | 6 / 16 | 0.570 | 0.300 | +0.270 ✗ | 0.200 | 3 | 90 |" in table
+    # automatic views are shown as resolved by distill train, marked "(auto)"
+    assert "| 512² | niqe | 9 crops of 192² (auto) | 12 / 8 | 0.660 | 0.620 | +0.040 ✓ |" in table
     assert "| 10 | 5 | 0.600 | 0.550 (0.500–0.600) | 0.700 | 0.650 | 0/1 |" in table
     # × tiny MLLM, × brisque, × the 8B teacher by FLOPs (3943 / 0.1)
     assert "| student small-cnn crops 4x64² (trained) | 40.0 | 0.1 | 4.0 | 2.0 | 39430 |" in table

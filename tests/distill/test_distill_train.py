@@ -26,7 +26,8 @@ def cache(blur_set, tmp_path) -> Path:
 
 
 def tiny_config(**kw) -> TrainConfig:
-    base = {"student": "small-cnn", "student_options": TINY, "image_size": 32, "batch_size": 4, "epochs": 2,
+    base = {"student": "small-cnn", "student_options": TINY, "image_size": 32, "crops": 4, "batch_size": 4,
+            "epochs": 2,
             "workers": 0}
     base.update(kw)
     return TrainConfig(**base)
@@ -195,3 +196,29 @@ def test_options_are_validated(cache, tmp_path):
         train_student(cache, tmp_path / "s", tiny_config(pretrained=True))
     with pytest.raises(ConfigError, match="epochs"):
         TrainConfig(epochs=0)
+
+
+def test_default_batch_is_small_on_small_caches_and_recorded(cache, tmp_path):
+    from lmmiqa.distill.train import LARGE_BATCH, SMALL_BATCH, SMALL_CACHE_IMAGES, auto_batch_size
+
+    assert auto_batch_size(160) == SMALL_BATCH == 8
+    assert auto_batch_size(SMALL_CACHE_IMAGES - 1) == SMALL_BATCH and auto_batch_size(SMALL_CACHE_IMAGES) == LARGE_BATCH
+    summary = train_student(cache, tmp_path / "s", tiny_config(batch_size=None, epochs=1))
+    training = json.loads((tmp_path / "s" / TRAINING_FILE).read_text())
+    # 12 images, batch 8: 2 steps per epoch (batch 32 would make 1)
+    assert training["batch_size"] == 8 and training["steps_per_epoch"] == 2 and summary.n_train == 12
+
+
+def test_validation_runs_about_ten_times_and_after_the_last_epoch(cache, tmp_path):
+    summary = train_student(cache, tmp_path / "s", tiny_config(epochs=13, val_fraction=0.25))
+    checked = [h["epoch"] for h in summary.history if "val_srcc_vs_teacher" in h]
+    assert checked == [2, 4, 6, 8, 10, 12, 13]
+    assert summary.fidelity["val_srcc"] == summary.history[-1]["val_srcc_vs_teacher"]
+
+
+def test_in_sample_fidelity_uses_a_seeded_sample_of_at_most_fit_check_images(cache, tmp_path, monkeypatch):
+    import lmmiqa.distill.train as train_mod
+
+    monkeypatch.setattr(train_mod, "FIT_CHECK_IMAGES", 5)
+    summary = train_student(cache, tmp_path / "s", tiny_config(epochs=1))
+    assert summary.n_train == 12 and summary.fidelity["n_train_checked"] == 5

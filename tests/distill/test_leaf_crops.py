@@ -174,7 +174,8 @@ def test_training_records_fidelity_images_and_warns(crops_student):
     from lmmiqa.distill.train import auto_epochs
 
     assert auto_epochs(313) == 10  # a large cache: 10 epochs
-    assert auto_epochs(3) == 134  # ~100 images in batches of 32: enough epochs for 400 steps
+    assert auto_epochs(32) == 20  # 250 images in batches of 8 (bench_leaf): 20 epochs, 640 steps
+    assert auto_epochs(5) == 128  # ~40 images in batches of 8: enough epochs for 640 steps
     assert auto_epochs(1) == 200  # capped
 
 

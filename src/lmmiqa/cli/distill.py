@@ -149,7 +149,6 @@ def _student_help() -> str:
 
 def _register_train(dsub: Any) -> None:
     from lmmiqa import registry
-    from lmmiqa.distill.train import DEFAULT_CROPS
 
     names = registry.names("student")
     p = dsub.add_parser(
@@ -174,19 +173,23 @@ def _register_train(dsub: Any) -> None:
                    help="load pretrained weights (default: yes for convnext/resnet; --no-pretrained builds them "
                    "from their config with random weights, offline)")
     p.add_argument("--image-size", type=int, default=None,
-                   help="input side: the crop side in crops mode (default: the student's; 224, small-cnn 64 in crops mode, 128 otherwise)")
+                   help="input side: the crop side in crops mode (default: about half the images' short side, rounded "
+                   "down to 16, at least the student's crop (small-cnn 64, 224 otherwise), at most 192; the "
+                   "student's size in the other modes)")
     p.add_argument("--resize-mode", choices=["crops", "resize", "center-crop"], default="crops",
                    help="crops (default: random native-resolution crops in training, the mean of --crops fixed crops "
                    "at inference; keeps noise, blur and blocking), resize (whole image squashed to the input side) "
                    "or center-crop")
     p.add_argument("--crops", type=int, default=None,
-                   help=f"inference crops per image in crops mode (default {DEFAULT_CROPS})")
+                   help="inference crops per image in crops mode (default: enough grid crops to tile the image, 4 to "
+                   "9)")
     p.add_argument("--crop-layout", choices=["grid", "corners"], default="grid",
                    help="grid (default; follows the image's aspect ratio) or corners (centre + 4 corners, at most 5)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="epochs (default: 10, or more on small teacher caches so that training makes about 400 "
+                   help="epochs (default: 10, or more on small teacher caches so that training makes about 640 "
                    "optimizer steps; at most 200)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per point batch (default 32)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per point batch (default: 8 below 1000 training images, else 32)")
     p.add_argument("--pairs-per-batch", type=int, default=None, help="pairs per step (default batch-size/2)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the student's)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")

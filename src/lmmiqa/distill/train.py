@@ -46,21 +46,32 @@ from lmmiqa.types import json_safe
 log = logging.getLogger(__name__)
 
 STATE_DIR = "train_state"
-#: inference crops per image in ``crops`` mode (see the README's LEAF section for how it was chosen)
+#: inference crops per image outside ``crops`` mode's automatic choice (``crops=None`` tiles the image, see
+#: :mod:`lmmiqa.distill.views`)
 DEFAULT_CROPS = 4
 #: |SRCC| of the student against its teacher below which training warns that the student did not learn it
 LOW_FIDELITY = 0.3
 #: optimizer steps below which a low-fidelity warning suggests more epochs (bench_leaf: 80 steps fell short, ~380
-#: sufficed for the BRISQUE-taught small-cnn)
-MIN_STEPS_HINT = 400
+#: sufficed for the BRISQUE-taught small-cnn; the NIQE-taught one with the automatic views missed its teacher by
+#: 0.06-0.20 after 384 steps in 6 of 6 runs (3 seeds) and met it after 640 steps in 4 of 4 (2 seeds), at 256² and 512²)
+MIN_STEPS_HINT = 640
 #: ``epochs=None``: at least DEFAULT_EPOCHS, more on small caches until about MIN_STEPS_HINT optimizer steps
 DEFAULT_EPOCHS = 10
 MAX_AUTO_EPOCHS = 200
+#: ``batch_size=None``: SMALL_BATCH images per point batch below SMALL_CACHE_IMAGES training images (the setting
+#: bench_leaf measured: 12-20 epochs of steps of 8 images + 4 pairs), else LARGE_BATCH; a step costs per image view,
+#: so on a small cache batch 32 made the same number of steps four times as expensive as the measured setting
+SMALL_BATCH = 8
+LARGE_BATCH = 32
+SMALL_CACHE_IMAGES = 1000
+#: ``val_fraction > 0``: the held-out fidelity is measured about this many times per run (and after the last epoch)
+VAL_CHECKS = 10
 #: ``val_fraction=None``: hold out this share when the cache has at least AUTO_VAL_MIN_IMAGES images
 AUTO_VAL_FRACTION = 0.1
 AUTO_VAL_MIN_IMAGES = 50
-#: training images (a seeded sample) on which the final in-sample fidelity is measured
-FIT_CHECK_IMAGES = 256
+#: training images (a seeded sample) on which the final in-sample fidelity is measured (each with all its inference
+#: crops: with 256 images it took ~50 s of a 4-min 512² run; 128 keep the SRCC's standard error under ~0.1)
+FIT_CHECK_IMAGES = 128
 CHECKPOINT_FILE = "checkpoint.pt"
 #: options that may change between a run and its resumption
 RESUMABLE_CHANGES = ("epochs", "device", "progress", "workers", "cache_mb", "preset")
@@ -75,15 +86,19 @@ class TrainConfig:
         student_options: options of the student spec (e.g. ``{"channels": [8, 16, 32, 64]}`` for small-cnn).
         student_model: hub id or local folder of the student checkpoint (default: the student's own hub id).
         pretrained: load pretrained weights (default: yes for students that have them; ``small-cnn`` has none).
-        image_size: input side, the crop side in ``crops`` mode (default: the student's ``default_crop`` in
-            ``crops`` mode — small-cnn 64, ConvNeXt/ResNet 224 — else its ``default_size``).
+        image_size: input side, the crop side in ``crops`` mode (default ``None``: in ``crops`` mode about half
+            the training images' median short side, at least the student's ``default_crop`` — small-cnn 64,
+            ConvNeXt/ResNet 224 — at most 192, see :func:`lmmiqa.distill.views.auto_crop_size`; else the
+            student's ``default_size``).
         resize_mode: ``crops`` (default: random ``image_size`` crops at native resolution in training, the mean of
             ``crops`` deterministic crops at inference), ``resize`` (whole image squashed) or ``center-crop``.
-        crops: inference crops per image in ``crops`` mode (also used for the validation fidelity).
+        crops: inference crops per image in ``crops`` mode (also used for the validation fidelity); ``None``
+            (default): enough grid crops to tile the image, 4 to 9 (:func:`lmmiqa.distill.views.auto_crops`).
         crop_layout: ``grid`` or ``corners`` (centre + 4 corners; at most 5 crops).
         epochs: passes over the training images (default ``None``: 10, or more on small caches so that training
-            makes about 400 optimizer steps — :func:`auto_epochs`; at most 200).
-        batch_size: images per point batch.
+            makes about 640 optimizer steps — :func:`auto_epochs`; at most 200).
+        batch_size: images per point batch (default ``None``: 8 below 1000 training images, else 32 —
+            :func:`auto_batch_size`).
         pairs_per_batch: pairs per step (default: ``batch_size // 2``; 0: no pair term).
         lr: AdamW learning rate (default: the student's).
         weight_decay: AdamW weight decay.
@@ -93,9 +108,10 @@ class TrainConfig:
         w_pair: weight of the pair-wise fidelity term.
         pair_prob: ``thurstone`` (Φ(Δ/√2)) or ``sigmoid`` for the student's pair probability.
         flip: random horizontal flips.
-        val_fraction: share of the images held out to report student-vs-teacher SRCC per epoch (0: none; default
-            ``None``: 0.1 when the cache has at least 50 images, else none). At the end the held-out fidelity (and
-            the in-sample one on up to 256 training images) is stored in ``training.json`` and a warning is
+        val_fraction: share of the images held out to report student-vs-teacher SRCC (every ``ceil(epochs/10)``
+            epochs and after the last; 0: none; default ``None``: 0.1 when the cache has at least 50 images, else
+            none). At the end the held-out fidelity (and
+            the in-sample one on up to 128 training images) is stored in ``training.json`` and a warning is
             logged when it is below :data:`LOW_FIDELITY`.
         seed: seed of initialization, data order and flips.
         device: ``auto``, ``cpu``, ``cuda``, …
@@ -113,10 +129,10 @@ class TrainConfig:
     pretrained: bool | None = None
     image_size: int | None = None
     resize_mode: str = "crops"
-    crops: int = DEFAULT_CROPS
+    crops: int | None = None
     crop_layout: str = "grid"
     epochs: int | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     pairs_per_batch: int | None = None
     lr: float | None = None
     weight_decay: float = 1e-4
@@ -143,7 +159,7 @@ class TrainConfig:
             raise ConfigError(f"unknown resize mode {self.resize_mode!r}; known: {', '.join(RESIZE_MODES)}")
         if self.crop_layout not in CROP_LAYOUTS:
             raise ConfigError(f"unknown crop layout {self.crop_layout!r}; known: {', '.join(CROP_LAYOUTS)}")
-        if int(self.crops) < 1 or (self.crop_layout == "corners" and int(self.crops) > 5):
+        if self.crops is not None and (int(self.crops) < 1 or (self.crop_layout == "corners" and int(self.crops) > 5)):
             raise ConfigError(f"crops must be >= 1 (at most 5 with the corners layout), got {self.crops}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
@@ -201,6 +217,8 @@ class TrainSummary:
     seconds: float
     fidelity: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: the crop side and inference crops used (``auto_*``: chosen by :mod:`lmmiqa.distill.views`)
+    views: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(self.__dict__)
@@ -349,11 +367,11 @@ def train_student(
     spec = get_student(config.student, **config.student_options)
     pretrained = spec.has_pretrained if config.pretrained is None else bool(config.pretrained)
     arch = spec.arch(pretrained=pretrained, source=config.student_model)
-    size = config.image_size or (spec.default_crop if config.resize_mode == "crops" else None)
-    preprocess = spec.preprocessing(size=size, pretrained=pretrained, source=config.student_model)
+    views = resolve_views(config, labels.images, spec.default_crop)
+    preprocess = spec.preprocessing(size=views["image_size"], pretrained=pretrained, source=config.student_model)
     from dataclasses import replace
 
-    preprocess = replace(preprocess, mode=config.resize_mode, crops=int(config.crops), crop_layout=config.crop_layout)
+    preprocess = replace(preprocess, mode=config.resize_mode, crops=int(views["crops"]), crop_layout=config.crop_layout)
     lr = float(config.lr if config.lr is not None else spec.default_lr)
     device = pick_device(config.device)
 
@@ -403,12 +421,14 @@ def train_student(
 
     bank = ImageBank(labels.images, preprocess, config.cache_mb, config.workers)
     n_train = len(train_idx)
-    steps = math.ceil(n_train / int(config.batch_size))
+    batch_size = int(config.batch_size) if config.batch_size is not None else auto_batch_size(n_train)
+    steps = math.ceil(n_train / batch_size)
     m = len(pairs)
-    per_step = (int(config.batch_size) // 2 if config.pairs_per_batch is None else int(config.pairs_per_batch)) if m else 0
+    per_step = (batch_size // 2 if config.pairs_per_batch is None else int(config.pairs_per_batch)) if m else 0
     pair_stream = PairStream(m, per_step, int(config.seed))
     epochs = int(config.epochs) if config.epochs is not None else auto_epochs(steps)
     total_steps = steps * epochs
+    val_every = max(1, math.ceil(epochs / VAL_CHECKS))  # every epoch's check cost ~ a tenth of the run on 80 epochs
     warmup = round(float(config.warmup_fraction) * total_steps)
     targets = _Targets.build(z, labels, probs, pair_p, pair_w, device, torch)
     bar = _bar((epochs - start_epoch) * steps, config)
@@ -419,7 +439,7 @@ def train_student(
             order = train_idx[rng.permutation(n_train)]
             net.train()
             sums = {"loss": 0.0, "point": 0.0, "kl": 0.0, "pair": 0.0}
-            plan = _step_plan(order, steps, int(config.batch_size), pair_stream, epoch, pairs, int(config.seed))
+            plan = _step_plan(order, steps, batch_size, pair_stream, epoch, pairs, int(config.seed))
             for step, (pts, sel, need, arr) in enumerate(_prefetched(plan, bank)):
                 global_step = epoch * steps + step
                 for group in opt.param_groups:
@@ -440,7 +460,7 @@ def train_student(
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(losses['loss'].detach()):.4f}")
             entry: dict[str, Any] = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()},
                                      "lr_end": opt.param_groups[0]["lr"]}
-            if len(val_idx):
+            if len(val_idx) and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
                 entry["val_srcc_vs_teacher"] = _val_srcc(net, bank, preprocess, val_idx, labels.scores, device, torch)
             entry["seconds"] = time.perf_counter() - t_epoch
             history.append(entry)
@@ -464,6 +484,7 @@ def train_student(
         log.warning("%s", warning)
     training = {
         "config": config_to_dict(config),
+        "views": views,
         "epochs": epochs,
         "val_fraction": float(val_fraction),
         "fidelity": fidelity,
@@ -472,6 +493,7 @@ def train_student(
         "pretrained": pretrained,
         "lr": lr,
         "steps_per_epoch": steps,
+        "batch_size": batch_size,
         "pairs_per_step": per_step,
         "n_train": n_train,
         "n_val": len(val_idx),
@@ -503,6 +525,7 @@ def train_student(
         seconds=time.perf_counter() - t_start,
         fidelity=fidelity,
         warnings=[warning] if warning else [],
+        views=views,
     )
 
 
@@ -591,6 +614,38 @@ def _val_srcc(net: Any, bank: ImageBank, preprocess: Any, val_idx: np.ndarray, s
         (mean, _), _ = forward_views(net, preprocess, views, device, torch)
         preds.append(mean)
     return srcc(np.concatenate(preds), scores[val_idx])
+
+
+def resolve_views(config: TrainConfig, images: Sequence[str], default_crop: int) -> dict[str, Any]:
+    """The crop side and inference crops of a run: ``config``'s when given, else chosen from the median size of
+    up to :data:`~lmmiqa.distill.views.SIZE_SAMPLE` evenly spaced ``images`` (headers only) in ``crops`` mode;
+    outside ``crops`` mode the student's default size and one view."""
+    from lmmiqa.distill.views import SIZE_SAMPLE, choose_views
+
+    if config.resize_mode != "crops":
+        return {"image_size": config.image_size, "crops": int(config.crops or DEFAULT_CROPS),
+                "auto_image_size": False, "auto_crops": False}
+    if config.image_size is not None and config.crops is not None:
+        return {"image_size": int(config.image_size), "crops": int(config.crops),
+                "auto_image_size": False, "auto_crops": False}
+    from PIL import Image
+
+    pick = np.unique(np.linspace(0, len(images) - 1, min(SIZE_SAMPLE, len(images))).round().astype(int))
+    sizes = []
+    for i in pick:
+        try:
+            with Image.open(images[int(i)]) as im:
+                sizes.append(im.size)
+        except OSError as err:
+            raise DataError(f"a teacher-judged image cannot be opened any more: {images[int(i)]}: {err}") from err
+    return choose_views(sizes, default_crop, image_size=config.image_size, crops=config.crops,
+                        layout=config.crop_layout)
+
+
+def auto_batch_size(n_train: int) -> int:
+    """Default point batch: :data:`SMALL_BATCH` below :data:`SMALL_CACHE_IMAGES` training images (bench_leaf's
+    measured setting), else :data:`LARGE_BATCH`."""
+    return SMALL_BATCH if int(n_train) < SMALL_CACHE_IMAGES else LARGE_BATCH
 
 
 def auto_epochs(steps_per_epoch: int) -> int:
