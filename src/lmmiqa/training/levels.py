@@ -215,34 +215,32 @@ class _Prompter:
         return torch.tensor(ids, dtype=torch.long)
 
 
-def candidate_logprobs(net: Any, backend: Any, prompter: _Prompter, images: Sequence[Any],
-                       autocast: Callable[[], Any] | None = None) -> Any:
-    """Log-probabilities ``[B, k]`` (over the whole vocabulary, not renormalised) of the method's levels at the
-    answer position of its prompts, through ``net`` (the forward the backend's scoring runs)."""
+def answer_logprobs(net: Any, backend: Any, prompter: _Prompter, prompts: Sequence[Any],
+                    autocast: Callable[[], Any] | None = None) -> Any:
+    """Log-probabilities ``[B, k]`` (over the whole vocabulary, not renormalised) of the method's answers at the
+    answer position of ``prompts``, through ``net`` (the forward the backend's scoring runs)."""
     import torch
 
-    prompts = [prompter.prompt(im) for im in images]
-    inputs = backend.encode(prompts)
+    inputs = backend.encode(list(prompts))
     ids = prompter.candidate_ids(backend, prompts).to(inputs["input_ids"].device)
     with autocast() if autocast is not None else contextlib.nullcontext():
         logits = net(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
     logp = torch.log_softmax(logits.float(), dim=-1)
     return torch.gather(logp, 1, ids)
+
+
+def candidate_logprobs(net: Any, backend: Any, prompter: _Prompter, images: Sequence[Any],
+                       autocast: Callable[[], Any] | None = None) -> Any:
+    """Log-probabilities ``[B, k]`` of the method's levels for one image per prompt (its own prompt builder)."""
+    return answer_logprobs(net, backend, prompter, [prompter.prompt(im) for im in images], autocast)
 
 
 def pair_logprobs(net: Any, backend: Any, prompter: _Prompter, first: Sequence[Any], second: Sequence[Any],
                   autocast: Callable[[], Any] | None = None) -> Any:
     """Log-probabilities ``[B, 2]`` of ``" A"`` (the first image is better) and ``" B"`` at the answer position of
     the LEAF comparison prompt showing ``first[i]`` then ``second[i]``."""
-    import torch
-
     prompts = [prompter.pair_prompt(a, b) for a, b in zip(first, second)]
-    inputs = backend.encode(prompts)
-    ids = prompter.candidate_ids(backend, prompts).to(inputs["input_ids"].device)
-    with autocast() if autocast is not None else contextlib.nullcontext():
-        logits = net(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return torch.gather(logp, 1, ids)
+    return answer_logprobs(net, backend, prompter, prompts, autocast)
 
 
 def pair_partners(n: int) -> np.ndarray:
