@@ -98,24 +98,25 @@ def test_train_levels_text_summary_names_each_methods_validation(tmp_path, tiny_
 
 
 def test_real_tokenizer_levels_are_single_tokens_and_train(tmp_path, real_file_model, labelled):
-    """The real Qwen2.5-VL tokenizer and chat template: the words, digits and letters are single tokens at each
-    method's answer position, and one step of every method's loss runs."""
+    """The real Qwen2.5-VL tokenizer and chat template: the words, digits, letters and the pair prompt's A/B are
+    single tokens at each method's answer position, and one step of every method's loss runs."""
     from lmmiqa.training.levels import LevelsTrainConfig, train_levels
 
     model = real_file_model("Qwen2.5-VL-7B-Instruct")
     pairs = list(zip(labelled["paths"][:4], [1.2, 4.6, 2.5, 3.9]))
-    cfg = LevelsTrainConfig(model=str(model), methods=("q-align", "standard-guided", "agentic"), levels=7,
+    cfg = LevelsTrainConfig(model=str(model), methods=("q-align", "standard-guided", "agentic", "leaf-pairs"), levels=7,
                             epochs=1, batch_size=4, device="cpu", decode_workers=0, progress=False,
                             max_pixels=56 * 56)
     result = train_levels(pairs, tmp_path / "real", cfg)
     assert result.global_step == 1 and result.complete
     entry = result.history[-1]
-    for m in ("q-align", "standard-guided", "agentic"):  # cross-entropy over the whole vocabulary: > 0, finite
+    for m in ("q-align", "standard-guided", "agentic", "leaf-pairs"):  # cross-entropy over the vocabulary: > 0
         assert 0.0 < entry[f"train_{m}"] < 100.0
     spec = json.loads((tmp_path / "real" / "levels.json").read_text())
     assert spec["scales"]["standard-guided"]["tokens"] == [str(i) for i in range(1, 8)]
     assert spec["scales"]["agentic"]["tokens"] == ["E", "D", "C", "B", "A"]
     assert spec["scales"]["q-align"]["tokens"] == ["bad", "poor", "fair", "good", "excellent"]
+    assert spec["scales"]["leaf-pairs"]["tokens"] == ["A", "B"]
 
 
 def test_bad_input_fails_with_the_valid_choices(tmp_path, tiny_model_path, labelled, capsys):
