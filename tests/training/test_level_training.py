@@ -16,15 +16,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on the shared 2-core machine two OpenMP threads made these small models ~30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """Eight generated 56 px images with MOS on a 1-5 scale."""

@@ -29,16 +29,6 @@ pytest.importorskip("accelerate")
 SMALL_HEAD = (32, 16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the tiny models gain nothing from two, and on a shared 2-core machine OpenMP threads
-    waiting for a busy core made these tests ~8x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _config(model: pathlib.Path, **kw):
     from lmmiqa.training.q_scorer import QScorerTrainConfig
 
